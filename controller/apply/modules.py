@@ -1,0 +1,79 @@
+"""Module use cases: register directories, materialise verified copies, compatibility matrices."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller import ports
+from controller.errors import IntegrityError
+from controller.registry import bundle as bundles
+from controller.registry import compat, digests
+from controller.registry.versions import ModuleVersion
+from controller.spec import refs
+from controller.spec.modules import Contract
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    version: ModuleVersion
+    skipped: bool
+
+
+def register(registry: ports.Registry, dirs: list[Path], *, skip_existing: bool = False) -> list[Registered]:
+    """Validate every directory first (bad input registers nothing), then register each."""
+    loaded = [bundles.load(d) for d in dirs]
+    out = []
+    for b in loaded:
+        if skip_existing:
+            existing = _existing(registry, b)
+            if existing is not None:
+                out.append(Registered(existing, skipped=True))
+                continue
+        out.append(Registered(registry.register(b), skipped=False))
+    return out
+
+
+def _existing(registry: ports.Registry, b: bundles.Bundle) -> ModuleVersion | None:
+    if b.manifest.name not in registry.modules():
+        return None
+    return next((v for v in registry.versions(b.manifest.name) if v.source_digest == b.digest), None)
+
+
+def materialize(registry: ports.Registry, mv: ModuleVersion, cache: Path) -> Path:
+    """A verified local copy of a version's files (cached by digest; re-fetched if it was altered)."""
+    dest = cache / mv.name / f"{mv.version}-{mv.digest.removeprefix('sha256:')[:16]}"
+    if dest.exists():
+        try:
+            digests.verify(dest, mv.files, what=mv.ref)
+            return dest
+        except IntegrityError:
+            pass  # a damaged cache copy: fetch again, and verify what the registry holds
+    return registry.fetch(mv, dest)
+
+
+def verify(registry: ports.Registry, ref: str) -> ModuleVersion:
+    """Download the stored files afresh and check every digest (IntegrityError names the file)."""
+    mv = registry.resolve(refs.parse(ref, field="ref"))
+    with tempfile.TemporaryDirectory(prefix="modship-verify-") as tmp:
+        registry.fetch(mv, Path(tmp) / "module")
+    return mv
+
+
+def compat_matrix(registry: ports.Registry, a: str, b: str) -> list[compat.Cell]:
+    """All versions of A (or the one named) against all versions of B."""
+    return compat.matrix(_versions(registry, a), _versions(registry, b))
+
+
+def _versions(registry: ports.Registry, text: str) -> list[tuple[str, Contract]]:
+    ref = refs.parse(text, field="module")
+    chosen = [registry.resolve(ref)] if ref.version or ref.alias else registry.versions(ref.name)
+    return [(v.ref, v.manifest.contract) for v in chosen]
+
+
+def deprecate(registry: ports.Registry, ref: str, after: dt.date | None) -> ModuleVersion:
+    mv = registry.resolve(refs.parse(ref, field="ref", require_qualifier=True))
+    registry.deprecate(mv.name, mv.version, after)
+    return registry.resolve(refs.ModuleRef(mv.name, version=mv.version))

@@ -1,0 +1,1 @@
+"""Entrypoints: the CLI (typer), the local controller API, the Kubernetes operator (kopf)."""

@@ -1,0 +1,202 @@
+"""``modship module ...``: register, list, show, alias, deprecate, verify, compat."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from controller.apply import modules
+from controller.entrypoints.context import Context
+from controller.entrypoints.output import Format, console, emit
+from controller.errors import SpecError
+from controller.registry.versions import ModuleVersion
+from controller.spec import refs
+
+app = typer.Typer(help="Register pretrained modules with contracts, inspect them, check compatibility.",
+                  no_args_is_help=True)
+OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
+
+
+def _ctx(ctx: typer.Context) -> Context:
+    obj: Context = ctx.obj
+    return obj
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    dirs: Annotated[list[Path], typer.Argument(help="module directories, each holding a module.yaml")],
+    skip_existing: Annotated[bool, typer.Option(help="do not re-register a directory already registered")] = False,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Register module versions: artifact, role, contract, metadata and SHA-256 digests, all or nothing."""
+    done = modules.register(_ctx(ctx).registry, dirs, skip_existing=skip_existing)
+    data = [dict(_summary(r.version), skipped=r.skipped) for r in done]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            verb = "unchanged" if r["skipped"] else "registered"
+            console.print(f"{verb} [bold]{r['name']}@{r['version']}[/] ({r['role']}) {r['digest'][:23]}...")
+
+    emit(data, output, render)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
+    """List modules and their versions."""
+    reg = _ctx(ctx).registry
+    data = [_summary(v) for name in reg.modules() for v in reg.versions(name)]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        t = Table("module", "version", "role", "aliases", "stability", "deprecation", "digest", box=None)
+        for r in rows:
+            t.add_row(r["name"], str(r["version"]), r["role"], ",".join(r["aliases"]), r["stability"],
+                      r["deprecation"] or "", r["digest"][:19])
+        console.print(t)
+
+    emit(data, output, render)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS")],
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Show one version: contract, metadata, digests."""
+    mv = _ctx(ctx).registry.resolve(refs.parse(ref, field="ref"))
+    emit(mv.to_json(), output, lambda d: _render_show(mv))
+
+
+@app.command()
+def alias(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION to point the alias at (NAME with --delete)")],
+    name: Annotated[str, typer.Argument(help="the alias, e.g. stable")],
+    delete: Annotated[bool, typer.Option("--delete", help="remove the alias")] = False,
+) -> None:
+    """Point an alias (e.g. @stable) at a version, or remove it."""
+    reg = _ctx(ctx).registry
+    r = refs.parse(ref, field="ref")
+    refs.check_alias(name)
+    if delete:
+        reg.delete_alias(r.name, name)
+        console.print(f"removed {r.name}@{name}")
+        return
+    if r.version is None:
+        mv = reg.resolve(r)
+        r = refs.ModuleRef(r.name, version=mv.version)
+    assert r.version is not None
+    reg.set_alias(r.name, name, r.version)
+    console.print(f"{r.name}@{name} -> {r.name}@{r.version}")
+
+
+@app.command()
+def deprecate(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION")],
+    after: Annotated[str | None, typer.Option(help="YYYY-MM-DD: refuse deployments after this date")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="remove the deprecation")] = False,
+) -> None:
+    """Mark a version deprecated after a date (systems using it then fail validation)."""
+    if (after is None) == (not clear):
+        raise SpecError("give either --after YYYY-MM-DD or --clear", field="--after")
+    date = None
+    if after is not None:
+        try:
+            date = dt.date.fromisoformat(after)
+        except ValueError:
+            raise SpecError(f"{after!r} is not a date (YYYY-MM-DD)", field="--after") from None
+    mv = modules.deprecate(_ctx(ctx).registry, ref, date)
+    console.print(f"{mv.ref} deprecated after {mv.deprecation}" if date else f"{mv.ref}: deprecation cleared")
+
+
+@app.command()
+def verify(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME@VERSION")]) -> None:
+    """Download the stored artifact and recompute every digest (exit 4 on a mismatch, naming the file)."""
+    mv = modules.verify(_ctx(ctx).registry, ref)
+    console.print(f"[green]ok[/] {mv.ref}: {len(mv.files)} file(s) match {mv.digest}")
+
+
+@app.command()
+def compat(
+    ctx: typer.Context,
+    producer: Annotated[str, typer.Argument(help="module A (all versions) or A@VERSION")],
+    consumer: Annotated[str, typer.Argument(help="module B (all versions) or B@VERSION")],
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """The matrix of A's versions against B's: does A's output satisfy B's input (types and meaning)?"""
+    cells = modules.compat_matrix(_ctx(ctx).registry, producer, consumer)
+    data = {"producer": producer, "consumer": consumer, "cells": [c.to_json() for c in cells]}
+
+    def render(_: Any) -> None:
+        cols = sorted({c.consumer for c in cells}, key=_vkey)
+        rows = sorted({c.producer for c in cells}, key=_vkey)
+        t = Table(f"{producer} → {consumer}", *cols, show_lines=True)
+        by = {(c.producer, c.consumer): c for c in cells}
+        for r in rows:
+            t.add_row(r, *[_cell(by[(r, c)]) for c in cols])
+        console.print(t)
+
+    emit(data, output, render)
+    if cells and not any(c.compatible for c in cells):
+        raise typer.Exit(1)
+
+
+def _vkey(ref: str) -> tuple[str, int]:
+    name, _, v = ref.partition("@")
+    return name, int(v) if v.isdigit() else 0
+
+
+def _cell(cell: Any) -> str:
+    if cell.compatible:
+        return "[green]✓ compatible[/]"
+    return "[red]✗[/] " + "\n".join(f"{p.field}: {p.reason}" for p in cell.problems)
+
+
+def _summary(v: ModuleVersion) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        "version": v.version,
+        "role": v.manifest.role.value,
+        "aliases": list(v.aliases),
+        "stability": v.manifest.metadata.stability.value,
+        "deprecation": v.deprecation.isoformat() if v.deprecation else None,
+        "digest": v.digest,
+    }
+
+
+def _render_show(mv: ModuleVersion) -> None:
+    m = mv.manifest
+    md = m.metadata
+    t = Table(box=None, show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    rows = [
+        ("module", mv.ref), ("role", m.role.value), ("aliases", ", ".join(mv.aliases) or "-"),
+        ("description", md.description or "-"), ("runtime", m.runtime.kind),
+        ("digest", mv.digest), ("source", mv.source),
+        ("created", mv.created.isoformat(timespec="seconds") if mv.created else "-"),
+        ("license", md.license), ("stability", md.stability.value), ("owners", ", ".join(md.owners)),
+        ("deprecation", mv.deprecation.isoformat() if mv.deprecation else "-"),
+        ("provenance", ", ".join(f"{k}={v}" for k, v in md.provenance.dump().items()) or "-"),
+        ("calibration", ", ".join(f"{k}={v}" for k, v in md.calibration.dump().items()) or "-"),
+        ("input statistics", md.input_statistics or "-"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    ports = Table("port", "dtype", "shape", "space", "tokenizer", "labels", "range", title="contract")
+    for side, pm in (("in", m.contract.inputs), ("out", m.contract.outputs)):
+        for name, p in pm.items():
+            ports.add_row(f"{side}:{name}", p.dtype, str(list(p.shape)), p.space or "", (p.tokenizer or "")[:19],
+                          ",".join(p.labels) if p.labels else "", str(list(p.range)) if p.range else "")
+    console.print(ports)
+    files = Table("file", "sha256", title="files")
+    for rel, digest in sorted(mv.files.items()):
+        files.add_row(rel, digest)
+    console.print(files)

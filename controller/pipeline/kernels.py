@@ -1,0 +1,223 @@
+"""Kernels: how a module version is executed, chosen by its manifest's ``runtime.kind``.
+
+A kernel is loaded from a verified module directory and maps a batch of named inputs to a batch of
+named outputs (``{port: list | ndarray}``, batch first). Kernels hold no global state; faults from
+``runtime.faults`` (chaos testing) are injected around them by ``Faulty``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+import unicodedata
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from controller.errors import SpecError
+from controller.spec.modules import ModuleManifest
+
+Batch = Mapping[str, Any]
+
+
+class Kernel(Protocol):
+    def __call__(self, batch: Batch) -> dict[str, Any]: ...
+
+
+class KernelError(RuntimeError):
+    """A module failed on an input (counts as a step error; may trigger a fallback)."""
+
+
+class GuardRejected(KernelError):
+    """A guard refused an input; a client error when it guards the system's input."""
+
+
+def _one(ports: Mapping[str, Any]) -> str:
+    return next(iter(ports))
+
+
+class OnnxTextEncoder:
+    """Text -> sentence embedding with an ONNX transformer and a ``tokenizers`` tokenizer.
+
+    params: max_length (truncation), pooling ``mean`` (over the attention mask) or ``none`` (the
+    model already pools), normalize (L2), output (the ONNX output name), token_type_ids (feed zeros).
+    """
+
+    def __init__(self, root: Path, manifest: ModuleManifest) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        p = manifest.runtime.params
+        self.max_length = int(p.get("max_length", 256))
+        self.pooling = str(p.get("pooling", "mean"))
+        self.normalize = bool(p.get("normalize", True))
+        self.output = p.get("output")
+        self.token_type_ids = bool(p.get("token_type_ids", True))
+        files = manifest.runtime.files
+        tok = Tokenizer.from_file(str(root / files["tokenizer"]))
+        tok.enable_truncation(self.max_length)
+        tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.tokenizer = tok
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(p.get("threads", 1))
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(root / files["model"]), opts, providers=["CPUExecutionProvider"])
+        self.in_port = _one(manifest.contract.inputs)
+        self.out_port = _one(manifest.contract.outputs)
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        texts = list(batch[self.in_port])
+        enc = self.tokenizer.encode_batch(texts)
+        ids = np.asarray([e.ids for e in enc], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
+        feed: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
+        if self.token_type_ids:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        out = self.session.run([self.output] if self.output else None, feed)[0]
+        if self.pooling == "mean":
+            m = mask[..., None].astype(np.float32)
+            out = (out * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        emb = np.asarray(out, dtype=np.float32)
+        if self.normalize:
+            emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+        return {self.out_port: emb}
+
+
+class Linear:
+    """y = x W + b (an alignment adapter, e.g. orthogonal Procrustes); optional L2 normalisation."""
+
+    def __init__(self, root: Path, manifest: ModuleManifest) -> None:
+        with np.load(root / manifest.runtime.files["weights"]) as w:
+            self.w = np.asarray(w["W"], dtype=np.float32)
+            self.b = np.asarray(w["b"], dtype=np.float32) if "b" in w else np.zeros(self.w.shape[1], np.float32)
+        self.normalize = bool(manifest.runtime.params.get("normalize", True))
+        self.in_port = _one(manifest.contract.inputs)
+        self.out_port = _one(manifest.contract.outputs)
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        y = np.asarray(batch[self.in_port], dtype=np.float32) @ self.w + self.b
+        if self.normalize:
+            y = y / np.clip(np.linalg.norm(y, axis=1, keepdims=True), 1e-12, None)
+        return {self.out_port: y.astype(np.float32)}
+
+
+class SoftmaxLinear:
+    """A multinomial logistic-regression head: probabilities over the contract's label set."""
+
+    def __init__(self, root: Path, manifest: ModuleManifest) -> None:
+        with np.load(root / manifest.runtime.files["weights"]) as w:
+            self.coef = np.asarray(w["coef"], dtype=np.float32)
+            self.intercept = np.asarray(w["intercept"], dtype=np.float32)
+        self.temperature = float(manifest.runtime.params.get("temperature", 1.0))
+        self.in_port = _one(manifest.contract.inputs)
+        self.out_port = _one(manifest.contract.outputs)
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        x = np.asarray(batch[self.in_port], dtype=np.float32)
+        z = (x @ self.coef.T + self.intercept) / self.temperature
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return {self.out_port: (e / e.sum(axis=1, keepdims=True)).astype(np.float32)}
+
+
+class ConfidenceEvaluator:
+    """Scores a probability vector: ``score`` = top probability, ``passed`` = score and margin clear
+    their thresholds. The pass rate is an ML-aware signal for canary analysis."""
+
+    def __init__(self, root: Path, manifest: ModuleManifest) -> None:
+        p = manifest.runtime.params
+        self.min_confidence = float(p.get("min_confidence", 0.5))
+        self.min_margin = float(p.get("min_margin", 0.0))
+        self.in_port = _one(manifest.contract.inputs)
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        probs = np.asarray(batch[self.in_port], dtype=np.float32)
+        top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.hstack([probs * 0, probs])
+        score = top2[:, 1]
+        passed = (score >= self.min_confidence) & ((top2[:, 1] - top2[:, 0]) >= self.min_margin)
+        return {"score": score.astype(np.float32), "passed": passed}
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class TextGuard:
+    """Validates and sanitises text: size limit, Unicode normalisation, control characters, deny
+    patterns. Rejections raise GuardRejected with a reason a client can act on."""
+
+    def __init__(self, root: Path, manifest: ModuleManifest) -> None:
+        p = manifest.runtime.params
+        self.max_chars = int(p.get("max_chars", 10_000))
+        self.min_chars = int(p.get("min_chars", 1))
+        self.strip_control = bool(p.get("strip_control", True))
+        self.deny = [re.compile(x) for x in p.get("deny_patterns", [])]
+        self.in_port = _one(manifest.contract.inputs)
+        self.out_port = _one(manifest.contract.outputs)
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        return {self.out_port: [self.check(t) for t in batch[self.in_port]]}
+
+    def check(self, text: str) -> str:
+        if not isinstance(text, str):
+            raise GuardRejected(f"expected text, got {type(text).__name__}")
+        text = unicodedata.normalize("NFC", text)
+        if self.strip_control:
+            text = _CONTROL.sub("", text)
+        text = text.strip()
+        if len(text) < self.min_chars:
+            raise GuardRejected(f"text is shorter than {self.min_chars} character(s)")
+        if len(text) > self.max_chars:
+            raise GuardRejected(f"text has {len(text)} characters, the limit is {self.max_chars}")
+        for pat in self.deny:
+            if pat.search(text):
+                raise GuardRejected(f"text matches a denied pattern ({pat.pattern!r})")
+        return text
+
+
+class Faulty:
+    """Wraps a kernel with deliberate faults (``runtime.faults``): an error rate and a delay.
+    Deterministic per input so that the same request fails the same way (reproducible tests)."""
+
+    def __init__(self, inner: Kernel, *, error_rate: float, delay_ms: float, salt: str) -> None:
+        self.inner, self.error_rate, self.delay_s, self.salt = inner, error_rate, delay_ms / 1000, salt
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.error_rate and self._draw(batch) < self.error_rate:
+            raise KernelError("injected fault (runtime.faults.errorRate)")
+        return self.inner(batch)
+
+    def _draw(self, batch: Batch) -> float:
+        key = repr(sorted((k, repr(v)[:2000]) for k, v in batch.items())) + self.salt
+        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+        return random.Random(seed).random()
+
+
+KINDS: dict[str, Callable[[Path, ModuleManifest], Kernel]] = {
+    "onnx-text-encoder": OnnxTextEncoder,
+    "linear": Linear,
+    "softmax-linear": SoftmaxLinear,
+    "confidence-evaluator": ConfidenceEvaluator,
+    "text-guard": TextGuard,
+}
+
+
+def load(root: Path, manifest: ModuleManifest) -> Kernel:
+    """Instantiate the kernel for a verified module directory."""
+    factory = KINDS.get(manifest.runtime.kind)
+    if factory is None:
+        raise SpecError(
+            f"unknown runtime kind {manifest.runtime.kind!r} (known: {', '.join(sorted(KINDS))})",
+            field="runtime.kind",
+        )
+    kernel = factory(root, manifest)
+    faults = manifest.runtime.faults
+    if faults and (faults.error_rate or faults.delay_ms):
+        return Faulty(kernel, error_rate=faults.error_rate, delay_ms=faults.delay_ms, salt=manifest.name)
+    return kernel

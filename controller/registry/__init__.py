@@ -1,0 +1,1 @@
+"""Pure registry logic: module version records, content digests, compatibility of contracts."""
