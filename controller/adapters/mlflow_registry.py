@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import shutil
@@ -54,9 +55,11 @@ def _translating(what: str, uri: str) -> Iterator[None]:
     except requests.RequestException as exc:
         raise Unavailable(f"MLflow at {uri} is unreachable ({type(exc).__name__}) while {what}") from exc
     except RestException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+            exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc.message)
+        ):
             raise NotFound(f"{what}: not found") from exc
-        if exc.get_http_status_code() >= 500:
+        if int(exc.get_http_status_code()) >= 500:  # type: ignore[no-untyped-call]
             raise Unavailable(f"MLflow at {uri} failed while {what}: {exc.message}") from exc
         raise ModshipError(f"MLflow refused {what}: {exc.message}") from exc
     except MlflowException as exc:
@@ -124,7 +127,7 @@ class MlflowRegistry:
                 if ref.version is not None:
                     v = self._client.get_model_version(ref.name, str(ref.version))
                 else:
-                    v = self._client.get_model_version_by_alias(ref.name, ref.alias)
+                    v = self._client.get_model_version_by_alias(ref.name, str(ref.alias))
                 if v.tags.get("modship.state") != "ready":
                     raise NotFound(f"{ref} is not a valid modship version (incomplete registration)")
                 model = self._client.get_registered_model(ref.name)
@@ -158,7 +161,8 @@ class MlflowRegistry:
                 run = client.create_run(exp_id, run_name=f"register-{name}", tags={"modship.module": name})
                 undo.append(lambda: client.delete_run(run.info.run_id))
                 client.log_artifacts(run.info.run_id, str(staging), "module")
-                client.set_terminated(run.info.run_id)
+                with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints run links to stdout
+                    client.set_terminated(run.info.run_id)
                 if self._ensure_model(manifest):
                     undo.append(lambda: client.delete_registered_model(name))
                 tags = {
@@ -214,7 +218,9 @@ class MlflowRegistry:
                 )
             return False
         self._client.create_registered_model(
-            manifest.name, tags={"modship.role": manifest.role.value}, description=manifest.metadata.description
+            manifest.name,
+            tags={"modship.role": manifest.role.value},
+            description=manifest.metadata.description,
         )
         return True
 
@@ -242,7 +248,10 @@ class MlflowRegistry:
     def set_alias(self, name: str, alias: str, version: int) -> None:
         self.resolve(ModuleRef(name, version=version))
         with _translating(f"setting {name}@{alias}", self.uri):
-            _retrying(lambda: self._client.set_registered_model_alias(name, alias, str(version)), attempts=self._attempts)
+            _retrying(
+                lambda: self._client.set_registered_model_alias(name, alias, str(version)),
+                attempts=self._attempts,
+            )
 
     def delete_alias(self, name: str, alias: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -256,7 +265,9 @@ class MlflowRegistry:
             if after is None:
                 self._client.delete_model_version_tag(name, str(version), "modship.deprecation")
             else:
-                self._client.set_model_version_tag(name, str(version), "modship.deprecation", after.isoformat())
+                self._client.set_model_version_tag(
+                    name, str(version), "modship.deprecation", after.isoformat()
+                )
 
     # -- internals ---------------------------------------------------------------------------
     def _record(self, v: Any, aliases: dict[int, tuple[str, ...]]) -> ModuleVersion:
@@ -297,7 +308,14 @@ def _schema(ports: dict[str, Port]) -> Any:
 
     if all(p.dtype != "string" for p in ports.values()):
         return Schema([TensorSpec(np.dtype(p.dtype), p.shape or (-1,), name) for name, p in ports.items()])
-    col = {"string": "string", "float32": "float", "float64": "double", "int32": "integer", "int64": "long", "bool": "boolean"}
+    col = {
+        "string": "string",
+        "float32": "float",
+        "float64": "double",
+        "int32": "integer",
+        "int64": "long",
+        "bool": "boolean",
+    }
     return Schema([ColSpec(col[p.dtype], name) for name, p in ports.items()])
 
 

@@ -32,9 +32,12 @@ app.add_typer(cli_module.app, name="module")
 def root(
     ctx: typer.Context,
     registry: Annotated[
-        str | None, typer.Option(envvar="MODSHIP_REGISTRY", help="MLflow tracking URI (default: embedded SQLite)")
+        str | None,
+        typer.Option(envvar="MODSHIP_REGISTRY", help="MLflow tracking URI (default: embedded SQLite)"),
     ] = None,
-    home: Annotated[str | None, typer.Option(envvar="MODSHIP_HOME", help="data directory (default ~/.modship)")] = None,
+    home: Annotated[
+        str | None, typer.Option(envvar="MODSHIP_HOME", help="data directory (default ~/.modship)")
+    ] = None,
 ) -> None:
     ctx.obj = Context(settings.load(registry=registry, home=home))
 

@@ -16,8 +16,10 @@ from controller.errors import SpecError
 from controller.registry.versions import ModuleVersion
 from controller.spec import refs
 
-app = typer.Typer(help="Register pretrained modules with contracts, inspect them, check compatibility.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Register pretrained modules with contracts, inspect them, check compatibility.",
+    no_args_is_help=True,
+)
 OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
 
 
@@ -30,7 +32,9 @@ def _ctx(ctx: typer.Context) -> Context:
 def register(
     ctx: typer.Context,
     dirs: Annotated[list[Path], typer.Argument(help="module directories, each holding a module.yaml")],
-    skip_existing: Annotated[bool, typer.Option(help="do not re-register a directory already registered")] = False,
+    skip_existing: Annotated[
+        bool, typer.Option(help="do not re-register a directory already registered")
+    ] = False,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Register module versions: artifact, role, contract, metadata and SHA-256 digests, all or nothing."""
@@ -54,8 +58,15 @@ def list_(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("module", "version", "role", "aliases", "stability", "deprecation", "digest", box=None)
         for r in rows:
-            t.add_row(r["name"], str(r["version"]), r["role"], ",".join(r["aliases"]), r["stability"],
-                      r["deprecation"] or "", r["digest"][:19])
+            t.add_row(
+                r["name"],
+                str(r["version"]),
+                r["role"],
+                ",".join(r["aliases"]),
+                r["stability"],
+                r["deprecation"] or "",
+                r["digest"][:19],
+            )
         console.print(t)
 
     emit(data, output, render)
@@ -177,11 +188,17 @@ def _render_show(mv: ModuleVersion) -> None:
     t.add_column(style="bold")
     t.add_column()
     rows = [
-        ("module", mv.ref), ("role", m.role.value), ("aliases", ", ".join(mv.aliases) or "-"),
-        ("description", md.description or "-"), ("runtime", m.runtime.kind),
-        ("digest", mv.digest), ("source", mv.source),
+        ("module", mv.ref),
+        ("role", m.role.value),
+        ("aliases", ", ".join(mv.aliases) or "-"),
+        ("description", md.description or "-"),
+        ("runtime", m.runtime.kind),
+        ("digest", mv.digest),
+        ("source", mv.source),
         ("created", mv.created.isoformat(timespec="seconds") if mv.created else "-"),
-        ("license", md.license), ("stability", md.stability.value), ("owners", ", ".join(md.owners)),
+        ("license", md.license),
+        ("stability", md.stability.value),
+        ("owners", ", ".join(md.owners)),
         ("deprecation", mv.deprecation.isoformat() if mv.deprecation else "-"),
         ("provenance", ", ".join(f"{k}={v}" for k, v in md.provenance.dump().items()) or "-"),
         ("calibration", ", ".join(f"{k}={v}" for k, v in md.calibration.dump().items()) or "-"),
@@ -193,8 +210,15 @@ def _render_show(mv: ModuleVersion) -> None:
     ports = Table("port", "dtype", "shape", "space", "tokenizer", "labels", "range", title="contract")
     for side, pm in (("in", m.contract.inputs), ("out", m.contract.outputs)):
         for name, p in pm.items():
-            ports.add_row(f"{side}:{name}", p.dtype, str(list(p.shape)), p.space or "", (p.tokenizer or "")[:19],
-                          ",".join(p.labels) if p.labels else "", str(list(p.range)) if p.range else "")
+            ports.add_row(
+                f"{side}:{name}",
+                p.dtype,
+                str(list(p.shape)),
+                p.space or "",
+                (p.tokenizer or "")[:19],
+                ",".join(p.labels) if p.labels else "",
+                str(list(p.range)) if p.range else "",
+            )
     console.print(ports)
     files = Table("file", "sha256", title="files")
     for rel, digest in sorted(mv.files.items()):

@@ -29,7 +29,9 @@ class Context:
             quiet_libraries()
             from controller.adapters.mlflow_registry import MlflowRegistry
 
-            if self.settings.embedded:
+            artifacts = None
+            if self.settings.embedded:  # a server chooses its own artifact store
                 self.settings.home.mkdir(parents=True, exist_ok=True)
-            self._registry = MlflowRegistry(self.settings.registry_uri, artifacts=self.settings.artifacts)
+                artifacts = self.settings.artifacts
+            self._registry = MlflowRegistry(self.settings.registry_uri, artifacts=artifacts)
         return self._registry

@@ -66,7 +66,9 @@ class OnnxTextEncoder:
         opts.intra_op_num_threads = int(p.get("threads", 1))
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(root / files["model"]), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(root / files["model"]), opts, providers=["CPUExecutionProvider"]
+        )
         self.in_port = _one(manifest.contract.inputs)
         self.out_port = _one(manifest.contract.outputs)
 
@@ -94,7 +96,9 @@ class Linear:
     def __init__(self, root: Path, manifest: ModuleManifest) -> None:
         with np.load(root / manifest.runtime.files["weights"]) as w:
             self.w = np.asarray(w["W"], dtype=np.float32)
-            self.b = np.asarray(w["b"], dtype=np.float32) if "b" in w else np.zeros(self.w.shape[1], np.float32)
+            self.b = (
+                np.asarray(w["b"], dtype=np.float32) if "b" in w else np.zeros(self.w.shape[1], np.float32)
+            )
         self.normalize = bool(manifest.runtime.params.get("normalize", True))
         self.in_port = _one(manifest.contract.inputs)
         self.out_port = _one(manifest.contract.outputs)

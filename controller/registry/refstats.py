@@ -6,6 +6,7 @@ Histograms use fixed bin edges from the reference so live counts can be compared
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,8 +19,10 @@ TEXT_LENGTH_EDGES = (0, 20, 40, 60, 80, 100, 140, 200, 300, 500, 1000, 2000, 500
 def histogram(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> list[int]:
     """Counts per bin; the last bin is open-ended (everything at or above its lower edge)."""
     arr = np.asarray(values, dtype=np.float64)
-    idx = np.clip(np.searchsorted(np.asarray(edges, dtype=np.float64), arr, side="right") - 1, 0, len(edges) - 1)
-    return np.bincount(idx, minlength=len(edges)).astype(int).tolist()
+    idx = np.clip(
+        np.searchsorted(np.asarray(edges, dtype=np.float64), arr, side="right") - 1, 0, len(edges) - 1
+    )
+    return [int(c) for c in np.bincount(idx, minlength=len(edges))]
 
 
 def text_stats(texts: Sequence[str]) -> dict[str, Any]:
@@ -51,7 +54,11 @@ def vector_stats(x: np.ndarray, *, bins: int = 10) -> dict[str, Any]:
         "dim": int(x.shape[1]),
         "mean": mean.round(6).tolist(),
         "std": x.std(axis=0).round(6).tolist(),
-        "projection": {"direction": direction.round(6).tolist(), "edges": edges, "hist": histogram(proj, edges)},
+        "projection": {
+            "direction": direction.round(6).tolist(),
+            "edges": edges,
+            "hist": histogram(proj, edges),
+        },
     }
 
 
@@ -89,7 +96,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, bins: i
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0, 1, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         mask = (conf > lo) & (conf <= hi)
         if mask.any():
             ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())

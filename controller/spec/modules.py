@@ -13,10 +13,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from controller.errors import SpecError
 from controller.spec import refs
 from controller.spec.base import Spec
 
-API_VERSION = "modship.dev/v1alpha1"
+API_VERSION: Literal["modship.dev/v1alpha1"] = "modship.dev/v1alpha1"
 
 
 class Role(enum.StrEnum):
@@ -102,7 +103,10 @@ class Provenance(Spec):
     @classmethod
     def _parents(cls, parents: tuple[str, ...]) -> tuple[str, ...]:
         for p in parents:
-            refs.parse(p, field="parents", require_qualifier=True)
+            try:
+                refs.parse(p, require_qualifier=True)
+            except SpecError as exc:
+                raise ValueError(exc.reason) from None
         return parents
 
 

@@ -8,10 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-try:  # tests/ is a rootdir-less tree (prepend import mode puts tests/ on sys.path) ...
-    from support.k8senv import ControlPlane
-except ImportError:  # ... unless a tests/__init__.py makes it the `tests` package.
-    from tests.support.k8senv import ControlPlane
+from tests.support.k8senv import ControlPlane
 
 
 @pytest.fixture(scope="session")

@@ -296,7 +296,7 @@ class ControlPlane:
 
         d = self.workdir
         for sub in ("pki", "logs", "etcd", "kcm", "scheduler"):
-            (d / sub).mkdir()
+            (d / sub).mkdir(mode=0o700)
         names = ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")
         self._ports = dict(zip(names, free_ports(len(names)), strict=True))
 
@@ -308,6 +308,7 @@ class ControlPlane:
                 serialization.NoEncryption(),
             )
         )
+        (d / "kwok.yaml").write_text("")
         (d / "tokens.csv").write_text(
             f'{self.token},{ADMIN_USER},{ADMIN_USER}-uid,"system:masters"\n'
             f"{self.user_token},{TEST_USER},{TEST_USER}-uid\n"
@@ -504,6 +505,9 @@ class ControlPlane:
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--cidr=10.244.0.0/16",
                 "--node-ip=127.0.0.1",
+                "--node-lease-duration-seconds=40",
+                # An explicit (empty) config, so a developer's ~/.kwok/kwok.yaml is not picked up.
+                f"--config={self.workdir / 'kwok.yaml'}",
                 f"--server-address=127.0.0.1:{self._ports['kwok']}",
             ],
         )

@@ -33,6 +33,7 @@ die() { printf '[k8s-build] ERROR: %s\n' "$*" >&2; exit 1; }
 
 TMP=$(mktemp -d "$ROOT/.tmp.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
+trap 'exit 130' INT TERM HUP # run the EXIT trap on interruption too
 
 # go mod download -json reports failures per module (Path/Version/Error); name the first one.
 # $1: directory of the main module; remaining args: module@version patterns (none = build list).

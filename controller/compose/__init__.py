@@ -1,0 +1,1 @@
+"""System -> Revision: resolving, pinning and hashing a composed system (pure), lock files."""

@@ -1,0 +1,1 @@
+"""Pure decisions: rollout status, actions, analysis, and the rollout state machine."""
