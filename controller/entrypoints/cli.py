@@ -52,7 +52,7 @@ def version() -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # returns the code of a typer.Exit in this mode
     except ModshipError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
@@ -70,4 +70,4 @@ def main() -> None:
         if os.environ.get("MODSHIP_DEBUG"):
             raise
         fail(f"internal error: {type(exc).__name__}: {exc} (set MODSHIP_DEBUG=1 for a traceback)", 70)
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)
