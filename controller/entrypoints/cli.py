@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from controller import settings
-from controller.entrypoints import cli_module
+from controller.entrypoints import cli_module, cli_system
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import fail
 from controller.errors import ModshipError
@@ -26,6 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cli_module.app, name="module")
+app.add_typer(cli_system.app, name="system")
 
 
 @app.callback()

@@ -1,0 +1,99 @@
+"""BentoML: build a revision's Bento from the composed-service template, and serve it.
+
+Builds are offline (``lock_packages: false``) and idempotent: a revision's hash names its Bento
+(``<system>:<revision>``), so building the same revision twice reuses the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from controller.compose import revision
+from controller.compose.revision import Lock
+from controller.errors import ModshipError, SpecError
+from controller.pipeline import serving
+from controller.pipeline.engine import module_dir
+
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+def template_dir() -> Path:
+    env = os.environ.get("MODSHIP_BENTO_TEMPLATE")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    return here.parents[2] / "bentos" / "composed"
+
+
+def env(bentoml_home: Path, **extra: str) -> dict[str, str]:
+    out = dict(os.environ, BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="true")
+    out.update(extra)
+    return out
+
+
+def tag(lock: Lock) -> str:
+    return f"{lock.name}:{lock.revision}"
+
+
+def bento_path(bentoml_home: Path, lock: Lock) -> Path:
+    return bentoml_home / "bentos" / lock.name / lock.revision
+
+
+def exists(bentoml_home: Path, lock: Lock) -> bool:
+    return (bento_path(bentoml_home, lock) / "bento.yaml").exists()
+
+
+def build(lock: Lock, modules: dict[str, Path], *, bentoml_home: Path) -> str:
+    """Build (or reuse) the Bento for a locked revision; ``modules`` maps refs to verified dirs."""
+    if exists(bentoml_home, lock):
+        return tag(lock)
+    template = template_dir() / "service.py"
+    if not template.exists():
+        raise SpecError(f"service template not found at {template} (set MODSHIP_BENTO_TEMPLATE)")
+    with tempfile.TemporaryDirectory(prefix="modship-build-") as tmp:
+        ctx = Path(tmp)
+        shutil.copyfile(template, ctx / "service.py")
+        revision.write(lock, ctx / serving.LOCK_FILE)
+        for ref, src in modules.items():
+            _link_tree(src, module_dir(ctx / serving.MODULES_DIR, ref))
+        bentofile = {
+            "service": "service:ModshipSystem",
+            "name": lock.name,
+            "description": f"modship system {lock.name}, revision {lock.revision}",
+            "labels": lock.labels(),
+            "include": ["service.py", serving.LOCK_FILE, f"{serving.MODULES_DIR}/**"],
+            "python": {"lock_packages": False},
+        }
+        (ctx / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
+        bentoml_home.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            [BENTOML, "build", "--version", lock.revision, str(ctx)],
+            cwd=ctx, env=env(bentoml_home), capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ModshipError(f"bentoml build failed for {tag(lock)}: {detail[0]}")
+    return tag(lock)
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dest, copy_function=link)
+
+
+def delete(bentoml_home: Path, lock: Lock) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(bento_path(bentoml_home, lock))

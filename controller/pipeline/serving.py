@@ -1,0 +1,73 @@
+"""What the composed Bento runs: load a locked system from its bundle directory and answer requests.
+
+A bundle directory holds ``modship.lock.yaml`` and ``modules/<name>-<version>/``. Loading verifies
+every file's digest against the lock and refuses to start on a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.compose import revision
+from controller.compose.revision import Lock
+from controller.pipeline.engine import Outcome, Pipeline
+from controller.pipeline.telemetry import PrometheusTelemetry
+
+LOCK_FILE = "modship.lock.yaml"
+MODULES_DIR = "modules"
+
+
+def read_lock(bundle: Path) -> Lock:
+    return revision.load(bundle / LOCK_FILE)
+
+
+@dataclass
+class App:
+    lock: Lock
+    pipeline: Pipeline
+    started: float
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def predict(self, inputs: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        outcome = self.pipeline.predict(inputs, headers=headers)
+        return response(self.lock, outcome, (time.perf_counter() - t0) * 1000)
+
+
+def load(bundle: Path) -> App:
+    lock = read_lock(bundle)
+    flags_file = os.environ.get("MODSHIP_FLAGS_FILE")
+    pipeline = Pipeline.load(
+        lock,
+        bundle / MODULES_DIR,
+        telemetry=PrometheusTelemetry(lock.name, lock.revision),
+        flags_file=Path(flags_file) if flags_file else None,
+    )
+    return App(lock=lock, pipeline=pipeline, started=time.time())
+
+
+def response(lock: Lock, outcome: Outcome, ms: float) -> dict[str, Any]:
+    body: dict[str, Any] = {"outputs": outcome.outputs}
+    if outcome.prediction is not None:
+        body["prediction"] = outcome.prediction
+    if outcome.evaluation is not None:
+        body["evaluation"] = outcome.evaluation
+    body["meta"] = {
+        "system": lock.name,
+        "revision": lock.revision,
+        "modules": {name: info["module"] for name, info in outcome.steps.items()},
+        "fallbacks": outcome.fallbacks,
+        "cached": sorted(n for n, i in outcome.steps.items() if i.get("cached")),
+        "skipped": sorted(n for n, i in outcome.steps.items() if i.get("skipped")),
+        "flags": outcome.flags,
+        "latencyMs": round(ms, 3),
+    }
+    return body
