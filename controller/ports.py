@@ -8,9 +8,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Protocol
 
+from controller.plan.observations import QueryContext, Sample
 from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
 from controller.spec.refs import ModuleRef
+from controller.spec.rollout import Check
 
 
 class ModuleCatalog(Protocol):
@@ -55,3 +57,16 @@ class ModuleLabels(Protocol):
 
 class Registry(ModuleCatalog, ModuleStore, ModuleLabels, Protocol):
     """The module registry: MLflow's Model Registry, or memory."""
+
+
+class MetricsSource(Protocol):
+    """A metrics provider for analysis: the router's built-in telemetry, or Prometheus."""
+
+    def online(self) -> bool:
+        """True when the provider answers (a down provider triggers the metricsDown policy)."""
+        ...
+
+    def sample(self, check: Check, ctx: QueryContext) -> Sample:
+        """Measure ``check`` for the canary (and stable when relative). Never raises for a
+        provider failure: returns ``Sample(value=None, error=...)`` instead."""
+        ...

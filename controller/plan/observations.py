@@ -1,0 +1,47 @@
+"""What the controller observes, as plain values: metric samples and runtime health.
+
+Providers (``adapters.builtin_metrics``, ``adapters.prometheus``) produce these; the pure
+analysis and the rollout state machine consume them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class QueryContext:
+    """Everything a provider needs to measure one check for one rollout."""
+
+    system: str
+    revision: str  # the canary revision
+    stable_revision: str
+    window_s: float
+    namespace: str | None = None
+    reference: dict[str, Any] | None = None  # reference input statistics (input drift), if known
+    extra: dict[str, str] = field(default_factory=dict)  # more template variables
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One measurement of a check.
+
+    ``value`` is the canary's figure (None: no data); ``stable`` the same figure for stable, used by
+    thresholds relative to stable; ``samples`` the number of requests behind it (``minSamples``);
+    ``error`` a provider failure (an ``Error`` verdict, never a pass).
+    """
+
+    value: float | None
+    stable: float | None = None
+    samples: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether each revision's processes/pods are up and ready."""
+
+    stable_ready: bool
+    canary_ready: bool
+    canary_failed: str | None = None  # a reason when the canary cannot start (crash loop, image)
