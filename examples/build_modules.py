@@ -254,12 +254,8 @@ def main() -> None:
                 "golden.json": b"{}",
             },
         )
-        kernel = kernels.load(
-            tmp, ModuleManifest.model_validate(yaml.safe_load((tmp / "module.yaml").read_text()))
-        )
-        enc = lambda ts, k=kernel: np.vstack(
-            [k({"text": ts[i : i + 64]})["embedding"] for i in range(0, len(ts), 64)]
-        )
+        kernel = kernels.load(tmp, ModuleManifest.model_validate(yaml.safe_load((tmp / "module.yaml").read_text())))
+        enc = lambda ts, k=kernel: np.vstack([k({"text": ts[i : i + 64]})["embedding"] for i in range(0, len(ts), 64)])
         encoders[v] = {"train": enc(t_tr), "test": enc(t_te), "unlabeled": enc(t_un)}
         (tmp / "reference-stats.json").write_bytes(jbytes({"text": refstats.text_stats(t_tr)}))
         (tmp / "golden.json").write_bytes(
@@ -288,9 +284,7 @@ def main() -> None:
         temperature = 1.0
         if v == 2:  # fit the temperature on the training split (no peeking at the test split)
             grid = np.linspace(0.5, 3.0, 26)
-            temperature = float(
-                min(grid, key=lambda t: refstats.expected_calibration_error(predict(x1, t=t), y_tr))
-            )
+            temperature = float(min(grid, key=lambda t: refstats.expected_calibration_error(predict(x1, t=t), y_tr)))
         p_te = predict(x1t, t=temperature)
         acc, ece = accuracy(p_te, y_te), round(refstats.expected_calibration_error(p_te, y_te), 4)
         heads[v] = predict
@@ -347,14 +341,13 @@ def main() -> None:
     a, b = encoders[2]["unlabeled"], encoders[1]["unlabeled"]
     u, _, vt = np.linalg.svd(a.T @ b)
     w = (u @ vt).astype(np.float32)
+
     def align(x: np.ndarray) -> np.ndarray:
         y = x @ w
         return y / np.linalg.norm(y, axis=1, keepdims=True)
 
     report["topic-head@1 on text-encoder@2 (no adapter)"] = accuracy(heads[1](encoders[2]["test"]), y_te)
-    report["topic-head@1 on text-encoder@2 -> l3-to-l6@1"] = accuracy(
-        heads[1](align(encoders[2]["test"])), y_te
-    )
+    report["topic-head@1 on text-encoder@2 -> l3-to-l6@1"] = accuracy(heads[1](align(encoders[2]["test"])), y_te)
     cos = float(np.mean(np.sum(align(encoders[2]["test"]) * encoders[1]["test"], axis=1)))
     golden_x = encoders[2]["test"][:5]
     write_module(
@@ -418,8 +411,7 @@ def main() -> None:
             },
             "metadata": {
                 "_v": 1,
-                "description": "passes a prediction whose top probability is >= 0.6 and beats the "
-                "runner-up by >= 0.2",
+                "description": "passes a prediction whose top probability is >= 0.6 and beats the runner-up by >= 0.2",
                 "license": "MIT",
                 "stability": "stable",
                 "owners": OWNERS,

@@ -76,8 +76,12 @@ def build(lock: Lock, modules: dict[str, Path], *, bentoml_home: Path) -> str:
         bentoml_home.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(
             [BENTOML, "build", "--version", lock.revision, str(ctx)],
-            cwd=ctx, env=env(bentoml_home), capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            cwd=ctx,
+            env=env(bentoml_home),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ModshipError(f"bentoml build failed for {tag(lock)}: {detail[0]}")
@@ -97,3 +101,15 @@ def _link_tree(src: Path, dest: Path) -> None:
 def delete(bentoml_home: Path, lock: Lock) -> None:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(bento_path(bentoml_home, lock))
+
+
+def serve_command(bento_dir: Path, *, host: str, port: int) -> list[str]:
+    """Serve a built Bento by path. Run it with a private ``BENTOML_HOME`` (``serve_env``): BentoML
+    keeps its Prometheus multiprocess directory there and wipes it whenever a server starts, so two
+    servers sharing a home would clobber each other's metrics."""
+    return [BENTOML, "serve", str(bento_dir), "--host", host, "--port", str(port)]
+
+
+def serve_env(private_home: Path, **extra: str) -> dict[str, str]:
+    private_home.mkdir(parents=True, exist_ok=True)
+    return env(private_home, **extra)

@@ -265,9 +265,7 @@ class MlflowRegistry:
             if after is None:
                 self._client.delete_model_version_tag(name, str(version), "modship.deprecation")
             else:
-                self._client.set_model_version_tag(
-                    name, str(version), "modship.deprecation", after.isoformat()
-                )
+                self._client.set_model_version_tag(name, str(version), "modship.deprecation", after.isoformat())
 
     # -- internals ---------------------------------------------------------------------------
     def _record(self, v: Any, aliases: dict[int, tuple[str, ...]]) -> ModuleVersion:

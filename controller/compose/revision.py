@@ -58,7 +58,7 @@ class Lock(Spec):
     def labels(self) -> dict[str, str]:
         """Labels for the Bento and Kubernetes objects: system, revision, module versions, digests."""
         out = {"modship.dev/system": self.name, "modship.dev/revision": self.revision}
-        for ref, m in sorted(self.modules.items()):
+        for _, m in sorted(self.modules.items()):
             out[f"modship.dev/module.{m.name}"] = str(m.version)
             out[f"modship.dev/digest.{m.name}"] = m.digest.removeprefix("sha256:")[:16]
         return out
@@ -130,8 +130,11 @@ def load(path: Path) -> Lock:
     lock = parse.load(Lock, path)
     expected = revision_id(lock.system, lock.modules)
     if lock.revision != expected:
-        raise SpecError(f"revision {lock.revision} does not match its content ({expected}): the lock was edited",
-                        field="revision", source=str(path))  # fmt: skip
+        raise SpecError(
+            f"revision {lock.revision} does not match its content ({expected}): the lock was edited",
+            field="revision",
+            source=str(path),
+        )
     return lock
 
 

@@ -45,10 +45,15 @@ class Edge:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "step": self.step, "port": self.port, "from": self.source, "producer": self.producer,
-            "consumer": self.consumer, "adapter": self.adapter, "compatible": not self.problems,
+            "step": self.step,
+            "port": self.port,
+            "from": self.source,
+            "producer": self.producer,
+            "consumer": self.consumer,
+            "adapter": self.adapter,
+            "compatible": not self.problems,
             "problems": [{"field": p.field, "reason": p.reason} for p in self.problems],
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +81,9 @@ def check(system: System, resolve: Resolver, *, today: dt.date) -> Report:
             resolved[ref] = got
         mv = resolved[ref]
         if role is not None and mv.manifest.role is not role:
-            violations.append(Violation(step, field, f"{mv.ref} has role {mv.manifest.role.value}, expected {role.value}"))
+            violations.append(
+                Violation(step, field, f"{mv.ref} has role {mv.manifest.role.value}, expected {role.value}")
+            )
         violations.extend(_policies(mv, system, step, field, today))
         return mv
 
@@ -97,37 +104,44 @@ def check(system: System, resolve: Resolver, *, today: dt.date) -> Report:
         for port, src in wired.items():
             consumer = mv.manifest.contract.inputs.get(port)
             if consumer is None:
-                violations.append(Violation(s.name, f"steps[{i}].inputs.{port}",
-                                            f"{mv.ref} has no input port {port!r} (has {sorted(mv.manifest.contract.inputs)})"))  # fmt: skip
+                violations.append(
+                    Violation(
+                        s.name,
+                        f"steps[{i}].inputs.{port}",
+                        f"{mv.ref} has no input port {port!r} (has {sorted(mv.manifest.contract.inputs)})",
+                    )
+                )
                 continue
             produced = _source_port(system, modules, src.step, src.port)
             if isinstance(produced, str):
                 violations.append(Violation(s.name, f"steps[{i}].inputs.{port}", produced))
                 continue
             producer_ref, out = produced
-            problems: list[compat.Problem] = []
             if src.adapter is not None:
                 ad = get(src.adapter, s.name, f"steps[{i}].inputs.{port}.adapter", Role.ADAPTER)
                 if ad is None:
                     continue
-                a_in = compat.pick_port(ad.manifest.contract.inputs, None, side="input")
-                a_out = compat.pick_port(ad.manifest.contract.outputs, None, side="output")
-                for picked in (a_in, a_out):
-                    if isinstance(picked, compat.Problem):
-                        problems.append(picked)
-                if not problems:
-                    assert not isinstance(a_in, compat.Problem) and not isinstance(a_out, compat.Problem)
-                    problems += [compat.Problem(f"adapter input {p.field}", p.reason) for p in compat.check_ports(out, a_in[1])]
-                    problems += compat.check_ports(a_out[1], consumer)
+                problems = _through_adapter(out, ad, consumer)
             else:
                 problems = compat.check_ports(out, consumer)
             edges.append(Edge(s.name, port, src.from_, producer_ref, mv.ref, src.adapter, tuple(problems)))
             for p in problems:
-                violations.append(Violation(s.name, f"steps[{i}].inputs.{port}",
-                                            f"{producer_ref} -> {mv.ref}: {p.field}: {p.reason}"))  # fmt: skip
+                violations.append(
+                    Violation(s.name, f"steps[{i}].inputs.{port}", f"{producer_ref} -> {mv.ref}: {p.field}: {p.reason}")
+                )
         if s.fallback is not None:
-            violations.extend(_fallback(s, i, mv, s.fallback, get, system, modules))
+            violations.extend(_fallback(s, i, mv, s.fallback, get=get, system=system, modules=modules))
     return Report(resolved=resolved, edges=tuple(edges), violations=tuple(violations))
+
+
+def _through_adapter(out: Port, ad: ModuleVersion, consumer: Port) -> list[compat.Problem]:
+    """Problems on producer -> adapter -> consumer (both hops)."""
+    a_in = compat.pick_port(ad.manifest.contract.inputs, None, side="input")
+    a_out = compat.pick_port(ad.manifest.contract.outputs, None, side="output")
+    if isinstance(a_in, compat.Problem) or isinstance(a_out, compat.Problem):
+        return [p for p in (a_in, a_out) if isinstance(p, compat.Problem)]
+    first = [compat.Problem(f"adapter input {p.field}", p.reason) for p in compat.check_ports(out, a_in[1])]
+    return first + compat.check_ports(a_out[1], consumer)
 
 
 def _source_port(
@@ -155,15 +169,26 @@ def _policies(mv: ModuleVersion, system: System, step: str, field: str, today: d
         and mv.manifest.metadata.stability is Stability.EXPERIMENTAL
         and mv.name not in body.allow_experimental
     ):
-        out.append(Violation(step, field, f"{mv.ref} is experimental in a stable system "
-                                          f"(add {mv.name!r} to spec.allowExperimental to allow it)"))  # fmt: skip
+        out.append(
+            Violation(
+                step,
+                field,
+                f"{mv.ref} is experimental in a stable system (add {mv.name!r} to spec.allowExperimental to allow it)",
+            )
+        )
     return out
 
 
 def _fallback(
-    s: Step, i: int, primary: ModuleVersion, fb: Fallback, get: Callable[..., ModuleVersion | None],
-    system: System, modules: dict[str, ModuleVersion],
-) -> list[Violation]:  # fmt: skip
+    s: Step,
+    i: int,
+    primary: ModuleVersion,
+    fb: Fallback,
+    *,
+    get: Callable[..., ModuleVersion | None],
+    system: System,
+    modules: dict[str, ModuleVersion],
+) -> list[Violation]:
     field = f"steps[{i}].fallback"
     out: list[Violation] = []
     outputs = primary.manifest.contract.outputs
@@ -171,9 +196,15 @@ def _fallback(
         missing = sorted(set(outputs) - set(fb.default))
         extra = sorted(set(fb.default) - set(outputs))
         if missing or extra:
-            out.append(Violation(s.name, f"{field}.default",
-                                 f"must give exactly the outputs of {primary.ref} {sorted(outputs)}"
-                                 + (f"; missing {missing}" if missing else "") + (f"; extra {extra}" if extra else "")))  # fmt: skip
+            out.append(
+                Violation(
+                    s.name,
+                    f"{field}.default",
+                    f"must give exactly the outputs of {primary.ref} {sorted(outputs)}"
+                    + (f"; missing {missing}" if missing else "")
+                    + (f"; extra {extra}" if extra else ""),
+                )
+            )
         return out
     assert fb.module is not None
     mv = get(fb.module, s.name, f"{field}.module")

@@ -36,9 +36,7 @@ def root(
         str | None,
         typer.Option(envvar="MODSHIP_REGISTRY", help="MLflow tracking URI (default: embedded SQLite)"),
     ] = None,
-    home: Annotated[
-        str | None, typer.Option(envvar="MODSHIP_HOME", help="data directory (default ~/.modship)")
-    ] = None,
+    home: Annotated[str | None, typer.Option(envvar="MODSHIP_HOME", help="data directory (default ~/.modship)")] = None,
 ) -> None:
     ctx.obj = Context(settings.load(registry=registry, home=home))
 

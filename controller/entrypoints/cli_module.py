@@ -32,9 +32,7 @@ def _ctx(ctx: typer.Context) -> Context:
 def register(
     ctx: typer.Context,
     dirs: Annotated[list[Path], typer.Argument(help="module directories, each holding a module.yaml")],
-    skip_existing: Annotated[
-        bool, typer.Option(help="do not re-register a directory already registered")
-    ] = False,
+    skip_existing: Annotated[bool, typer.Option(help="do not re-register a directory already registered")] = False,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Register module versions: artifact, role, contract, metadata and SHA-256 digests, all or nothing."""

@@ -18,8 +18,9 @@ from controller.entrypoints.output import Format, console, emit
 from controller.errors import ModshipError, SpecError
 from controller.spec.system import System
 
-app = typer.Typer(help="Compose systems from modules: validate, lock to a revision, build a Bento.",
-                  no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    help="Compose systems from modules: validate, lock to a revision, build a Bento.", no_args_is_help=True
+)
 OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
 FileArg = Annotated[Path, typer.Argument(help="a System spec (YAML)")]
 TodayOpt = Annotated[str | None, typer.Option(help="check deprecations as of this date (YYYY-MM-DD)")]
@@ -46,13 +47,19 @@ def validate_(ctx: typer.Context, file: FileArg, today: TodayOpt = None, output:
     """Check every edge, module, digest, deprecation and stability rule; report every violation (exit 2)."""
     checked = _checked(ctx, file, today)
     r = checked.report
-    data = {"system": checked.system.metadata.name, "valid": r.ok, "violations": [v.to_json() for v in r.violations],
-            "modules": {ref: mv.ref for ref, mv in r.resolved.items()}}  # fmt: skip
+    data = {
+        "system": checked.system.metadata.name,
+        "valid": r.ok,
+        "violations": [v.to_json() for v in r.violations],
+        "modules": {ref: mv.ref for ref, mv in r.resolved.items()},
+    }
 
     def render(_: Any) -> None:
         if r.ok:
-            console.print(f"[green]✓[/] {file}: system [bold]{data['system']}[/] is valid "
-                          f"({len(checked.system.spec.steps)} steps, {len(r.edges)} edges, {len(r.resolved)} modules)")  # fmt: skip
+            console.print(
+                f"[green]✓[/] {file}: system [bold]{data['system']}[/] is valid "
+                f"({len(checked.system.spec.steps)} steps, {len(r.edges)} edges, {len(r.resolved)} modules)"
+            )
             return
         console.print(f"[red]✗[/] {file}: {len(r.violations)} violation(s)")
         t = Table("step", "field", "reason", box=None)
@@ -98,8 +105,11 @@ def lock_(
     lk = systems.lock(checked)
     path = out or file.with_name(file.name.removesuffix(".yaml").removesuffix(".yml") + ".lock.yaml")
     revision.write(lk, path)
-    emit({"system": lk.name, "revision": lk.revision, "lock": str(path), "modules": lk.requested}, output,
-         lambda d: console.print(f"locked [bold]{lk.name}[/] revision [bold]{lk.revision}[/] → {path}"))  # fmt: skip
+    emit(
+        {"system": lk.name, "revision": lk.revision, "lock": str(path), "modules": lk.requested},
+        output,
+        lambda d: console.print(f"locked [bold]{lk.name}[/] revision [bold]{lk.revision}[/] → {path}"),
+    )
 
 
 @app.command()
@@ -113,8 +123,11 @@ def build(
     obj: Context = ctx.obj
     lk, local = prepare(obj, file, today=_today(today))
     tag = bento.build(lk, local, bentoml_home=obj.settings.bentoml_home)
-    emit({"system": lk.name, "revision": lk.revision, "bento": tag}, output,
-         lambda d: console.print(f"built Bento [bold]{tag}[/] (contract tests passed)"))  # fmt: skip
+    emit(
+        {"system": lk.name, "revision": lk.revision, "bento": tag},
+        output,
+        lambda d: console.print(f"built Bento [bold]{tag}[/] (contract tests passed)"),
+    )
 
 
 def prepare(obj: Context, file: Path, *, today: dt.date) -> tuple[Lock, dict[str, Path]]:
@@ -125,8 +138,9 @@ def prepare(obj: Context, file: Path, *, today: dt.date) -> tuple[Lock, dict[str
     systems.raise_violations(checked.report, str(file))
     lk = systems.lock(checked)
     if isinstance(loaded, Lock) and loaded.revision != lk.revision:
-        raise SpecError(f"lock names revision {loaded.revision} but its modules now give {lk.revision}",
-                        source=str(file))  # fmt: skip
+        raise SpecError(
+            f"lock names revision {loaded.revision} but its modules now give {lk.revision}", source=str(file)
+        )
     failures = systems.contract_tests(lk, checked.local)
     if failures:
         raise ModshipError("contract tests failed, nothing built:\n  " + "\n  ".join(failures))

@@ -68,8 +68,15 @@ class _Step:
 
 
 class Pipeline:
-    def __init__(self, lock: Lock, loaded: dict[str, kernels.Kernel], *, telemetry: Telemetry | None = None,
-                 flags_file: Path | None = None, workers: int = 4) -> None:  # fmt: skip
+    def __init__(
+        self,
+        lock: Lock,
+        loaded: dict[str, kernels.Kernel],
+        *,
+        telemetry: Telemetry | None = None,
+        flags_file: Path | None = None,
+        workers: int = 4,
+    ) -> None:
         self.lock = lock
         self.telemetry: Telemetry = telemetry or NullTelemetry()
         body = lock.system.spec
@@ -105,7 +112,9 @@ class Pipeline:
         fb_kernel = (fb.module, loaded[fb.module]) if fb is not None and fb.module is not None else None
         timeout_ms = s.timeout_ms or (fb.timeout_ms if fb is not None else None)
         lru = cache.LRU(s.cache.max_entries, s.cache.ttl_seconds) if s.cache and s.cache.enabled else None
-        return _Step(s, module, loaded[s.module], sources, adapters, fb_kernel, lru, timeout_ms / 1000 if timeout_ms else None)
+        return _Step(
+            s, module, loaded[s.module], sources, adapters, fb_kernel, lru, timeout_ms / 1000 if timeout_ms else None
+        )
 
     def _outputs_of(self, step: str) -> dict[str, Any]:
         if step == "input":
@@ -113,16 +122,18 @@ class Pipeline:
         return dict(self.lock.module(self.body.step(step).module).manifest.contract.outputs)
 
     # -- request path ----------------------------------------------------------------------------
-    def predict(self, inputs: Mapping[str, Any], *, headers: Mapping[str, str] | None = None,
-                request_key: str | None = None) -> Outcome:  # fmt: skip
+    def predict(
+        self, inputs: Mapping[str, Any], *, headers: Mapping[str, str] | None = None, request_key: str | None = None
+    ) -> Outcome:
         started = time.perf_counter()
         headers = {k.lower(): v for k, v in (headers or {}).items()}
         key = request_key or headers.get("x-request-id") or uuid.uuid4().hex
         chars: list[int] = []
         try:
             batch = self._guard_input(inputs, chars)
-            with self.telemetry.span("modship.predict", {"modship.system": self.lock.name,
-                                                         "modship.revision": self.lock.revision}):  # fmt: skip
+            with self.telemetry.span(
+                "modship.predict", {"modship.system": self.lock.name, "modship.revision": self.lock.revision}
+            ):
                 outcome = self._run(batch, self.flags.evaluate(headers, key))
         except BadRequest:
             self.telemetry.request(time.perf_counter() - started, "client_error", chars)
@@ -157,10 +168,11 @@ class Pipeline:
             raise BadRequest(f"unknown input {unknown[0]!r} (expected {sorted(self.body.input)})")
         return batch
 
-    def _check_text(self, name: str, v: Any, chars: list[int]) -> str:
+    def _check_text(self, name: str, value: Any, chars: list[int]) -> str:
         g = self.body.guards.input
-        if not isinstance(v, str):
-            raise BadRequest(f"input {name!r} must be text, got {type(v).__name__}")
+        if not isinstance(value, str):
+            raise BadRequest(f"input {name!r} must be text, got {type(value).__name__}")
+        v: str = value
         if g.normalize_unicode:
             v = unicodedata.normalize("NFC", v)
         if g.strip_control:
@@ -193,7 +205,13 @@ class Pipeline:
                 v = values[(src, src_port)]
                 if port in st.adapters:
                     ref, ad = st.adapters[port]
-                    v = next(iter(self._call(s.name, ref, ad, {next(iter(self.lock.module(ref).manifest.contract.inputs)): v}).values()))
+                    v = next(
+                        iter(
+                            self._call(
+                                s.name, ref, ad, {next(iter(self.lock.module(ref).manifest.contract.inputs)): v}
+                            ).values()
+                        )
+                    )
                 inputs[port] = v
             out, used, info = self._execute(st, inputs, outcome)
             outcome.steps[s.name] = info
@@ -204,10 +222,14 @@ class Pipeline:
         if self.output_step in skipped:
             raise StepFailed(f"the output step {self.output_step!r} was skipped by a feature flag")
         out_step = next(st for st in self.steps if st.spec.name == self.output_step)
-        outcome.outputs = self._sanitize({p: values[(self.output_step, p)] for p in out_step.module.manifest.contract.outputs})
+        outcome.outputs = self._sanitize(
+            {p: values[(self.output_step, p)] for p in out_step.module.manifest.contract.outputs}
+        )
         return outcome
 
-    def _execute(self, st: _Step, inputs: dict[str, Any], outcome: Outcome) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    def _execute(
+        self, st: _Step, inputs: dict[str, Any], outcome: Outcome
+    ) -> tuple[dict[str, Any], str, dict[str, Any]]:
         s, fb = st.spec, st.spec.fallback
         info: dict[str, Any] = {"module": st.module.ref}
         key = cache.key(st.module.digest, inputs) if st.cache is not None else None
@@ -255,16 +277,14 @@ class Pipeline:
         info["module"] = ref
         return self._call(s.name, ref, kernel, inputs), ref, info
 
-    def _call(self, step: str, ref: str, kernel: kernels.Kernel, inputs: dict[str, Any],
-              timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
+    def _call(
+        self, step: str, ref: str, kernel: kernels.Kernel, inputs: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         error: str | None = None
         try:
             with self.telemetry.span(f"step {step}", {"modship.step": step, "modship.module": ref}):
-                if timeout is None:
-                    out = kernel(inputs)
-                else:
-                    out = self._pool.submit(kernel, inputs).result(timeout=timeout)
+                out = kernel(inputs) if timeout is None else self._pool.submit(kernel, inputs).result(timeout)
                 _check_finite(out)
                 return out
         except cf.TimeoutError:
@@ -286,8 +306,9 @@ class Pipeline:
             scores = np.asarray(out.get("score", [math.nan] * len(passed)), dtype=float).tolist()
             for p in passed:
                 self.telemetry.evaluation(st.spec.name, used, passed=p)
-            outcome.evaluation = [{"step": st.spec.name, "score": round(sc, 6), "passed": p}
-                                  for sc, p in zip(scores, passed, strict=True)]  # fmt: skip
+            outcome.evaluation = [
+                {"step": st.spec.name, "score": round(sc, 6), "passed": p} for sc, p in zip(scores, passed, strict=True)
+            ]
         if st.spec.name != self.output_step:
             return
         for port, spec in manifest.contract.outputs.items():
@@ -306,18 +327,15 @@ class Pipeline:
         limit = self.body.guards.output.max_chars
         for k, v in outputs.items():
             if isinstance(v, np.ndarray):
-                out[k] = v.round(6).tolist() if v.dtype.kind == "f" else v.tolist()
+                out[k] = v.astype(np.float64).round(6).tolist() if v.dtype.kind == "f" else v.tolist()
             else:
-                items = []
-                for x in v:
-                    if isinstance(x, str):
-                        for p in self._redact:
-                            x = p.sub("[redacted]", x)
-                        if limit is not None:
-                            x = x[:limit]
-                    items.append(x)
-                out[k] = items
+                out[k] = [self._clean(x, limit) if isinstance(x, str) else x for x in v]
         return out
+
+    def _clean(self, text: str, limit: int | None) -> str:
+        for p in self._redact:
+            text = p.sub("[redacted]", text)
+        return text if limit is None else text[:limit]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -62,6 +62,9 @@ async def predict(request: Request) -> Response:
     except StepFailed as exc:
         log.error("predict failed: %s", exc)
         return _error(500, str(exc), revision)
+    except Exception as exc:  # a bug: log it with its traceback, answer in our format
+        log.exception("predict crashed")
+        return _error(500, f"internal error: {type(exc).__name__}", revision)
     headers = {"x-modship-revision": revision}
     fallbacks = result["meta"]["fallbacks"]
     if fallbacks:

@@ -66,9 +66,7 @@ class OnnxTextEncoder:
         opts.intra_op_num_threads = int(p.get("threads", 1))
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(root / files["model"]), opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(root / files["model"]), opts, providers=["CPUExecutionProvider"])
         self.in_port = _one(manifest.contract.inputs)
         self.out_port = _one(manifest.contract.outputs)
 
@@ -96,9 +94,7 @@ class Linear:
     def __init__(self, root: Path, manifest: ModuleManifest) -> None:
         with np.load(root / manifest.runtime.files["weights"]) as w:
             self.w = np.asarray(w["W"], dtype=np.float32)
-            self.b = (
-                np.asarray(w["b"], dtype=np.float32) if "b" in w else np.zeros(self.w.shape[1], np.float32)
-            )
+            self.b = np.asarray(w["b"], dtype=np.float32) if "b" in w else np.zeros(self.w.shape[1], np.float32)
         self.normalize = bool(manifest.runtime.params.get("normalize", True))
         self.in_port = _one(manifest.contract.inputs)
         self.out_port = _one(manifest.contract.outputs)
@@ -212,8 +208,12 @@ KINDS: dict[str, Callable[[Path, ModuleManifest], Kernel]] = {
 }
 
 
-def load(root: Path, manifest: ModuleManifest) -> Kernel:
-    """Instantiate the kernel for a verified module directory."""
+def load(root: Path, manifest: ModuleManifest, *, faults: bool = True) -> Kernel:
+    """Instantiate the kernel for a verified module directory.
+
+    ``faults=False`` leaves out injected faults: contract tests check a module's function, while
+    chaos faults exist to exercise fallbacks and rollbacks in running systems.
+    """
     factory = KINDS.get(manifest.runtime.kind)
     if factory is None:
         raise SpecError(
@@ -221,7 +221,7 @@ def load(root: Path, manifest: ModuleManifest) -> Kernel:
             field="runtime.kind",
         )
     kernel = factory(root, manifest)
-    faults = manifest.runtime.faults
-    if faults and (faults.error_rate or faults.delay_ms):
-        return Faulty(kernel, error_rate=faults.error_rate, delay_ms=faults.delay_ms, salt=manifest.name)
+    f = manifest.runtime.faults
+    if faults and f and (f.error_rate or f.delay_ms):
+        return Faulty(kernel, error_rate=f.error_rate, delay_ms=f.delay_ms, salt=manifest.name)
     return kernel

@@ -15,8 +15,9 @@ from typing import Any
 
 from controller.compose import revision
 from controller.compose.revision import Lock
-from controller.pipeline.engine import Outcome, Pipeline
+from controller.pipeline.engine import Outcome, Pipeline, module_dir
 from controller.pipeline.telemetry import PrometheusTelemetry
+from controller.registry import digests
 
 LOCK_FILE = "modship.lock.yaml"
 MODULES_DIR = "modules"
@@ -42,12 +43,19 @@ class App:
         return response(self.lock, outcome, (time.perf_counter() - t0) * 1000)
 
 
-def load(bundle: Path) -> App:
+def verify(bundle: Path, lock: Lock) -> None:
+    """Check every module file against the lock's digests (IntegrityError names the file)."""
+    for ref, m in lock.modules.items():
+        digests.verify(module_dir(bundle / MODULES_DIR, ref), m.files, what=ref)
+
+
+def load(bundle: Path, *, verify: bool = True) -> App:
     lock = read_lock(bundle)
     flags_file = os.environ.get("MODSHIP_FLAGS_FILE")
     pipeline = Pipeline.load(
         lock,
         bundle / MODULES_DIR,
+        verify=verify,
         telemetry=PrometheusTelemetry(lock.name, lock.revision),
         flags_file=Path(flags_file) if flags_file else None,
     )

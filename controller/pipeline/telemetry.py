@@ -56,15 +56,18 @@ class _Metrics:
         self.fallbacks = Counter("modship_step_fallbacks_total", "Fallbacks taken", [*step, "reason"])
         self.cache_hits = Counter("modship_step_cache_hits_total", "Step cache hits", step)
         self.cache_misses = Counter("modship_step_cache_misses_total", "Step cache misses", step)
-        self.confidence = Histogram("modship_prediction_confidence", "Top-class probability", step,
-                                    buckets=CONFIDENCE_BUCKETS)  # fmt: skip
+        self.confidence = Histogram(
+            "modship_prediction_confidence", "Top-class probability", step, buckets=CONFIDENCE_BUCKETS
+        )
         self.predicted = Counter("modship_predictions_total", "Predictions by class", [*step, "predicted"])
         self.evaluations = Counter("modship_evaluations_total", "Evaluator verdicts", [*step, "result"])
         self.requests = Counter("modship_requests_total", "Requests by outcome", [*sysl, "outcome"])
-        self.request_duration = Histogram("modship_request_duration_seconds", "Request latency", sysl,
-                                          buckets=LATENCY_BUCKETS)  # fmt: skip
-        self.input_chars = Histogram("modship_input_chars", "Input text length (drift)", sysl,
-                                     buckets=[float(e) for e in TEXT_LENGTH_EDGES[1:]])  # fmt: skip
+        self.request_duration = Histogram(
+            "modship_request_duration_seconds", "Request latency", sysl, buckets=LATENCY_BUCKETS
+        )
+        self.input_chars = Histogram(
+            "modship_input_chars", "Input text length (drift)", sysl, buckets=[float(e) for e in TEXT_LENGTH_EDGES[1:]]
+        )
 
 
 _METRICS: _Metrics | None = None

@@ -65,8 +65,7 @@ def _meaning_space(out: Port, inp: Port) -> list[Problem]:
     return [
         Problem(
             "space",
-            f"embedding space {out.space!r} is not {inp.space!r}"
-            " (same shape, different meaning: insert an adapter)",
+            f"embedding space {out.space!r} is not {inp.space!r} (same shape, different meaning: insert an adapter)",
         )
     ]
 
@@ -77,9 +76,7 @@ def _meaning_tokenizer(out: Port, inp: Port) -> list[Problem]:
     if out.tokenizer is None:
         if inp.dtype == "string":  # raw text: the consumer tokenizes it itself
             return []
-        return [
-            Problem("tokenizer", f"consumer needs token ids from {inp.tokenizer}; producer declares none")
-        ]
+        return [Problem("tokenizer", f"consumer needs token ids from {inp.tokenizer}; producer declares none")]
     return [Problem("tokenizer", f"tokenizer {out.tokenizer} is not {inp.tokenizer}")]
 
 
@@ -92,9 +89,7 @@ def _meaning_labels(out: Port, inp: Port) -> list[Problem]:
         return [Problem("labels", f"label order {list(out.labels)} differs from {list(inp.labels)}")]
     missing = sorted(set(inp.labels) - set(out.labels))
     extra = sorted(set(out.labels) - set(inp.labels))
-    detail = "; ".join(
-        p for p in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "") if p
-    )
+    detail = "; ".join(p for p in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "") if p)
     return [Problem("labels", f"label set differs: {detail}")]
 
 

@@ -19,9 +19,7 @@ TEXT_LENGTH_EDGES = (0, 20, 40, 60, 80, 100, 140, 200, 300, 500, 1000, 2000, 500
 def histogram(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> list[int]:
     """Counts per bin; the last bin is open-ended (everything at or above its lower edge)."""
     arr = np.asarray(values, dtype=np.float64)
-    idx = np.clip(
-        np.searchsorted(np.asarray(edges, dtype=np.float64), arr, side="right") - 1, 0, len(edges) - 1
-    )
+    idx = np.clip(np.searchsorted(np.asarray(edges, dtype=np.float64), arr, side="right") - 1, 0, len(edges) - 1)
     return [int(c) for c in np.bincount(idx, minlength=len(edges))]
 
 

@@ -79,9 +79,7 @@ class Port(Spec):
     @model_validator(mode="after")
     def _labels_fit_shape(self) -> Port:
         if self.labels is not None and self.shape and self.shape[-1] not in (-1, len(self.labels)):
-            raise ValueError(
-                f"{len(self.labels)} labels do not fit the last dimension {self.shape[-1]} of shape"
-            )
+            raise ValueError(f"{len(self.labels)} labels do not fit the last dimension {self.shape[-1]} of shape")
         return self
 
 

@@ -42,8 +42,7 @@ def check_name(name: str, *, field: str = "name") -> str:
 def check_alias(alias: str, *, field: str = "alias") -> str:
     if alias in RESERVED_ALIASES or re.fullmatch(r"v\d+", alias) or not ALIAS_RE.match(alias):
         raise SpecError(
-            f"invalid alias {alias!r}: lowercase letters, digits, '_' or '-'; "
-            "'latest' and 'v<digits>' are reserved",
+            f"invalid alias {alias!r}: lowercase letters, digits, '_' or '-'; 'latest' and 'v<digits>' are reserved",
             field=field,
         )
     return alias

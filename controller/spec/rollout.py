@@ -242,14 +242,24 @@ def problems(r: Rollout) -> list[tuple[str, str]]:
     canary = r.spec.strategy.canary
     for i, s in enumerate(canary.steps):
         if s.analysis is not None:
-            out += [(f"spec.strategy.canary.steps[{i}].analysis.checks", f"unknown check {c!r}")
-                    for c in s.analysis.checks if c not in known]  # fmt: skip
+            out += [
+                (f"spec.strategy.canary.steps[{i}].analysis.checks", f"unknown check {c!r}")
+                for c in s.analysis.checks
+                if c not in known
+            ]
         if s.set_weight is not None and s.set_weight > canary.max_weight:
-            out.append((f"spec.strategy.canary.steps[{i}].setWeight",
-                        f"{s.set_weight:g} is above maxWeight {canary.max_weight:g}"))  # fmt: skip
+            out.append(
+                (
+                    f"spec.strategy.canary.steps[{i}].setWeight",
+                    f"{s.set_weight:g} is above maxWeight {canary.max_weight:g}",
+                )
+            )
     if canary.analysis is not None:
-        out += [("spec.strategy.canary.analysis.checks", f"unknown check {c!r}")
-                for c in canary.analysis.checks if c not in known]  # fmt: skip
+        out += [
+            ("spec.strategy.canary.analysis.checks", f"unknown check {c!r}")
+            for c in canary.analysis.checks
+            if c not in known
+        ]
         if canary.analysis.starting_step >= len(canary.steps):
             out.append(("spec.strategy.canary.analysis.startingStep", "beyond the last step"))
     if any(c.provider is Provider.PROMETHEUS for c in r.spec.analysis.checks) and not r.spec.prometheus:

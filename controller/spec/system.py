@@ -55,11 +55,20 @@ class Fallback(Spec):
 
     module: str | None = None
     default: dict[str, Any] | None = None
-    when: tuple[Trigger, ...] = (Trigger.ERROR, Trigger.TIMEOUT)
+    when: tuple[Trigger, ...] = Field(
+        default=(Trigger.ERROR,), description="triggers; default: error, plus timeout when timeoutMs is set"
+    )
     timeout_ms: float | None = Field(default=None, gt=0)
     min_confidence: float | None = Field(default=None, ge=0, le=1)
 
     _module = field_validator("module")(lambda cls, v: v if v is None else _ref(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_triggers(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "when" not in data and (data.get("timeoutMs") or data.get("timeout_ms")):
+            return {**data, "when": ["error", "timeout"]}
+        return data
 
     @model_validator(mode="after")
     def _one_target(self) -> Fallback:
@@ -256,7 +265,9 @@ def structure_problems(body: SystemBody) -> list[tuple[str, str]]:
         for port, src in s.wired().items():
             if src.step == "input":
                 if src.port is None or src.port not in body.input:
-                    problems.append((f"steps[{i}].inputs.{port}", f"no system input {src.port!r} (has {sorted(body.input)})"))
+                    problems.append(
+                        (f"steps[{i}].inputs.{port}", f"no system input {src.port!r} (has {sorted(body.input)})")
+                    )
             elif src.step not in seen:
                 problems.append((f"steps[{i}].inputs.{port}", f"unknown step {src.step!r}"))
             elif src.step == s.name:

@@ -88,7 +88,7 @@ def test_failure_mid_registration_leaves_nothing_resolvable(
     name = unique("atomic", request)
     ok = MlflowRegistry(mlflow_server.url)
     broken = FailAfterCreate(mlflow_server.url)
-    with pytest.raises(RuntimeError, match="injected"):
+    with pytest.raises(RuntimeError, match=r"injected"):
         broken.register(bundle.load(module_dir(tmp_path, name, seed=1)))
     assert name not in ok.modules()  # the model it created is gone too
     with pytest.raises(NotFound):
@@ -117,8 +117,9 @@ def test_failure_while_uploading_leaves_no_version(
     assert name not in MlflowRegistry(mlflow_server.url).modules()
 
 
-def test_deprecation_dates_and_effective_deprecation(mlflow_server: MlflowServer, tmp_path: Path,
-                                                     request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_deprecation_dates_and_effective_deprecation(
+    mlflow_server: MlflowServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     name = unique("dep", request)
     reg = MlflowRegistry(mlflow_server.url)
     mv = reg.register(bundle.load(module_dir(tmp_path, name)))
@@ -136,13 +137,16 @@ def test_unreachable_mlflow_is_one_clear_line(tmp_path: Path) -> None:
     assert len(r.err.strip().splitlines()) == 1
 
 
-def test_fetch_detects_tampering_in_memory_of_remote(mlflow_server: MlflowServer, tmp_path: Path,
-                                                     request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_fetch_detects_tampering_in_memory_of_remote(
+    mlflow_server: MlflowServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     name = unique("fetch", request)
     reg = MlflowRegistry(mlflow_server.url)
     mv = reg.register(bundle.load(module_dir(tmp_path, name)))
     local = reg.fetch(mv, tmp_path / "copy")
     assert (local / "head.npz").exists() and (local / "MLmodel").exists()
-    forged = type(mv)(**{**{f: getattr(mv, f) for f in mv.__dataclass_fields__}, "files": {**mv.files, "head.npz": "0" * 64}})
-    with pytest.raises(IntegrityError, match="head.npz"):
+    forged = type(mv)(
+        **{**{f: getattr(mv, f) for f in mv.__dataclass_fields__}, "files": {**mv.files, "head.npz": "0" * 64}}
+    )
+    with pytest.raises(IntegrityError, match=r"head\.npz"):
         reg.fetch(forged, tmp_path / "copy2")

@@ -7,8 +7,15 @@ from typing import Any
 
 from examples import build_modules
 
-ORDER = ["text-encoder-v1", "text-encoder-v2", "topic-head-v1", "topic-head-v2", "l3-to-l6-v1",
-         "confidence-v1", "text-guard-v1"]  # fmt: skip
+ORDER = [
+    "text-encoder-v1",
+    "text-encoder-v2",
+    "topic-head-v1",
+    "topic-head-v2",
+    "l3-to-l6-v1",
+    "confidence-v1",
+    "text-guard-v1",
+]
 
 
 def build() -> tuple[Path, dict[str, Any]]:

@@ -77,11 +77,19 @@ class MlflowServer:
     def start(self) -> MlflowServer:
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         cmd = [
-            str(VENV_BIN / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination", str(self.root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         self.proc = subprocess.Popen(
             cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -110,3 +118,43 @@ class MlflowServer:
             yield self
         finally:
             self.stop()
+
+
+class BentoServer:
+    """``bentoml serve TAG`` on a free loopback port; ``start`` waits for /readyz."""
+
+    def __init__(self, tag: str, bentoml_home: Path, log: Path, **env: str) -> None:
+        self.tag, self.home, self.log = tag, bentoml_home, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 120) -> BentoServer:
+        from controller.adapters import bento
+
+        name, rev = self.tag.split(":")
+        env = bento.serve_env(self.log.with_suffix(".bentoml"), MODSHIP_TRACING="none", **self.env)
+        cmd = bento.serve_command(self.home / "bentos" / name / rev, host="127.0.0.1", port=self.port)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            return http_ok(f"{self.url}/readyz")
+
+        wait_until(ready, timeout=timeout, interval=0.2, what=f"{self.tag} ready")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def __enter__(self) -> BentoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -67,7 +67,7 @@ def test_not_a_module_directory(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="not found"):
         bundle.load(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SpecError, match="no module.yaml"):
+    with pytest.raises(SpecError, match=r"no module\.yaml"):
         bundle.load(tmp_path / "empty")
     (tmp_path / "f").write_text("x")
     with pytest.raises(SpecError, match="module directory"):

@@ -146,9 +146,12 @@ def test_module_compat_never_depends_on_metadata(out: Port, inp: Port, m1: Metad
 
     def module(port_out: Port, port_in: Port, md: Metadata) -> ModuleManifest:
         return ModuleManifest(
-            name="m", role="head", runtime=Runtime(kind="linear"),
-            contract=Contract(inputs={"i": port_in}, outputs={"o": port_out}), metadata=md,
-        )  # fmt: skip
+            name="m",
+            role="head",
+            runtime=Runtime(kind="linear"),
+            contract=Contract(inputs={"i": port_in}, outputs={"o": port_out}),
+            metadata=md,
+        )
 
     a1, b1 = module(out, out, m1), module(inp, inp, m1)
     a2, b2 = module(out, out, m2), module(inp, inp, m2)
