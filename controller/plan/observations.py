@@ -45,3 +45,25 @@ class Health:
     stable_ready: bool
     canary_ready: bool
     canary_failed: str | None = None  # a reason when the canary cannot start (crash loop, image)
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """Commands from people, as the time each was last given (None: never). A command is new when
+    its time is after the status' ``handled_controls``; ``paused`` is a standing request."""
+
+    paused: bool = False
+    abort: float | None = None
+    resume: float | None = None
+    promote_full: float | None = None
+    retry: float | None = None
+
+    def latest(self) -> float:
+        return max((t for t in (self.abort, self.resume, self.promote_full, self.retry) if t is not None), default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Observations:
+    health: Health
+    samples: dict[str, Sample] = field(default_factory=dict)
+    controls: Controls = Controls()

@@ -208,6 +208,9 @@ class AnalysisChecks(Spec):
 
 class RolloutBody(Spec):
     system: str
+    revision: str | None = Field(default=None, description="the revision to roll out (set by promote)")
+    modules: tuple[str, ...] = Field(default=(), description="module versions this revision changes")
+    paused: bool = False
     strategy: Strategy
     analysis: AnalysisChecks = AnalysisChecks()
     policies: Policies = Policies()
