@@ -23,10 +23,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_:.+\-]+$")
 _STANDARD = ("system", "revision", "stable_revision", "canary_revision", "window", "namespace")
 
 _SEL = 'system="{{ system }}",revision="{{ revision }}"'
-_BENTO = (
-    'service_name="{{ system }}",service_version="{{ revision }}",'
-    'endpoint!~"/readyz|/livez|/healthz|/metrics"'
-)
+_BENTO = 'service_name="{{ system }}",service_version="{{ revision }}",endpoint!~"/readyz|/livez|/healthz|/metrics"'
 
 
 def _ratio(part: str, whole: str) -> str:
@@ -44,9 +41,7 @@ TEMPLATES: dict[str, str] = {
     "request-count": f"sum(increase(modship_requests_total{{{_SEL}}}[{{{{ window }}}}]))",
     "request-rate": f"sum(rate(modship_requests_total{{{_SEL}}}[{{{{ window }}}}]))",
     # server-side failures / requests; client errors (bad input) are the caller's fault
-    "error-rate": _ratio(
-        f'modship_requests_total{{{_SEL},outcome="error"}}', f"modship_requests_total{{{_SEL}}}"
-    ),
+    "error-rate": _ratio(f'modship_requests_total{{{_SEL},outcome="error"}}', f"modship_requests_total{{{_SEL}}}"),
     "latency-p50": _quantile(0.5, "modship_request_duration_seconds_bucket"),
     "latency-p99": _quantile(0.99, "modship_request_duration_seconds_bucket"),
     # fallbacks taken per request (a request whose two steps fell back counts twice)

@@ -86,7 +86,7 @@ def step(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Decisio
         if target == s.previous_stable:
             return _finish(r, _instant_rollback(s, target, h, now, events), events, now)
         if not (s.phase is Phase.ABORTED and s.canary == target and s.spec_hash == h):
-            s = _start(r, s, target, h, now, events)
+            s = _start(r, s, target, h, now=now, events=events)
     elif target == s.stable and s.canary is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED):
         s = _abort(s, "TargetReverted", f"the target is stable {s.stable} again", now, events)
     elif target == s.stable and s.spec_hash != h:
@@ -96,7 +96,7 @@ def step(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Decisio
         s = _progress(r, s, obs, now, events)
     elif s.phase is Phase.ABORTED and _new(c.retry, s) and target is not None and target == s.canary:
         s = replace(s, handled_controls=c.latest())
-        s = _start(r, s, target, h, now, events)
+        s = _start(r, s, target, h, now=now, events=events)
         s = _progress(r, s, obs, now, events)
     return _finish(r, replace(s, handled_controls=max(s.handled_controls, c.latest())), events, now)
 
@@ -115,7 +115,7 @@ def _initialize(r: Rollout, s: RolloutStatus, target: str | None, h: str, now: f
     return _finish(r, s, events, now, aliases=True)
 
 
-def _start(r: Rollout, s: RolloutStatus, target: str, h: str, now: float, events: list[Event]) -> RolloutStatus:
+def _start(r: Rollout, s: RolloutStatus, target: str, h: str, *, now: float, events: list[Event]) -> RolloutStatus:
     if s.canary not in (None, target) and s.phase in (Phase.PROGRESSING, Phase.PAUSED):
         events.append(Event("Superseded", f"{s.canary} is replaced by {target} before finishing", warning=True))
     restart = s.canary == target and s.spec_hash != h
@@ -138,9 +138,10 @@ def _abort(s: RolloutStatus, reason: str, message: str, now: float, events: list
 def _promote(r: Rollout, s: RolloutStatus, now: float, events: list[Event], reason: str) -> RolloutStatus:
     assert s.canary is not None
     events.append(Event("Promoted", f"{s.canary} is stable; {s.stable} stays warm for rollback"))
+    entry = HistoryEntry(s.canary, "Promoted", now, reason)
     return replace(s, phase=Phase.PROMOTED, previous_stable=s.stable, stable=s.canary, canary=None,
                    step=len(r.steps), traffic=Traffic(), flags=s.flags, promoted_at=now, reason=reason,
-                   message=f"{s.canary} promoted", history=s.remember(HistoryEntry(s.canary, "Promoted", now, reason)))  # fmt: skip
+                   message=f"{s.canary} promoted", history=s.remember(entry))  # fmt: skip
 
 
 def _instant_rollback(s: RolloutStatus, target: str, h: str, now: float, events: list[Event]) -> RolloutStatus:
@@ -223,11 +224,13 @@ def _background(r: Rollout, s: RolloutStatus, now: float, events: list[Event]) -
             return s, False
         s = replace(s, background_started=now)
     checks = {n: r.check(n) for n in bg.checks}
-    return _judge(r, s, analysis.analysis_verdict(checks, s.background, background=True), "background", now, events)
+    verdict = analysis.analysis_verdict(checks, s.background, background=True)
+    return _judge(r, s, verdict, "background", now=now, events=events)
 
 
-def _judge(r: Rollout, s: RolloutStatus, v: Verdict, where: str, now: float,
-           events: list[Event]) -> tuple[RolloutStatus, bool]:  # fmt: skip
+def _judge(
+    r: Rollout, s: RolloutStatus, v: Verdict, where: str, *, now: float, events: list[Event]
+) -> tuple[RolloutStatus, bool]:
     """React to an analysis verdict; True when the rollout must not advance this cycle."""
     match v:
         case Verdict.FAILED:
@@ -290,7 +293,7 @@ def _advance(r: Rollout, s: RolloutStatus, now: float, events: list[Event]) -> R
         elif st.analysis is not None:
             checks = {n: r.check(n) for n in st.analysis.checks}
             v = analysis.analysis_verdict(checks, s.step_analysis, background=False)
-            s, stop = _judge(r, s, v, f"step {s.step}", now, events)
+            s, stop = _judge(r, s, v, f"step {s.step}", now=now, events=events)
             if stop:
                 return replace(s, message=f"step {s.step}: analysing") if v is Verdict.RUNNING else s
             events.append(Event("AnalysisSuccessful", f"step {s.step}: {', '.join(st.analysis.checks)} passed"))

@@ -4,10 +4,11 @@
 
 It is told how to misbehave at run time with ``POST /-/control`` (JSON, every field optional):
 ``mode`` (``ok``; ``fail``: answer 500; ``close``: drop the connection without answering;
-``hang``: never answer), ``label``, ``confidence``, ``passed`` (the evaluator's verdict),
-``stepFallback`` (report a step fallback), ``delay`` (seconds before answering), ``chunked``
-(answer with Transfer-Encoding: chunked). ``GET /-/stats`` counts the predictions it received
-(``requests``, ``mirrored``). Written on raw asyncio streams so it can drop connections at will.
+``truncate``: drop it halfway through the body; ``hang``: never answer), ``label``, ``confidence``,
+``passed`` (the evaluator's verdict), ``stepFallback`` (report a step fallback), ``delay`` (seconds
+before answering), ``chunked`` (answer with Transfer-Encoding: chunked). ``GET /-/stats`` counts the
+predictions it received (``requests``, ``mirrored``). Written on raw asyncio streams so it can drop
+connections at will.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ async def _connection(b: Behaviour, reader: asyncio.StreamReader, writer: asynci
             status, payload = answer
             top = (f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
                    f"x-modship-revision: {b.revision}\r\n")  # fmt: skip
+            if b.mode == "truncate" and target == "/predict":  # half the promised body, then a reset
+                writer.write(f"{top}content-length: {len(payload)}\r\n\r\n".encode() + payload[:10])
+                await writer.drain()
+                writer.transport.abort()
+                return
             if b.chunked and target == "/predict":
                 half = len(payload) // 2
                 chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (payload[:half], payload[half:]))

@@ -41,8 +41,11 @@ def rollout(steps: list[dict[str, Any]], *, revision: str | None = "B", backgrou
 STABLE_A = RolloutStatus(stable="A", spec_hash="", phase=Phase.IDLE)
 
 
+NO_CONTROLS = Controls()
+
+
 def tick(r: Rollout, s: RolloutStatus, now: float, sample: Sample = GOOD, *, health: Health = OK,
-         controls: Controls = Controls()) -> machine.Decision:  # fmt: skip
+         controls: Controls = NO_CONTROLS) -> machine.Decision:  # fmt: skip
     samples = {n: sample for n in machine.due_checks(r, s, now)}
     return machine.step(r, s, Observations(health, samples, controls), now)
 
@@ -234,7 +237,7 @@ def test_background_analysis_failure_aborts_from_its_starting_step() -> None:
     r = rollout(
         [{"setWeight": 10}, {"pause": {"duration": "60s"}}], background={"checks": ["errors"], "startingStep": 1}
     )
-    s, ds = run(r, STABLE_A, until=5, sample=BAD)
+    s, _ = run(r, STABLE_A, until=5, sample=BAD)
     assert (s.phase, s.reason) == (Phase.ABORTED, "AnalysisFailed")
 
 
