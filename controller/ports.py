@@ -8,11 +8,13 @@ import datetime as dt
 from pathlib import Path
 from typing import Protocol
 
-from controller.plan.observations import QueryContext, Sample
+from controller.plan.actions import SetTraffic
+from controller.plan.observations import Controls, Health, QueryContext, Sample
+from controller.plan.status import RolloutStatus
 from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
 from controller.spec.refs import ModuleRef
-from controller.spec.rollout import Check
+from controller.spec.rollout import Check, Rollout
 
 
 class ModuleCatalog(Protocol):
@@ -69,4 +71,41 @@ class MetricsSource(Protocol):
     def sample(self, check: Check, ctx: QueryContext) -> Sample:
         """Measure ``check`` for the canary (and stable when relative). Never raises for a
         provider failure: returns ``Sample(value=None, error=...)`` instead."""
+        ...
+
+
+class Target(Protocol):
+    """Where revisions run and traffic is split: local processes + router, or Kubernetes."""
+
+    def ensure(self, revision: str, role: str) -> None:
+        """Have ``revision`` running (idempotent; starting is asynchronous, see ``health``)."""
+        ...
+
+    def stop(self, revision: str) -> None:
+        """Stop ``revision`` (idempotent; unknown revisions are ignored)."""
+        ...
+
+    def route(self, traffic: SetTraffic) -> None:
+        """Split traffic as given (idempotent). Raises Unavailable when the router cannot be told."""
+        ...
+
+    def flags(self, revision: str, flags: tuple[tuple[str, bool, float], ...]) -> None:
+        """Feature flags a rollout step set for ``revision`` (idempotent)."""
+        ...
+
+    def health(self, stable: str | None, canary: str | None) -> Health:
+        """Readiness of the stable and canary revisions right now."""
+        ...
+
+
+class RolloutStore(Protocol):
+    """Where a system's rollout lives: spec, status and people's commands (a state directory
+    locally; the Rollout custom resource on Kubernetes)."""
+
+    def load(self, system: str) -> tuple[Rollout, RolloutStatus, Controls]:
+        """The rollout spec, its persisted status and pending controls. Raises NotFound."""
+        ...
+
+    def save(self, system: str, status: RolloutStatus) -> None:
+        """Persist the status atomically (the whole status, once per cycle)."""
         ...

@@ -101,8 +101,10 @@ def _number(data: dict[str, Any], promql: str) -> float | None:
         if kind == "vector" and isinstance(result, list):
             if len(result) > 1:
                 labels = ", ".join(str(s.get("metric", {})) for s in result[:3])
-                raise QueryFailed(f"query {promql!r} returned {len(result)} series, expected one "
-                                  f"(aggregate it, e.g. with sum()): {labels}")  # fmt: skip
+                raise QueryFailed(
+                    f"query {promql!r} returned {len(result)} series, expected one "
+                    f"(aggregate it, e.g. with sum()): {labels}"
+                )
             return _float_or_none(result[0]["value"][1]) if result else None
     except (TypeError, KeyError, IndexError, ValueError) as exc:
         raise QueryFailed(f"query {promql!r}: unreadable {kind} result {result!r}") from exc

@@ -121,6 +121,7 @@ def dump(lock: Lock) -> str:
 
 
 def write(lock: Lock, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(dump(lock))
     tmp.replace(path)

@@ -20,14 +20,17 @@ from controller.spec.rollout import Check
 DEFAULT_STEP_COUNT = 3
 
 
-def measure(check: Check, sample: Sample, now: float) -> Measurement:
+def measure(check: Check, sample: Sample, now: float, *, window_full: bool = True) -> Measurement:
+    """``window_full`` is False while the analysis is younger than the check's window: too few
+    samples then means "not yet" (Running, not counted), not Inconclusive."""
+
     def m(verdict: Verdict) -> Measurement:
         return Measurement(now, verdict, sample.value, sample.stable, sample.samples, sample.error)
 
     if sample.error is not None:
         return m(Verdict.ERROR)
     if sample.value is None or sample.samples < check.min_samples:
-        return m(Verdict.INCONCLUSIVE)
+        return m(Verdict.INCONCLUSIVE if window_full else Verdict.RUNNING)
     x = sample.value
     if check.threshold.relative_to == "stable":
         if sample.stable is None:

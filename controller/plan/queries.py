@@ -84,8 +84,9 @@ def render(template: str, variables: Mapping[str, str]) -> str:
     missing = sorted({n for n in parts[1::2] if n not in variables})
     if missing:
         names = ", ".join(missing)
-        raise SpecError(f"PromQL template needs variable(s) {names} (given: {', '.join(sorted(variables))}): "
-                        f"{text}", field="query")  # fmt: skip
+        raise SpecError(
+            f"PromQL template needs variable(s) {names} (given: {', '.join(sorted(variables))}): {text}", field="query"
+        )
     out: list[str] = []
     quote: str | None = None
     for i, part in enumerate(parts):
@@ -115,8 +116,11 @@ def _quote_after(literal: str, quote: str | None) -> str | None:
 def _place(name: str, value: str, quote: str | None, template: str) -> str:
     if quote is None:
         if not _TOKEN.match(value):
-            raise SpecError(f"variable {name}={value!r} is used outside quotes and must be a plain token "
-                            f"(a duration, number or name): {template}", field="query")  # fmt: skip
+            raise SpecError(
+                f"variable {name}={value!r} is used outside quotes and must be a plain token "
+                f"(a duration, number or name): {template}",
+                field="query",
+            )
         return value
     if quote == "`":
         if "`" in value:

@@ -46,6 +46,19 @@ def due_checks(r: Rollout, s: RolloutStatus, now: float) -> list[str]:
     return sorted(name for name, at in _schedule(r, s).items() if at <= now)
 
 
+def windows(r: Rollout, s: RolloutStatus, now: float) -> dict[str, tuple[float, bool]]:
+    """For each active check: the window to query (never reaching back before its analysis
+    started, so an earlier step's or attempt's traffic cannot decide it) and whether it is full."""
+    out: dict[str, tuple[float, bool]] = {}
+    starts = [(n, s.step_started) for n in _active_step_checks(r, s)]
+    starts += [(n, s.background_started) for n in _active_background(r, s) if n not in dict(starts)]
+    for name, since in starts:
+        w = r.check(name).window
+        age = now - since if since is not None else w
+        out[name] = (max(1.0, min(w, age)), age >= w)
+    return out
+
+
 def _active_step_checks(r: Rollout, s: RolloutStatus) -> tuple[str, ...]:
     if s.canary is None or s.phase is not Phase.PROGRESSING or s.step >= len(r.steps):
         return ()
@@ -108,9 +121,15 @@ def _new(at: float | None, s: RolloutStatus) -> bool:
 def _initialize(r: Rollout, s: RolloutStatus, target: str | None, h: str, now: float) -> Decision:
     if target is None:
         return Decision(s, (), None)
-    s = replace(s, phase=Phase.IDLE, stable=target, spec_hash=h, reason="Initialized",
-                message=f"{target} is the first revision: stable at once (nothing to compare it with)",
-                history=s.remember(HistoryEntry(target, "Initial", now)))  # fmt: skip
+    s = replace(
+        s,
+        phase=Phase.IDLE,
+        stable=target,
+        spec_hash=h,
+        reason="Initialized",
+        message=f"{target} is the first revision: stable at once (nothing to compare it with)",
+        history=s.remember(HistoryEntry(target, "Initial", now)),
+    )
     events = [Event("Initialized", s.message)]
     return _finish(r, s, events, now, aliases=True)
 
@@ -120,37 +139,75 @@ def _start(r: Rollout, s: RolloutStatus, target: str, h: str, *, now: float, eve
         events.append(Event("Superseded", f"{s.canary} is replaced by {target} before finishing", warning=True))
     restart = s.canary == target and s.spec_hash != h
     events.append(
-        Event("RolloutRestarted" if restart else "RolloutStarted",
-              f"canary {target} against stable {s.stable}" + (" (the rollout spec changed: step 0)" if restart else ""))
-    )  # fmt: skip
-    return replace(s, phase=Phase.PROGRESSING, canary=target, step=0, step_started=now, started=now,
-                   background_started=None, traffic=Traffic(), flags={}, step_analysis={}, background={},
-                   spec_hash=h, reason="RolloutStarted", message=f"canary {target} at step 0")  # fmt: skip
+        Event(
+            "RolloutRestarted" if restart else "RolloutStarted",
+            f"canary {target} against stable {s.stable}" + (" (the rollout spec changed: step 0)" if restart else ""),
+        )
+    )
+    return replace(
+        s,
+        phase=Phase.PROGRESSING,
+        canary=target,
+        step=0,
+        step_started=now,
+        started=now,
+        background_started=None,
+        traffic=Traffic(),
+        flags={},
+        step_analysis={},
+        background={},
+        spec_hash=h,
+        reason="RolloutStarted",
+        message=f"canary {target} at step 0",
+    )
 
 
 def _abort(s: RolloutStatus, reason: str, message: str, now: float, events: list[Event]) -> RolloutStatus:
     events.append(Event(reason, f"aborted {s.canary}: {message}; 100 % to stable {s.stable}", warning=True))
     entry = HistoryEntry(s.canary or "", "Aborted", now, reason)
-    return replace(s, phase=Phase.ABORTED, traffic=Traffic(), flags={}, reason=reason, message=message,
-                   history=s.remember(entry))  # fmt: skip
+    return replace(
+        s, phase=Phase.ABORTED, traffic=Traffic(), flags={}, reason=reason, message=message, history=s.remember(entry)
+    )
 
 
 def _promote(r: Rollout, s: RolloutStatus, now: float, events: list[Event], reason: str) -> RolloutStatus:
     assert s.canary is not None
     events.append(Event("Promoted", f"{s.canary} is stable; {s.stable} stays warm for rollback"))
     entry = HistoryEntry(s.canary, "Promoted", now, reason)
-    return replace(s, phase=Phase.PROMOTED, previous_stable=s.stable, stable=s.canary, canary=None,
-                   step=len(r.steps), traffic=Traffic(), flags=s.flags, promoted_at=now, reason=reason,
-                   message=f"{s.canary} promoted", history=s.remember(entry))  # fmt: skip
+    return replace(
+        s,
+        phase=Phase.PROMOTED,
+        previous_stable=s.stable,
+        stable=s.canary,
+        canary=None,
+        step=len(r.steps),
+        traffic=Traffic(),
+        flags=s.flags,
+        promoted_at=now,
+        reason=reason,
+        message=f"{s.canary} promoted",
+        history=s.remember(entry),
+    )
 
 
 def _instant_rollback(s: RolloutStatus, target: str, h: str, now: float, events: list[Event]) -> RolloutStatus:
     events.append(Event("RolledBack", f"back to {target} (kept warm): {s.stable} leaves at once", warning=True))
     if s.canary is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED):
         events.append(Event("Aborted", f"{s.canary} stopped by the rollback", warning=True))
-    return replace(s, phase=Phase.IDLE, previous_stable=s.stable, stable=target, canary=None, traffic=Traffic(),
-                   flags={}, promoted_at=now, spec_hash=h, reason="RolledBack", message=f"rolled back to {target}",
-                   history=s.remember(HistoryEntry(target, "RolledBack", now)))  # fmt: skip
+    return replace(
+        s,
+        phase=Phase.IDLE,
+        previous_stable=s.stable,
+        stable=target,
+        canary=None,
+        traffic=Traffic(),
+        flags={},
+        promoted_at=now,
+        spec_hash=h,
+        reason="RolledBack",
+        message=f"rolled back to {target}",
+        history=s.remember(HistoryEntry(target, "RolledBack", now)),
+    )
 
 
 # -- progressing -----------------------------------------------------------------------------------
@@ -191,8 +248,14 @@ def _progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float, event
 def _resume(r: Rollout, s: RolloutStatus, now: float, events: list[Event]) -> RolloutStatus:
     events.append(Event("Resumed", f"resumed at step {s.step}"))
     if s.reason == "AnalysisInconclusive":  # re-run the step's analysis from scratch
-        return replace(s, phase=Phase.PROGRESSING, step_started=now, step_analysis={}, reason="Resumed",
-                       message="resumed: analysis restarts")  # fmt: skip
+        return replace(
+            s,
+            phase=Phase.PROGRESSING,
+            step_started=now,
+            step_analysis={},
+            reason="Resumed",
+            message="resumed: analysis restarts",
+        )
     if s.step < len(r.steps) and r.steps[s.step].pause is not None:
         return replace(
             s, phase=Phase.PROGRESSING, step=s.step + 1, step_started=now, reason="Resumed", message="resumed"
@@ -203,11 +266,12 @@ def _resume(r: Rollout, s: RolloutStatus, now: float, events: list[Event]) -> Ro
 def _record(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> RolloutStatus:
     due = set(due_checks(r, s, now))
     step_checks, bg_checks = set(_active_step_checks(r, s)), set(_active_background(r, s))
+    full = {n: f for n, (_, f) in windows(r, s, now).items()}
     sa, bg = dict(s.step_analysis), dict(s.background)
     for name, sample in sorted(obs.samples.items()):
         if name not in due:
             continue
-        m = analysis.measure(r.check(name), sample, now)
+        m = analysis.measure(r.check(name), sample, now, window_full=full.get(name, True))
         if name in step_checks:
             sa[name] = sa.get(name, CheckRun()).record(m)
         if name in bg_checks:
@@ -237,8 +301,12 @@ def _judge(
             return _abort(s, "AnalysisFailed", f"{where} analysis failed", now, events), True
         case Verdict.INCONCLUSIVE:
             events.append(Event("AnalysisInconclusive", f"{where} analysis is inconclusive: paused for a person"))
-            return replace(s, phase=Phase.PAUSED, reason="AnalysisInconclusive",
-                           message=f"{where} analysis inconclusive: resume to retry, or abort"), True  # fmt: skip
+            return replace(
+                s,
+                phase=Phase.PAUSED,
+                reason="AnalysisInconclusive",
+                message=f"{where} analysis inconclusive: resume to retry, or abort",
+            ), True
         case Verdict.ERROR:
             if r.spec.policies.metrics_down is MetricsDown.ROLLBACK:
                 return _abort(s, "MetricsUnavailable", f"{where} analysis: metrics unavailable", now, events), True
@@ -329,19 +397,40 @@ def _finish(r: Rollout, s: RolloutStatus, events: list[Event], now: float, *, al
         s = replace(s, previous_stable=None)
     t = s.traffic if in_flight else Traffic()
     actions.append(
-        SetTraffic(stable=stable, canary=s.canary if in_flight else None, weight=t.weight, header_route=t.header_route,
-                   mirror=t.mirror, fallback=p.fallback_to_stable, sticky_header=p.sticky_header,
-                   sticky_cookie=p.sticky_cookie)
-    )  # fmt: skip
+        SetTraffic(
+            stable=stable,
+            canary=s.canary if in_flight else None,
+            weight=t.weight,
+            header_route=t.header_route,
+            mirror=t.mirror,
+            fallback=p.fallback_to_stable,
+            sticky_header=p.sticky_header,
+            sticky_cookie=p.sticky_cookie,
+        )
+    )
     if aliases or any(e.reason in _ALIAS_EVENTS for e in events):
         actions.append(SetAliases(stable=stable, canary=s.canary if in_flight else None))
     actions.extend(events)
     return Decision(s, tuple(actions), _requeue(r, s, now, in_flight=in_flight))
 
 
-_ALIAS_EVENTS = frozenset({"Initialized", "RolloutStarted", "RolloutRestarted", "Promoted", "PromotedFull",
-                           "RolledBack", "AbortedByUser", "AnalysisFailed", "CanaryFailed", "MetricsUnavailable",
-                           "ProgressDeadlineExceeded", "TargetReverted", "Superseded"})  # fmt: skip
+_ALIAS_EVENTS = frozenset(
+    {
+        "Initialized",
+        "RolloutStarted",
+        "RolloutRestarted",
+        "Promoted",
+        "PromotedFull",
+        "RolledBack",
+        "AbortedByUser",
+        "AnalysisFailed",
+        "CanaryFailed",
+        "MetricsUnavailable",
+        "ProgressDeadlineExceeded",
+        "TargetReverted",
+        "Superseded",
+    }
+)
 
 
 def _requeue(r: Rollout, s: RolloutStatus, now: float, *, in_flight: bool) -> float | None:

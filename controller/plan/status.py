@@ -61,8 +61,8 @@ class CheckRun:
                 return replace(self, inconclusive=self.inconclusive + 1, errors_in_row=0, last_at=m.at, recent=recent)
             case Verdict.ERROR:
                 return replace(self, errors_in_row=self.errors_in_row + 1, last_at=m.at, recent=recent)
-            case Verdict.RUNNING:
-                return self
+            case Verdict.RUNNING:  # warming up: not counted, but shown and rescheduled
+                return replace(self, last_at=m.at, recent=recent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,7 +170,14 @@ class CanaryStep(Spec):
 
     @property
     def kind(self) -> str:
-        return next(k for k, v in self if v is not None)
+        """The step's kind as written: setWeight, pause, analysis, setFlag, setHeaderRoute, setMirror."""
+        from pydantic.alias_generators import to_camel
+
+        return to_camel(next(k for k, v in self if v is not None))
+
+    @property
+    def value(self) -> Any:
+        return getattr(self, next(k for k, v in self if v is not None))
 
 
 class BackgroundAnalysis(Spec):

@@ -99,9 +99,7 @@ def test_error_rate_of_the_canary_relative_to_stable(
     assert 0.01 < latency.stable <= 0.025
 
 
-def test_no_data_is_none_not_an_error(
-    exporter: Exporter, source: PrometheusSource, revs: tuple[str, str]
-) -> None:
+def test_no_data_is_none_not_an_error(exporter: Exporter, source: PrometheusSource, revs: tuple[str, str]) -> None:
     canary, stable = revs  # never sent any traffic
     s = source.sample(check("template:error-rate", relative=True), context(exporter, canary, stable))
     assert s == Sample(value=None, stable=None, samples=0, error=None)

@@ -19,7 +19,5 @@ def control_plane() -> Iterator[ControlPlane]:
     """
     t0 = time.monotonic()
     with ControlPlane() as cp:
-        sys.stderr.write(
-            f"\n[k8s] control plane {cp.version} at {cp.server} up in {time.monotonic() - t0:.1f}s\n"
-        )
+        sys.stderr.write(f"\n[k8s] control plane {cp.version} at {cp.server} up in {time.monotonic() - t0:.1f}s\n")
         yield cp

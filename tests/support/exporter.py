@@ -54,10 +54,16 @@ class Generator:
         self.system = system
         self.registry = CollectorRegistry()
         labels = ["system", "revision"]
-        self.requests = Counter("modship_requests_total", "Requests by outcome", [*labels, "outcome"],
-                                registry=self.registry)  # fmt: skip
-        self.duration = Histogram("modship_request_duration_seconds", "Request latency", labels,
-                                  buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "modship_requests_total", "Requests by outcome", [*labels, "outcome"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "modship_request_duration_seconds",
+            "Request latency",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.traffic: dict[str, Traffic] = {}
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -75,9 +81,7 @@ class Generator:
             return self.settings()[revision]
 
     def settings(self) -> dict[str, dict[str, Any]]:
-        return {
-            r: {k: v for k, v in asdict(t).items() if not k.startswith("_")} for r, t in self.traffic.items()
-        }
+        return {r: {k: v for k, v in asdict(t).items() if not k.startswith("_")} for r, t in self.traffic.items()}
 
     def tick(self, dt: float) -> None:
         with self.lock:
@@ -147,9 +151,7 @@ def _handler(gen: Generator) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(
-    port: int, *, host: str = "127.0.0.1", system: str = "topic-classifier", rates: Sequence[str] = ()
-) -> None:
+def serve(port: int, *, host: str = "127.0.0.1", system: str = "topic-classifier", rates: Sequence[str] = ()) -> None:
     gen = Generator(system)
     for spec in rates:
         revision, _, rest = spec.partition("=")
@@ -233,8 +235,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a pod")
     p.add_argument("--system", default="topic-classifier")
-    p.add_argument("--rate", action="append", default=[], metavar="REV=RPS[:ERROR_RATIO[:LATENCY]]",
-                   help="initial traffic of a revision (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--rate",
+        action="append",
+        default=[],
+        metavar="REV=RPS[:ERROR_RATIO[:LATENCY]]",
+        help="initial traffic of a revision (repeatable)",
+    )
     args = p.parse_args(argv)
     serve(args.port, host=args.host, system=args.system, rates=args.rate)
 

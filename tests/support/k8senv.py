@@ -72,9 +72,7 @@ def locate_bin_dir() -> Path:
     bin_dir = Path(env) if env else default_root() / "bin"
     missing = [b for b in BINARIES if not os.access(bin_dir / b, os.X_OK)]
     if missing:
-        raise ControlPlaneError(
-            f"Kubernetes test binaries missing in {bin_dir}: {', '.join(missing)}; {BUILD_HINT}"
-        )
+        raise ControlPlaneError(f"Kubernetes test binaries missing in {bin_dir}: {', '.join(missing)}; {BUILD_HINT}")
     return bin_dir
 
 
@@ -105,9 +103,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
-def wait_for(
-    what: str, check: Callable[[], bool], timeout: float, on_timeout: Callable[[], str] | None = None
-) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float, on_timeout: Callable[[], str] | None = None) -> None:
     """Poll ``check`` until it returns True; raise ControlPlaneError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -249,13 +245,9 @@ class ControlPlane:
         kubectl = shutil.which("kubectl")
         if kubectl is None:
             raise ControlPlaneError("kubectl not found on PATH")
-        return self._run(
-            [kubectl, f"--kubeconfig={kubeconfig or self.kubeconfig}", *args], input, check, timeout
-        )
+        return self._run([kubectl, f"--kubeconfig={kubeconfig or self.kubeconfig}", *args], input, check, timeout)
 
-    def helm(
-        self, *args: str, check: bool = True, timeout: float = 300.0
-    ) -> subprocess.CompletedProcess[str]:
+    def helm(self, *args: str, check: bool = True, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
         """Run the built helm against this cluster, with helm's config/cache/data in the temp dir."""
         env = {
             "KUBECONFIG": str(self.kubeconfig),

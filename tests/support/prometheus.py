@@ -27,9 +27,7 @@ JOB = "modship"
 class PrometheusServer:
     """``prometheus`` on a free loopback port; a context manager (stop + clean up on exit)."""
 
-    def __init__(
-        self, targets: Iterable[str] = (), *, root: Path | None = None, interval: str = "1s"
-    ) -> None:
+    def __init__(self, targets: Iterable[str] = (), *, root: Path | None = None, interval: str = "1s") -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed: run `make system-deps`")
@@ -123,8 +121,7 @@ class PrometheusServer:
         config = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": targets}]}
-                for job, targets in self.jobs.items()
+                {"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in self.jobs.items()
             ],
         }
         self.config.write_text(json.dumps(config, indent=2))  # JSON is YAML

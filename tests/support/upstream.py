@@ -46,9 +46,16 @@ class Behaviour:
         self.mirrored = 0
 
     def control(self, doc: dict[str, Any]) -> None:
-        for key, attr in (("mode", "mode"), ("label", "label"), ("confidence", "confidence"),
-                          ("passed", "passed"), ("stepFallback", "step_fallback"), ("delay", "delay"),
-                          ("chunked", "chunked"), ("busyMs", "busy_ms")):  # fmt: skip
+        for key, attr in (
+            ("mode", "mode"),
+            ("label", "label"),
+            ("confidence", "confidence"),
+            ("passed", "passed"),
+            ("stepFallback", "step_fallback"),
+            ("delay", "delay"),
+            ("chunked", "chunked"),
+            ("busyMs", "busy_ms"),
+        ):
             if key in doc:
                 setattr(self, attr, doc[key])
 
@@ -69,8 +76,9 @@ class Behaviour:
         }
 
 
-async def _respond(b: Behaviour, method: str, target: str, headers: dict[str, str], body: bytes
-                   ) -> tuple[int, bytes] | None:  # fmt: skip
+async def _respond(
+    b: Behaviour, method: str, target: str, headers: dict[str, str], body: bytes
+) -> tuple[int, bytes] | None:
     if target == "/readyz":
         return 200, b'"ready"'
     if target == "/-/control" and method == "POST":
@@ -109,8 +117,10 @@ async def _connection(b: Behaviour, reader: asyncio.StreamReader, writer: asynci
                 writer.transport.abort()
                 return
             status, payload = answer
-            top = (f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
-                   f"x-modship-revision: {b.revision}\r\n")  # fmt: skip
+            top = (
+                f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
+                f"x-modship-revision: {b.revision}\r\n"
+            )
             if b.mode == "truncate" and target == "/predict":  # half the promised body, then a reset
                 writer.write(f"{top}content-length: {len(payload)}\r\n\r\n".encode() + payload[:10])
                 await writer.drain()
@@ -153,22 +163,35 @@ def main() -> None:
 class Upstream:
     """The server above as a subprocess on a free loopback port."""
 
-    def __init__(self, revision: str, *, label: str = "sport", log_dir: Path, delay: float = 0.0,
-                 busy_ms: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self, revision: str, *, label: str = "sport", log_dir: Path, delay: float = 0.0, busy_ms: float = 0.0
+    ) -> None:
         self.revision = revision
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = ["--port", str(self.port), "--revision", revision, "--label", label,
-                     "--delay", str(delay), "--busy-ms", str(busy_ms)]  # fmt: skip
+        self.args = [
+            "--port",
+            str(self.port),
+            "--revision",
+            revision,
+            "--label",
+            label,
+            "--delay",
+            str(delay),
+            "--busy-ms",
+            str(busy_ms),
+        ]
         self.log = log_dir / f"upstream-{revision}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Upstream:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.upstream", *self.args],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             cwd=Path(__file__).resolve().parents[2],
-        )  # fmt: skip
+        )
         wait_until(self._ready, timeout=20, interval=0.05, what=f"upstream {self.revision}")
         return self
 

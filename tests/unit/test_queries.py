@@ -105,8 +105,9 @@ def test_variables() -> None:
         "canary_revision": "r2",
         "window": "30s",
     }
-    ctx = QueryContext(system="s", revision="c", stable_revision="s1", window_s=0.25, namespace="ml",
-                       extra={"team": "nlp"})  # fmt: skip
+    ctx = QueryContext(
+        system="s", revision="c", stable_revision="s1", window_s=0.25, namespace="ml", extra={"team": "nlp"}
+    )
     v = queries.variables(ctx, revision="c")
     assert (v["window"], v["namespace"], v["team"]) == ("250ms", "ml", "nlp")
 

@@ -23,18 +23,42 @@ NODATA = Sample(value=None, samples=0)
 DOWN = Sample(value=None, error="prometheus unreachable")
 
 
-def rollout(steps: list[dict[str, Any]], *, revision: str | None = "B", background: dict[str, Any] | None = None,
-            checks: list[dict[str, Any]] | None = None, **policies: Any) -> Rollout:  # fmt: skip
+def rollout(
+    steps: list[dict[str, Any]],
+    *,
+    revision: str | None = "B",
+    background: dict[str, Any] | None = None,
+    checks: list[dict[str, Any]] | None = None,
+    **policies: Any,
+) -> Rollout:
     canary: dict[str, Any] = {"steps": steps, "maxWeight": 50}
     if background:
         canary["analysis"] = background
     doc = {
-        "apiVersion": "modship.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "sys"},
-        "spec": {"system": "sys", "revision": revision, "strategy": {"canary": canary},
-                 "analysis": {"checks": checks or [{"name": "errors", "metric": "errorRate", "threshold": {"max": 0.05},
-                                                    "interval": 1, "count": 2, "minSamples": 10}]},
-                 "policies": {"rollbackWindow": 60, "progressDeadline": 300, **policies}},
-    }  # fmt: skip
+        "apiVersion": "modship.dev/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "sys"},
+        "spec": {
+            "system": "sys",
+            "revision": revision,
+            "strategy": {"canary": canary},
+            "analysis": {
+                "checks": checks
+                or [
+                    {
+                        "name": "errors",
+                        "metric": "errorRate",
+                        "threshold": {"max": 0.05},
+                        "interval": 1,
+                        "count": 2,
+                        "minSamples": 10,
+                        "window": 2,
+                    }
+                ]
+            },
+            "policies": {"rollbackWindow": 60, "progressDeadline": 300, **policies},
+        },
+    }
     return Rollout.model_validate(doc)  # not from_document: it refuses setWeight > maxWeight, we test clamping
 
 
@@ -44,14 +68,22 @@ STABLE_A = RolloutStatus(stable="A", spec_hash="", phase=Phase.IDLE)
 NO_CONTROLS = Controls()
 
 
-def tick(r: Rollout, s: RolloutStatus, now: float, sample: Sample = GOOD, *, health: Health = OK,
-         controls: Controls = NO_CONTROLS) -> machine.Decision:  # fmt: skip
+def tick(
+    r: Rollout,
+    s: RolloutStatus,
+    now: float,
+    sample: Sample = GOOD,
+    *,
+    health: Health = OK,
+    controls: Controls = NO_CONTROLS,
+) -> machine.Decision:
     samples = {n: sample for n in machine.due_checks(r, s, now)}
     return machine.step(r, s, Observations(health, samples, controls), now)
 
 
-def run(r: Rollout, s: RolloutStatus, until: float, sample: Sample | Callable[[float], Sample] = GOOD,
-        **kw: Any) -> tuple[RolloutStatus, list[machine.Decision]]:  # fmt: skip
+def run(
+    r: Rollout, s: RolloutStatus, until: float, sample: Sample | Callable[[float], Sample] = GOOD, **kw: Any
+) -> tuple[RolloutStatus, list[machine.Decision]]:
     """Drive the machine tick by tick, honouring requeue_after, from t=0 to ``until``."""
     now, out = 0.0, []
     while now <= until:
@@ -102,8 +134,9 @@ def test_the_first_revision_is_stable_at_once() -> None:
         ([{"setMirror": {"percent": 30}}, {"pause": {}}], GOOD, Phase.PAUSED, 1, 0),
     ],
 )
-def test_first_tick_of_a_new_canary(steps: list[dict[str, Any]], sample: Sample, phase: Phase, step: int,
-                                    weight: float) -> None:  # fmt: skip
+def test_first_tick_of_a_new_canary(
+    steps: list[dict[str, Any]], sample: Sample, phase: Phase, step: int, weight: float
+) -> None:
     d = tick(rollout(steps), STABLE_A, 0, sample)
     assert (d.status.phase, d.status.step, d.status.traffic.weight) == (phase, step, weight)
     assert d.status.canary == "B" and traffic(d).canary == "B"
@@ -226,8 +259,14 @@ def test_rollback_window_and_instant_rollback() -> None:
 
 
 def test_set_flag_and_header_route_steps() -> None:
-    r = rollout([{"setFlag": {"name": "evaluation", "enabled": False}}, {"setHeaderRoute": {"name": "X-Canary", "value": "1"}},
-                 {"setWeight": 10}, {"pause": {}}])  # fmt: skip
+    r = rollout(
+        [
+            {"setFlag": {"name": "evaluation", "enabled": False}},
+            {"setHeaderRoute": {"name": "X-Canary", "value": "1"}},
+            {"setWeight": 10},
+            {"pause": {}},
+        ]
+    )
     d = tick(r, STABLE_A, 0)
     assert SetFlags("B", (("evaluation", False, 100.0),)) in d.actions
     assert traffic(d) == SetTraffic(stable="A", canary="B", weight=10, header_route=("x-canary", "1"))
@@ -276,8 +315,11 @@ def controls_at(kind: str, now: float, prev: Controls) -> Controls:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(step_st, min_size=1, max_size=6), st.lists(st.tuples(samples_st, controls_st), min_size=1, max_size=25),
-       st.sampled_from(["hold", "rollback"]))  # fmt: skip
+@given(
+    st.lists(step_st, min_size=1, max_size=6),
+    st.lists(st.tuples(samples_st, controls_st), min_size=1, max_size=25),
+    st.sampled_from(["hold", "rollback"]),
+)
 def test_invariants(steps: list[dict[str, Any]], ticks: list[tuple[Sample, str]], policy: str) -> None:
     r = rollout(steps, metricsDown=policy)
     s, controls, now = STABLE_A, Controls(), 0.0

@@ -1,0 +1,203 @@
+"""The local controller (``modship up``): one reconcile loop for every deployed system.
+
+Each system's rollout is reconciled when its requeue time comes or when a command wakes it; every
+system is held under its controller lock, so two controllers never act on the same system. All
+state is in the state directory: a restarted controller (even after ``kill -9``) adopts the
+running processes and continues at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller import ports, settings
+from controller.adapters.builtin_metrics import BuiltinSource
+from controller.adapters.local_runtime import LocalRuntime
+from controller.adapters.local_store import LocalStore
+from controller.apply import reconcile
+from controller.errors import ModshipError, Unavailable
+from controller.plan import rollout as machine
+from controller.plan.actions import Event, SetAliases
+from controller.spec.rollout import Provider
+
+log = logging.getLogger("modship.controller")
+IDLE_RECHECK = 5.0  # supervise processes at least this often
+
+
+@dataclass
+class Managed:
+    name: str
+    runtime: LocalRuntime
+    exit_stack: contextlib.ExitStack
+    next_at: float = 0.0
+    last: machine.Decision | None = None
+    failures: int = 0
+    sources: dict[Provider, ports.MetricsSource] = field(default_factory=dict)
+
+
+class LocalController:
+    def __init__(self, cfg: settings.Settings, *, registry: ports.Registry | None = None) -> None:
+        self.cfg = cfg
+        self.store = LocalStore(cfg.home)
+        self._registry = registry
+        self.systems: dict[str, Managed] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.RLock()
+
+    @property
+    def registry(self) -> ports.Registry:
+        if self._registry is None:
+            from controller.adapters import factory
+
+            self._registry = factory.registry(self.cfg)
+        return self._registry
+
+    # -- systems ------------------------------------------------------------------------------
+    def adopt_all(self) -> None:
+        for name in self.store.systems():
+            self.manage(name)
+
+    def manage(self, name: str) -> Managed:
+        with self._lock:
+            if name in self.systems:
+                return self.systems[name]
+            stack = contextlib.ExitStack()
+            stack.enter_context(self.store.exclusive(name))
+            port = int((self.store.dir(name) / "port").read_text())
+            rt = LocalRuntime(self.store, name, bentoml_home=self.cfg.bentoml_home, router_port=port)
+            stack.callback(rt.close)
+            m = Managed(name, rt, stack)
+            self.systems[name] = m
+            self.wake()
+            return m
+
+    def forget(self, name: str, *, stop: bool) -> None:
+        with self._lock:
+            m = self.systems.pop(name, None)
+        if m is not None:
+            if stop:
+                m.runtime.stop_all()
+            m.exit_stack.close()
+
+    def wake(self, name: str | None = None) -> None:
+        if name is not None and name in self.systems:
+            self.systems[name].next_at = 0.0
+        self._wake.set()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            now = time.time()
+            for m in list(self.systems.values()):
+                if m.next_at <= now:
+                    self.tick(m, now)
+            nxt = min((m.next_at for m in self.systems.values()), default=now + IDLE_RECHECK)
+            self._wake.wait(max(0.0, min(nxt, now + IDLE_RECHECK) - time.time()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def tick(self, m: Managed, now: float) -> None:
+        try:
+            m.runtime.supervise()
+            d = reconcile.reconcile_once(
+                m.name,
+                store=self.store,
+                target=m.runtime,
+                sources=self._sources(m),
+                now=now,
+                record=lambda e: self._record(m.name, e, now),
+                aliases=self._aliases(m.name),
+                reference=lambda rev: self.reference(m.name, rev),
+            )
+            m.last, m.failures = d, 0
+            wait = d.requeue_after if d.requeue_after is not None else IDLE_RECHECK
+            m.next_at = now + min(wait, IDLE_RECHECK)
+        except Unavailable as exc:  # retried: the runtime may still be starting
+            m.failures += 1
+            m.next_at = now + min(0.25 * 2**m.failures, 5.0)
+            log.info("%s: %s (retrying)", m.name, exc)
+        except ModshipError as exc:
+            m.failures += 1
+            m.next_at = now + 5.0
+            log.error("%s: %s", m.name, exc)
+
+    def _sources(self, m: Managed) -> dict[Provider, ports.MetricsSource]:
+        if Provider.BUILTIN not in m.sources:
+            m.sources[Provider.BUILTIN] = BuiltinSource(f"http://127.0.0.1:{m.runtime.router_port}")
+        url = self.store.rollout(m.name).spec.prometheus
+        if url and Provider.PROMETHEUS not in m.sources:
+            from controller.adapters.prometheus import PrometheusSource
+
+            m.sources[Provider.PROMETHEUS] = PrometheusSource(url)
+        return m.sources
+
+    def _record(self, name: str, e: Event, now: float) -> None:
+        self.store.append_event(name, e, now=now)
+
+    def _aliases(self, name: str) -> Any:
+        def move(a: SetAliases) -> None:
+            stable = self.store.lock(name, a.stable)
+            canary = self.store.lock(name, a.canary) if a.canary else None
+            s_versions = {m.name: m.version for m in stable.modules.values()}
+            c_versions = {m.name: m.version for m in canary.modules.values()} if canary else {}
+            reg = self.registry
+            for module, version in s_versions.items():
+                reg.set_alias(module, "stable", version)
+            for module in sorted(set(s_versions) | set(c_versions)):
+                v = c_versions.get(module)
+                if v is not None and v != s_versions.get(module):
+                    reg.set_alias(module, "canary", v)
+                else:
+                    reg.delete_alias(module, "canary")
+
+        return move
+
+    def reference(self, name: str, rev: str) -> dict[str, Any] | None:
+        """Reference input statistics of the revision's text encoder (for input drift checks)."""
+        from controller.adapters import bento
+        from controller.pipeline.engine import module_dir
+        from controller.spec.modules import Role
+
+        with contextlib.suppress(ModshipError, OSError, ValueError):
+            lock = self.store.lock(name, rev)
+            root = bento.bento_path(self.cfg.bentoml_home, lock) / "src" / "modules"
+            for ref, m in lock.modules.items():
+                stats = m.manifest.metadata.input_statistics
+                if m.manifest.role is Role.ENCODER and stats:
+                    data = json.loads((module_dir(root, ref) / stats).read_text())
+                    return data if isinstance(data, dict) and "text" in data else None
+        return None
+
+    def close(self, *, stop_processes: bool) -> None:
+        for name in list(self.systems):
+            self.forget(name, stop=stop_processes)
+
+
+@contextlib.contextmanager
+def running(cfg: settings.Settings, *, stop_processes: bool) -> Iterator[LocalController]:
+    c = LocalController(cfg)
+    c.adopt_all()
+    t = threading.Thread(target=c.run, name="modship-reconcile", daemon=True)
+    t.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        t.join(timeout=10)
+        c.close(stop_processes=stop_processes)
+
+
+def controller_file(cfg: settings.Settings) -> Path:
+    return cfg.home / "controller.json"

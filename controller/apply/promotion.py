@@ -1,0 +1,203 @@
+"""Deploying and promoting systems: compose the revision, check it, build its Bento, record it,
+and point the rollout at it. The rollout itself is the controller's job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller import ports
+from controller.adapters import bento
+from controller.adapters.local_store import LocalStore, RevisionRecord
+from controller.apply import systems
+from controller.compose import rebase as rebasing
+from controller.compose import revision as revisions
+from controller.compose.revision import Lock
+from controller.errors import ModshipError, SpecError
+from controller.plan.status import Phase
+from controller.spec import refs
+from controller.spec import rollout as rollout_spec
+from controller.spec.rollout import Rollout
+from controller.spec.system import System
+
+DEFAULT_ROLLOUT: dict[str, Any] = {
+    "strategy": {
+        "canary": {
+            "steps": [
+                {"setWeight": 10},
+                {"analysis": {"checks": ["error-rate"]}},
+                {"setWeight": 50},
+                {"analysis": {"checks": ["error-rate"]}},
+            ]
+        }
+    },
+    "analysis": {
+        "checks": [
+            {
+                "name": "error-rate",
+                "provider": "builtin",
+                "metric": "errorRate",
+                "threshold": {"max": 0.02},
+                "window": "30s",
+                "interval": "5s",
+                "count": 2,
+                "minSamples": 10,
+            },
+        ]
+    },
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    lock: Lock
+    record: RevisionRecord
+    notes: list[str]
+    overrides: list[str]
+
+
+def build_revision(
+    registry: ports.Registry,
+    store: LocalStore,
+    system: System,
+    *,
+    cache: Path,
+    bentoml_home: Path,
+    changed: list[str],
+    force: bool = False,
+    today: dt.date | None = None,
+) -> Prepared:
+    """Check (all rules), lock, contract-test and build; ``force`` overrides compatibility problems
+    only (never a missing module, a digest mismatch or a failing golden test)."""
+    checked = systems.check(registry, system, cache=cache, today=today)
+    overrides = []
+    compat_fields = [v for v in checked.report.violations if ".inputs" in v.field]
+    fatal = [v for v in checked.report.violations if v not in compat_fields]
+    if fatal or (compat_fields and not force):
+        systems.raise_violations(checked.report, system.metadata.name)
+    overrides = [f"{v} (overridden with --force)" for v in compat_fields]
+    lock = systems.lock(checked)
+    failures = systems.contract_tests(lock, checked.local)
+    module_failures = [f for f in failures if not f.startswith("smoke")]
+    if module_failures or (failures and not force):
+        raise ModshipError("contract tests failed, nothing built:\n  " + "\n  ".join(failures))
+    overrides += [f"{f} (overridden with --force)" for f in failures]
+    bento.build(lock, checked.local, bentoml_home=bentoml_home)
+    record = store.add_revision(system.metadata.name, lock, changed=changed, overrides=overrides)
+    return Prepared(lock, record, [], overrides)
+
+
+def deploy(
+    registry: ports.Registry,
+    store: LocalStore,
+    system: System,
+    rollout_doc: dict[str, Any] | None,
+    *,
+    cache: Path,
+    bentoml_home: Path,
+    port: int,
+) -> Prepared:
+    """Register a system with the local controller: its first revision becomes stable at once."""
+    name = system.metadata.name
+    prepared = build_revision(registry, store, system, cache=cache, bentoml_home=bentoml_home, changed=[])
+    doc = dict(rollout_doc or {"spec": DEFAULT_ROLLOUT})
+    doc.setdefault("apiVersion", "modship.dev/v1alpha1")
+    doc.setdefault("kind", "Rollout")
+    doc["metadata"] = {**(doc.get("metadata") or {}), "name": name}
+    spec = dict(doc.get("spec") or {})
+    spec["system"] = name
+    spec["revision"] = prepared.lock.revision
+    doc["spec"] = spec
+    r = rollout_spec.from_document(doc, source="rollout")
+    (store.dir(name)).mkdir(parents=True, exist_ok=True)
+    (store.dir(name) / "port").write_text(str(port))
+    store.put_rollout(name, r)
+    return prepared
+
+
+def promote(
+    registry: ports.Registry,
+    store: LocalStore,
+    name: str,
+    *,
+    modules: list[str],
+    spec: System | None,
+    cache: Path,
+    bentoml_home: Path,
+    force: bool = False,
+) -> tuple[Prepared, list[str]]:
+    """Compose the next revision from the stable one and point the rollout at it."""
+    r, status, _ = store.load(name)
+    if status.phase in (Phase.PROGRESSING, Phase.PAUSED) and status.canary is not None:
+        raise ModshipError(f"{name}: a rollout of {status.canary} is in progress (abort it or wait)")
+    if status.stable is None:
+        raise ModshipError(f"{name}: nothing is stable yet; is the controller running (modship up)?")
+    notes: list[str] = []
+    if spec is not None:
+        new = spec
+        if new.metadata.name != name:
+            raise SpecError(f"the spec is for system {new.metadata.name!r}, not {name!r}", field="metadata.name")
+    else:
+        base = store.lock(name, status.stable).system
+
+        def resolve(ref: str) -> Any:
+            return registry.resolve(refs.parse(ref))
+
+        new, notes = rebasing.rebase(base, modules, resolve)
+    prepared = build_revision(
+        registry, store, new, cache=cache, bentoml_home=bentoml_home, changed=modules, force=force
+    )
+    if prepared.lock.revision == status.stable:
+        raise ModshipError(f"{name}: {prepared.lock.revision} is already stable: nothing to promote")
+    set_target(store, r, prepared.lock.revision, modules)
+    return prepared, notes
+
+
+def set_target(store: LocalStore, r: Rollout, revision: str, modules: list[str]) -> None:
+    body = r.spec.model_copy(update={"revision": revision, "modules": tuple(modules)})
+    store.put_rollout(r.name, r.model_copy(update={"spec": body}))
+    # a new target starts clean: standing pause and old commands do not carry over
+    store.command(r.name, paused=False)
+
+
+def undo(store: LocalStore, name: str, *, to: int | None) -> RevisionRecord:
+    """Roll back to revision ``to`` (default: the previous stable one). Instant when still warm."""
+    r, status, _ = store.load(name)
+    if to is None:
+        prev = status.previous_stable or _previous(store, name, status.stable)
+        if prev is None:
+            raise ModshipError(f"{name}: no earlier revision to go back to")
+        rec = next(x for x in store.revisions(name) if x.revision == prev)
+    else:
+        rec = store.revision_by_number(name, to)
+    if rec.revision == status.stable and status.canary is None:
+        raise ModshipError(f"{name}: revision {rec.number} ({rec.revision}) is already stable")
+    set_target(store, r, rec.revision, [f"undo to revision {rec.number}"])
+    return rec
+
+
+def _previous(store: LocalStore, name: str, stable: str | None) -> str | None:
+    older = [h.revision for h in store.status(name).history if h.outcome in ("Promoted", "Initial", "RolledBack")]
+    older = [x for x in older if x != stable]
+    return older[-1] if older else None
+
+
+def rollback(store: LocalStore, name: str) -> str:
+    """Abort a canary in flight; after a promotion, go back to the previous (warm) stable at once."""
+    status = store.status(name)
+    if status.canary is not None and status.phase in (Phase.PROGRESSING, Phase.PAUSED):
+        store.command(name, abort=time.time())
+        return f"aborting canary {status.canary}: 100 % to stable {status.stable}"
+    rec = undo(store, name, to=None)
+    return f"rolling back to revision {rec.number} ({rec.revision})"
+
+
+def lock_for(store: LocalStore, name: str, rev: str) -> Lock:
+    return store.lock(name, rev)
+
+
+def write_lock(lock: Lock, path: Path) -> None:
+    revisions.write(lock, path)

@@ -1,0 +1,33 @@
+"""reconcile_once: observe -> plan -> execute -> save the status, once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from controller import ports
+from controller.apply import execute, observe
+from controller.plan import rollout as machine
+from controller.plan.actions import Event, SetAliases
+from controller.spec.rollout import Provider
+
+
+def reconcile_once(
+    system: str,
+    *,
+    store: ports.RolloutStore,
+    target: ports.Target,
+    sources: Mapping[Provider, ports.MetricsSource],
+    now: float,
+    record: Callable[[Event], None] = lambda e: None,
+    aliases: Callable[[SetAliases], None] | None = None,
+    reference: Callable[[str], dict[str, Any] | None] = lambda rev: None,
+) -> machine.Decision:
+    r, s, controls = store.load(system)
+    obs = observe.observe(r, s, controls, target=target, sources=sources, now=now, reference=reference)
+    decision = machine.step(r, s, obs, now)
+    execute.runtime(decision.actions, target)
+    if decision.status != s:
+        store.save(system, decision.status)
+    execute.after_save(decision.actions, record=record, aliases=aliases)
+    return decision

@@ -1,0 +1,323 @@
+"""Progressive delivery verbs: up, deploy, promote, status, pause, resume, abort, retry, rollback,
+undo, toggle, history, events, down. Every verb goes through the local controller's API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from controller.entrypoints.client import LocalClient
+from controller.entrypoints.context import Context
+from controller.entrypoints.output import Format, console, emit
+from controller.errors import SpecError
+from controller.spec import parse
+
+OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
+SystemArg = Annotated[str, typer.Argument(help="the system's name")]
+
+
+def _client(ctx: typer.Context) -> LocalClient:
+    obj: Context = ctx.obj
+    return LocalClient(obj.settings)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(down)
+    app.command()(deploy)
+    app.command()(promote)
+    app.command()(status)
+    for verb, doc in (
+        ("pause", "Pause the rollout where it is (traffic stays as it is)."),
+        ("resume", "Resume a paused rollout (also releases a pause step or retries an inconclusive analysis)."),
+        ("abort", "Abort the canary: 100 % to stable, the canary stopped."),
+        ("retry", "Start an aborted canary again from step 0."),
+        (
+            "rollback",
+            "Abort the canary in flight, or go back to the previous stable at once (within the rollback window).",
+        ),
+    ):
+        app.command(name=verb, help=doc)(_verb(verb))
+    app.command()(undo)
+    app.command()(toggle)
+    app.command()(history)
+    app.command()(events)
+
+
+def up(
+    ctx: typer.Context,
+    api_port: Annotated[int, typer.Option(help="the controller API port (0: any free port)")] = 0,
+    stop_on_exit: Annotated[
+        bool,
+        typer.Option(
+            help="stop revisions and routers when the controller exits "
+            "(default: they keep serving; `modship down` stops them)"
+        ),
+    ] = False,
+) -> None:
+    """Run the local controller (foreground): reconcile every deployed system and serve the API."""
+    import uvicorn
+
+    from controller.apply import local_controller
+    from controller.entrypoints import api
+    from controller.entrypoints.context import quiet_libraries
+
+    obj: Context = ctx.obj
+    quiet_libraries()
+    cfg = obj.settings
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    from controller.adapters.local_runtime import free_port
+
+    port = api_port or free_port()
+    with local_controller.running(cfg, stop_processes=stop_on_exit) as c:
+        server = uvicorn.Server(uvicorn.Config(api.app(c), host="127.0.0.1", port=port, log_level="warning"))
+        info = {"pid": os.getpid(), "url": f"http://127.0.0.1:{port}", "started": time.time()}
+        local_controller.controller_file(cfg).write_text(json.dumps(info))
+        console.print(
+            f"modship controller on {info['url']} managing {', '.join(c.store.systems()) or 'no systems yet'} "
+            f"(data: {cfg.home})"
+        )
+        server.run()  # returns on SIGINT/SIGTERM (uvicorn handles both)
+    local_controller.controller_file(cfg).unlink(missing_ok=True)
+
+
+def down(ctx: typer.Context) -> None:
+    """Stop the local controller and everything it runs (revisions and routers)."""
+    client = _client(ctx)
+    for s in client.call("GET", "/v1/systems"):
+        client.call("DELETE", f"/v1/systems/{s['system']}")
+    obj: Context = ctx.obj
+    info = json.loads((obj.settings.home / "controller.json").read_text())
+    os.kill(int(info["pid"]), signal.SIGTERM)
+    console.print("stopped")
+
+
+def _doc(path: Path) -> dict[str, Any]:
+    docs = parse.load_documents(path)
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise SpecError("expected one YAML document", source=str(path))
+    return docs[0]
+
+
+def deploy(
+    ctx: typer.Context,
+    system: Annotated[Path, typer.Argument(help="the System spec (YAML)")],
+    rollout: Annotated[Path | None, typer.Option(help="the Rollout spec (steps, analysis, policies)")] = None,
+    port: Annotated[int, typer.Option(help="the router's port: where clients send requests")] = 8080,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Deploy a system on the local runtime: its first revision becomes stable behind a router."""
+    body = {"system": _doc(system), "rollout": _doc(rollout) if rollout else None, "port": port}
+    out = _client(ctx).call("POST", "/v1/systems", body)
+    emit(
+        out,
+        output,
+        lambda d: console.print(f"deployed [bold]{d['system']}[/] revision {d['revision']} at {d['router']}"),
+    )
+
+
+def promote(
+    ctx: typer.Context,
+    system: SystemArg,
+    modules: Annotated[
+        list[str] | None, typer.Argument(help="module versions to roll out together (NAME@VERSION)")
+    ] = None,
+    spec: Annotated[Path | None, typer.Option(help="roll out this System spec instead")] = None,
+    full: Annotated[bool, typer.Option("--full", help="skip the remaining steps: promote to 100 % now")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="override compatibility problems (recorded in history)")
+    ] = False,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Roll out new module versions as one canary revision (grouped), or --full to finish one."""
+    body: dict[str, Any] = {"modules": modules or [], "full": full, "force": force}
+    if spec is not None:
+        body["system"] = _doc(spec)
+    out = _client(ctx).call("POST", f"/v1/systems/{system}/promote", body)
+
+    def render(d: dict[str, Any]) -> None:
+        if "revision" not in d:
+            console.print(f"{system}: promoting the canary to 100 %")
+            return
+        console.print(f"{system}: rolling out revision {d['number']} ({d['revision']})")
+        for note in d.get("changes", []):
+            console.print(f"  {note}")
+        for o in d.get("overrides", []):
+            console.print(f"  [yellow]override:[/] {o}")
+
+    emit(out, output, render)
+
+
+def status(
+    ctx: typer.Context,
+    system: SystemArg,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="a live view, refreshed every second")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="exit 0 when promoted, 1 when aborted, 2 on timeout")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """The rollout: phase, steps, weights, each check's measurements and verdict, traffic per revision."""
+    client = _client(ctx)
+    path = f"/v1/systems/{system}"
+    if wait:
+        raise typer.Exit(_wait(client, path, timeout, output))
+    if watch:
+        with Live(render(client.call("GET", path)), console=console, refresh_per_second=2) as live:
+            while True:
+                time.sleep(1.0)
+                live.update(render(client.call("GET", path)))
+    emit(client.call("GET", path), output, lambda d: console.print(render(d)))
+
+
+def _wait(client: LocalClient, path: str, timeout: float, output: Format) -> int:
+    deadline = time.monotonic() + timeout
+    d = client.call("GET", path)
+    while True:
+        target = d.get("target")
+        stable = (d.get("stable") or {}).get("revision")
+        canary = (d.get("canary") or {}).get("revision")
+        code = None
+        if d["phase"] in ("Promoted", "Idle") and stable == target:
+            code = 1 if d["reason"] in ("RolledBack",) else 0
+        elif d["phase"] == "Aborted" and canary == target:
+            code = 1
+        if code is not None or time.monotonic() > deadline:
+            code = 2 if code is None else code
+            emit(d, output, lambda x: console.print(f"{x['system']}: {x['phase']} ({x['reason']}) {x['message']}"))
+            return code
+        time.sleep(0.5)
+        d = client.call("GET", path)
+
+
+def render(d: dict[str, Any]) -> Group:
+    colour = {"Promoted": "green", "Idle": "green", "Progressing": "cyan", "Paused": "yellow", "Aborted": "red"}
+    head = Text.assemble(
+        (f"{d['system']} ", "bold"), (d["phase"], colour.get(d["phase"], "white")), f"  {d['reason']}: {d['message']}"
+    )
+    revs = Table("role", "revision", "#", "modules", "req/s", "errors", "fallbacks", box=None)
+    tr = d.get("traffic") or {}
+    for role in ("stable", "canary"):
+        r = d.get(role)
+        if not r:
+            continue
+        t = tr.get(r["revision"], {})
+        err = t.get("errorRate")
+        revs.add_row(
+            role,
+            r["revision"],
+            str(r.get("number")),
+            " ".join(r["modules"]),
+            f"{t.get('requestRate', 0):.1f}",
+            "-" if err is None else f"{err:.1%}",
+            str(t.get("fallbacks", 0)),
+        )
+    steps = Table("", "step", "", box=None)
+    for s in d["steps"]:
+        mark = {"done": "[green]✓[/]", "current": "[cyan]▶[/]", "pending": " "}[s["state"]]
+        steps.add_row(mark, f"{s['index']}: {s['kind']}", json.dumps(s["value"]) if s["value"] is not None else "")
+    checks = Table("check", "verdict", "ok/fail/inc/err", "recent (value vs stable)", box=None)
+    for where, runs in d["analysis"].items():
+        for name, run in runs.items():
+            recent = " ".join(_fmt(m) for m in run["recent"][-5:])
+            checks.add_row(
+                f"{name} ({where})",
+                run["verdict"],
+                f"{run['successes']}/{run['failures']}/{run['inconclusive']}/{run['errorsInRow']}",
+                recent,
+            )
+    weight = Text(
+        f"canary weight {d['weight']:g} %"
+        + (f", mirror {d['mirror']:g} %" if d["mirror"] else "")
+        + (f", header route {d['headerRoute']}" if d["headerRoute"] else "")
+    )
+    return Group(head, weight, revs, steps, checks)
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    if m["error"]:
+        return "err"
+    if m["value"] is None:
+        return "n/a"
+    st = f"/{m['stable']:.3g}" if m.get("stable") is not None else ""
+    mark = {"Successful": "", "Failed": "✗", "Inconclusive": "?"}.get(m["verdict"], "")
+    return f"{m['value']:.3g}{st}{mark}"
+
+
+def _verb(verb: str) -> Any:
+    def run(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TABLE) -> None:
+        out = _client(ctx).call("POST", f"/v1/systems/{system}/{verb}", {})
+        emit(out, output, lambda d: console.print(d.get("message") or f"{system}: {verb} requested"))
+
+    run.__name__ = verb
+    return run
+
+
+def undo(
+    ctx: typer.Context,
+    system: SystemArg,
+    to_revision: Annotated[int | None, typer.Option(help="revision number (see history); default the previous")] = None,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Go back to an earlier revision: instant while it is still warm, else a normal rollout."""
+    out = _client(ctx).call("POST", f"/v1/systems/{system}/undo", {"toRevision": to_revision})
+    emit(out, output, lambda d: console.print(f"{system}: back to revision {d['number']} ({d['revision']})"))
+
+
+def toggle(
+    ctx: typer.Context,
+    system: SystemArg,
+    flag: Annotated[str, typer.Argument(help="the feature flag")],
+    state: Annotated[str, typer.Argument(help="on or off")],
+    percent: Annotated[float, typer.Option(help="share of requests with the flag on (0-100)")] = 100.0,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Turn a feature flag on or off (for a percentage of requests) on every revision of a system."""
+    if state not in ("on", "off"):
+        raise SpecError(f"state must be on or off, got {state!r}", field="STATE")
+    body = {"flag": flag, "enabled": state == "on", "percent": percent}
+    out = _client(ctx).call("POST", f"/v1/systems/{system}/toggle", body)
+    emit(out, output, lambda d: console.print(f"{system}: flag {flag} {state} at {percent:g} %"))
+
+
+def history(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TABLE) -> None:
+    """Every revision of a system: its modules, what changed, how its rollouts ended."""
+    out = _client(ctx).call("GET", f"/v1/systems/{system}/history")
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        t = Table("#", "revision", "created", "changed", "outcomes", "now", box=None)
+        for r in rows:
+            created = time.strftime("%H:%M:%S", time.localtime(r["created"]))
+            outcomes = ", ".join(o["outcome"] + (f" ({o['reason']})" if o["reason"] else "") for o in r["outcomes"])
+            t.add_row(
+                str(r["number"]), r["revision"], created, " ".join(r["changed"]) or "-", outcomes, r["role"] or ""
+            )
+        console.print(t)
+
+    emit(out, output, show)
+
+
+def events(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TABLE) -> None:
+    """The timeline of a system's rollouts."""
+    out = _client(ctx).call("GET", f"/v1/systems/{system}/events")
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        for e in rows:
+            at = time.strftime("%H:%M:%S", time.localtime(e["at"]))
+            style = "yellow" if e["warning"] else ""
+            console.print(
+                f"{at} [{style}]{e['reason']:<24}[/] {e['message']}"
+                if style
+                else f"{at} {e['reason']:<24} {e['message']}"
+            )
+
+    emit(out, output, show)

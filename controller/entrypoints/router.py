@@ -1,0 +1,48 @@
+"""The router process: ``python -m controller.entrypoints.router --port P --system NAME --state FILE``.
+
+One per system, started by the local runtime; the controller configures it over its admin API
+(``PUT /-/modship/config``). It serves the persisted configuration right away after a restart and
+exits cleanly (status 0) on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import uvloop
+
+from controller.adapters import router
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modship-router", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
+    p.add_argument("--system", required=True, help="the system this router serves")
+    p.add_argument("--state", type=Path, help="file persisting the last configuration (atomic writes)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await router.run(host=args.host, port=args.port, system=args.system, state=args.state, stop=stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=args.log_level.upper(), format=fmt)
+    uvloop.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
