@@ -72,8 +72,12 @@ def up(
     from controller.entrypoints import api
     from controller.entrypoints.context import quiet_libraries
 
+    import logging
+
     obj: Context = ctx.obj
     quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     cfg = obj.settings
     cfg.home.mkdir(parents=True, exist_ok=True)
     from controller.adapters.local_runtime import free_port

@@ -209,6 +209,47 @@ class Policies(Spec):
     sticky_cookie: str | None = None
 
 
+class Workload(Spec):
+    """Kubernetes: how a revision runs. The image is ``{image}:{revision}`` unless ``image`` holds
+    ``{revision}`` (e.g. ``registry.example.com/topic:{revision}``)."""
+
+    image: str = Field(min_length=1)
+    replicas: int = Field(default=2, ge=1, le=1000)
+    port: int = Field(default=3000, ge=1, le=65535)
+    resources: dict[str, dict[str, str]] = Field(default_factory=dict)
+    service_account: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+    def image_for(self, revision: str) -> str:
+        return self.image.replace("{revision}", revision) if "{revision}" in self.image else f"{self.image}:{revision}"
+
+
+class GatewayAPI(Spec):
+    http_route: str = Field(min_length=1, description="the HTTPRoute whose backendRefs modship weights")
+
+
+class Istio(Spec):
+    virtual_service: str = Field(min_length=1)
+
+
+class Nginx(Spec):
+    ingress: str = Field(min_length=1, description="the stable Ingress; modship manages its canary twin")
+
+
+class TrafficRouting(Spec):
+    """Kubernetes: which router splits traffic (one of them; none: replica ratios)."""
+
+    gateway_api: GatewayAPI | None = None
+    istio: Istio | None = None
+    nginx: Nginx | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> TrafficRouting:
+        if sum(x is not None for x in (self.gateway_api, self.istio, self.nginx)) > 1:
+            raise ValueError("choose one of gatewayAPI, istio, nginx")
+        return self
+
+
 class AnalysisChecks(Spec):
     checks: list[Check] = Field(default_factory=list)
 
@@ -222,6 +263,8 @@ class RolloutBody(Spec):
     analysis: AnalysisChecks = AnalysisChecks()
     policies: Policies = Policies()
     prometheus: str | None = Field(default=None, description="Prometheus URL for provider prometheus")
+    workload: Workload | None = Field(default=None, description="Kubernetes only")
+    traffic_routing: TrafficRouting | None = Field(default=None, description="Kubernetes only")
 
 
 class Rollout(Spec):

@@ -1,0 +1,166 @@
+"""Progressive delivery on one machine, end to end: a real MLflow server, real `bentoml serve`
+processes, the real router and the real controller (`modship up`), driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Cli
+from tests.support import examples
+from tests.support.local import Controller, Load, status
+from tests.support.services import free_port, wait_until
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+ROLLOUT = {
+    "apiVersion": "modship.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "topic-classifier"},
+    "spec": {
+        "system": "topic-classifier",
+        "strategy": {"canary": {"steps": [
+            {"setWeight": 20}, {"analysis": {"checks": ["error-rate", "fallback-rate"]}},
+            {"setWeight": 50}, {"pause": {"duration": "2s"}}, {"analysis": {"checks": ["error-rate", "fallback-rate"]}},
+        ]}},
+        "analysis": {"checks": [
+            {"name": "error-rate", "metric": "errorRate", "threshold": {"max": 0.02}, "window": "5s", "interval": "1s",
+             "count": 2, "minSamples": 5},
+            {"name": "fallback-rate", "metric": "fallbackRate", "threshold": {"max": 0.05, "relativeTo": "stable"},
+             "window": "5s", "interval": "1s", "count": 2, "minSamples": 5},
+        ]},
+        "policies": {"rollbackWindow": "10m", "progressDeadline": "3m"},
+    },
+}
+
+
+def variant(src: Path, dest: Path, **runtime: Any) -> Path:
+    shutil.copytree(src, dest)
+    m = yaml.safe_load((dest / "module.yaml").read_text())
+    m["runtime"].update(runtime)
+    (dest / "module.yaml").write_text(yaml.safe_dump(m))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("local")
+    cli = Cli(home=tmp / "home", registry=mlflow_server.url)
+    root, _ = examples.build()
+    cli.ok("module", "register", *[str(root / n) for n in examples.ORDER], "--skip-existing", timeout=900)
+    faulty = variant(root / "topic-head-v1", tmp / "head-faulty", faults={"errorRate": 0.5})
+    out = json.loads(cli.ok("module", "register", str(faulty), "--skip-existing", "-o", "json").out)
+    (tmp / "rollout.yaml").write_text(yaml.safe_dump(ROLLOUT))
+    controller = Controller(cli, tmp / "controller.log").start()
+    port = free_port()
+    cli.ok("deploy", str(REPO / "examples" / "systems" / "topic-classifier.yaml"), "--rollout", str(tmp / "rollout.yaml"),
+           "--port", str(port), timeout=600)
+    wait_until(lambda: status(cli, "topic-classifier")["traffic"] or None, timeout=120, what="stable serving")
+    load = Load(f"http://127.0.0.1:{port}", tmp / "load.json").start()
+    yield {"cli": cli, "controller": controller, "load": load, "faulty": f"topic-head@{out[0]['version']}",
+           "tmp": tmp, "port": port}
+    load.stop()
+    cli("down")
+    controller.stop()
+
+
+def wait_steady(cli: Cli) -> dict[str, Any]:
+    return wait_until(lambda: (s := status(cli, "topic-classifier"))["phase"] in ("Idle", "Promoted", "Aborted") and s,
+                      timeout=120, what="no rollout in flight")
+
+
+def events(cli: Cli) -> list[dict[str, Any]]:
+    return list(json.loads(cli.ok("events", "topic-classifier", "-o", "json").out))
+
+
+def test_a_good_version_is_promoted_with_no_failed_requests(stack: dict[str, Any]) -> None:
+    cli, load = stack["cli"], stack["load"]
+    before = load.stats()["failed"]
+    stable = status(cli, "topic-classifier")["stable"]["revision"]
+    cli.ok("promote", "topic-classifier", "topic-head@2", timeout=600)
+    r = cli("status", "topic-classifier", "--wait", "--timeout", "180", "-o", "json", timeout=240)
+    assert r.code == 0, r.out + r.err
+    s = json.loads(r.out)
+    assert s["phase"] == "Promoted" and s["stable"]["revision"] != stable and s["previousStable"] == stable
+    assert "topic-head@2" in s["stable"]["modules"]
+    reasons = [e["reason"] for e in events(cli)]
+    assert reasons.count("AnalysisSuccessful") >= 2 and "Promoted" in reasons
+    assert load.stats()["failed"] == before
+    head = json.loads(cli.ok("module", "show", "topic-head@stable", "-o", "json").out)
+    assert head["version"] == 2 and "canary" not in head["aliases"]
+    by_rev = load.stats()["byRevision"]
+    assert by_rev.get(s["stable"]["revision"], 0) > 0
+
+
+def test_a_failing_version_is_rolled_back_automatically(stack: dict[str, Any]) -> None:
+    cli, load = stack["cli"], stack["load"]
+    wait_steady(cli)
+    stable = status(cli, "topic-classifier")["stable"]["revision"]
+    before = load.stats()["failed"]
+    cli.ok("promote", "topic-classifier", stack["faulty"], timeout=600)
+    r = cli("status", "topic-classifier", "--wait", "--timeout", "180", "-o", "json", timeout=240)
+    assert r.code == 1, r.out + r.err
+    s = json.loads(r.out)
+    assert (s["phase"], s["reason"], s["stable"]["revision"], s["weight"]) == ("Aborted", "AnalysisFailed", stable, 0.0)
+    assert load.stats()["failed"] == before  # the faulty head's errors were absorbed by its fallback
+    fallback = [m for m in s["analysis"]["step"]["fallback-rate"]["recent"] if m["verdict"] == "Failed"]
+    assert fallback and fallback[-1]["value"] > fallback[-1]["stable"] + 0.05
+    shown = json.loads(cli.ok("module", "show", stack["faulty"], "-o", "json").out)
+    assert "canary" not in shown["aliases"]
+
+
+def test_the_controller_killed_mid_rollout_resumes_at_the_same_step(stack: dict[str, Any]) -> None:
+    cli, load, controller = stack["cli"], stack["load"], stack["controller"]
+    wait_steady(cli)
+    before = load.stats()["failed"]
+    cli.ok("promote", "topic-classifier", "text-encoder@2", "l3-to-l6@1", timeout=600)  # grouped: one revision
+    at_pause = wait_until(lambda: (s := status(cli, "topic-classifier"))["step"] >= 3 and s["phase"] == "Progressing" and s,
+                          timeout=180, what="the rollout at its pause step")
+    controller.kill()
+    assert status_file_step(stack) == at_pause["step"] or status_file_step(stack) >= at_pause["step"]
+    controller.start()
+    r = cli("status", "topic-classifier", "--wait", "--timeout", "180", "-o", "json", timeout=240)
+    assert r.code == 0, r.out + r.err
+    mods = json.loads(r.out)["stable"]["modules"]
+    assert {"text-encoder@2", "l3-to-l6@1"} <= set(mods)
+    rollout_events = wait_until(lambda: (ev := events(cli))[-1]["reason"] == "Promoted" and ev, timeout=30,
+                                what="the Promoted event")  # events follow the status write
+    start = max(i for i, e in enumerate(rollout_events) if e["reason"] == "RolloutStarted")
+    weights = [e["message"] for e in rollout_events[start:] if e["reason"] == "WeightChanged"]
+    assert len(weights) == 2 and "20 %" in weights[0] and "50 %" in weights[1]  # no step repeated, none skipped
+    assert [e["reason"] for e in rollout_events[start:]].count("AnalysisSuccessful") == 2
+    assert load.stats()["failed"] == before
+
+
+def status_file_step(stack: dict[str, Any]) -> int:
+    path = stack["cli"].home / "systems" / "topic-classifier" / "status.json"
+    return int(json.loads(path.read_text())["step"])
+
+
+def test_a_killed_canary_loses_no_client_request(stack: dict[str, Any]) -> None:
+    cli, load = stack["cli"], stack["load"]
+    wait_steady(cli)
+    before = load.stats()
+    cli.ok("promote", "topic-classifier", "topic-head@1", timeout=600)
+    wait_until(lambda: status(cli, "topic-classifier")["weight"] >= 20, timeout=180, what="canary taking traffic")
+    canary = status(cli, "topic-classifier")["canary"]["revision"]
+    runtime = json.loads((cli.home / "systems" / "topic-classifier" / "run" / "runtime.json").read_text())
+    pid = next(p["pid"] for p in runtime["revisions"] if p["revision"] == canary)
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: load.stats()["requests"] > before["requests"] + 150, timeout=60, what="traffic after the kill")
+    after = load.stats()
+    assert after["failed"] == before["failed"], after["lastFailures"]
+    wait_steady(cli)
+
+
+def test_a_second_controller_is_refused(stack: dict[str, Any]) -> None:
+    r = stack["cli"]("up", timeout=60)
+    assert r.code == 5
+    assert "another controller" in r.err and "topic-classifier" in r.err and "Traceback" not in r.err
