@@ -61,10 +61,10 @@ async def main() -> None:
                 codes[str(r.status_code)] += 1
                 by_rev[r.headers.get("x-modship-revision", "?")] += 1
                 if r.status_code >= 500:
-                    failures.append(f"{r.status_code} {r.text[:120]}")
+                    failures.append(f"{time.strftime('%H:%M:%S')} {r.status_code} {r.text[:160]}")
             except httpx.HTTPError as exc:
                 codes["error"] += 1
-                failures.append(type(exc).__name__)
+                failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}")
 
     def report() -> None:
         if args.report:

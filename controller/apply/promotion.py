@@ -74,8 +74,8 @@ def build_revision(
     only (never a missing module, a digest mismatch or a failing golden test)."""
     checked = systems.check(registry, system, cache=cache, today=today)
     overrides = []
-    compat_fields = [v for v in checked.report.violations if ".inputs" in v.field]
-    fatal = [v for v in checked.report.violations if v not in compat_fields]
+    compat_fields = [v for v in checked.report.violations if v.kind == "compat"]
+    fatal = [v for v in checked.report.violations if v.kind != "compat"]
     if fatal or (compat_fields and not force):
         systems.raise_violations(checked.report, system.metadata.name)
     overrides = [f"{v} (overridden with --force)" for v in compat_fields]

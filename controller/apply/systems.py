@@ -49,7 +49,7 @@ def check(
                 local[mv.ref] = module_cases.materialize(registry, mv, cache)
             except IntegrityError as exc:
                 steps = [s.name for s in system.spec.steps if ref in revision.step_refs(s)]
-                extra.append(validate.Violation(steps[0] if steps else "", "digest", str(exc)))
+                extra.append(validate.Violation(steps[0] if steps else "", "digest", str(exc), "integrity"))
     if extra:
         report = validate.Report(report.resolved, report.edges, report.violations + tuple(extra))
     return Checked(system, report, local)

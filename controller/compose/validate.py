@@ -20,15 +20,20 @@ Resolver = Callable[[str], "ModuleVersion | str"]
 
 @dataclass(frozen=True, slots=True)
 class Violation:
+    """One broken rule. ``kind`` says what kind: ``compat`` (types or meaning on an edge or a
+    fallback: the only kind ``--force`` may override), ``policy`` (deprecation, stability),
+    ``spec`` (references, wiring, roles) or ``integrity`` (digests)."""
+
     step: str
     field: str
     reason: str
+    kind: str = "spec"
 
     def __str__(self) -> str:
         return f"step {self.step}: {self.field}: {self.reason}" if self.step else f"{self.field}: {self.reason}"
 
     def to_json(self) -> dict[str, str]:
-        return {"step": self.step, "field": self.field, "reason": self.reason}
+        return {"step": self.step, "field": self.field, "reason": self.reason, "kind": self.kind}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +132,12 @@ def check(system: System, resolve: Resolver, *, today: dt.date) -> Report:
             edges.append(Edge(s.name, port, src.from_, producer_ref, mv.ref, src.adapter, tuple(problems)))
             for p in problems:
                 violations.append(
-                    Violation(s.name, f"steps[{i}].inputs.{port}", f"{producer_ref} -> {mv.ref}: {p.field}: {p.reason}")
+                    Violation(
+                        s.name,
+                        f"steps[{i}].inputs.{port}",
+                        f"{producer_ref} -> {mv.ref}: {p.field}: {p.reason}",
+                        "compat",
+                    )
                 )
         if s.fallback is not None:
             violations.extend(_fallback(s, i, mv, s.fallback, get=get, system=system, modules=modules))
@@ -162,7 +172,9 @@ def _source_port(
 def _policies(mv: ModuleVersion, system: System, step: str, field: str, today: dt.date) -> list[Violation]:
     out = []
     if mv.deprecated(today):
-        out.append(Violation(step, field, f"{mv.ref} is deprecated since {mv.deprecation} (today is {today})"))
+        out.append(
+            Violation(step, field, f"{mv.ref} is deprecated since {mv.deprecation} (today is {today})", "policy")
+        )
     body = system.spec
     if (
         body.stability is Stability.STABLE
@@ -174,6 +186,7 @@ def _policies(mv: ModuleVersion, system: System, step: str, field: str, today: d
                 step,
                 field,
                 f"{mv.ref} is experimental in a stable system (add {mv.name!r} to spec.allowExperimental to allow it)",
+                "policy",
             )
         )
     return out
@@ -218,12 +231,14 @@ def _fallback(
             continue
         if src.adapter is None:
             for p in compat.check_ports(produced[1], consumer):
-                out.append(Violation(s.name, f"{field}.module", f"{produced[0]} -> {mv.ref}: {p}"))
+                out.append(Violation(s.name, f"{field}.module", f"{produced[0]} -> {mv.ref}: {p}", "compat"))
     for port, expected in outputs.items():
         got = mv.manifest.contract.outputs.get(port)
         if got is None:
             out.append(Violation(s.name, f"{field}.module", f"{mv.ref} lacks output {port!r} of {primary.ref}"))
             continue
         for p in compat.check_ports(got, expected):
-            out.append(Violation(s.name, f"{field}.module", f"{mv.ref} cannot stand in for {primary.ref}: {p}"))
+            out.append(
+                Violation(s.name, f"{field}.module", f"{mv.ref} cannot stand in for {primary.ref}: {p}", "compat")
+            )
     return out

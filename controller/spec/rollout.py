@@ -239,7 +239,7 @@ class Nginx(Spec):
 class TrafficRouting(Spec):
     """Kubernetes: which router splits traffic (one of them; none: replica ratios)."""
 
-    gateway_api: GatewayAPI | None = None
+    gateway_api: GatewayAPI | None = Field(default=None, alias="gatewayAPI")
     istio: Istio | None = None
     nginx: Nginx | None = None
 
