@@ -100,7 +100,7 @@ class Demo:
             f"→ {verdict} in {time.monotonic() - started:.0f}s ({s['reason']}); "
             f"stable is revision {s['stable']['number']} {s['stable']['revision']}"
         )
-        for where, runs in s["analysis"].items():
+        for runs in s["analysis"].values():
             for name, r in runs.items():
                 last = r["recent"][-1] if r["recent"] else {}
                 val = "-" if last.get("value") is None else f"{last['value']:.3f}"

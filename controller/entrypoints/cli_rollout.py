@@ -66,13 +66,13 @@ def up(
     ] = False,
 ) -> None:
     """Run the local controller (foreground): reconcile every deployed system and serve the API."""
+    import logging
+
     import uvicorn
 
     from controller.apply import local_controller
     from controller.entrypoints import api
     from controller.entrypoints.context import quiet_libraries
-
-    import logging
 
     obj: Context = ctx.obj
     quiet_libraries()
