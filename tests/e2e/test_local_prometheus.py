@@ -25,16 +25,29 @@ NAME = "topic-prom"
 
 def rollout(prometheus: str) -> dict[str, Any]:
     return {
-        "apiVersion": "modship.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": NAME},
+        "apiVersion": "modship.dev/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": NAME},
         "spec": {
-            "system": NAME, "prometheus": prometheus,
+            "system": NAME,
+            "prometheus": prometheus,
             "strategy": {"canary": {"steps": [{"setWeight": 50}, {"analysis": {"checks": ["errors"]}}]}},
-            "analysis": {"checks": [
-                {"name": "errors", "provider": "prometheus", "query": "template:error-rate", "window": "10s",
-                 "interval": "1s", "count": 8, "minSamples": 3, "consecutiveErrorLimit": 2,
-                 "inconclusiveLimit": 30,  # a restarted Prometheus has a gap: no data for a few seconds
-                 "threshold": {"max": 0.05}},
-            ]},
+            "analysis": {
+                "checks": [
+                    {
+                        "name": "errors",
+                        "provider": "prometheus",
+                        "query": "template:error-rate",
+                        "window": "10s",
+                        "interval": "1s",
+                        "count": 8,
+                        "minSamples": 3,
+                        "consecutiveErrorLimit": 2,
+                        "inconclusiveLimit": 30,  # a restarted Prometheus has a gap: no data for a few seconds
+                        "threshold": {"max": 0.05},
+                    },
+                ]
+            },
             "policies": {"metricsDown": "hold", "progressDeadline": "5m"},
         },
     }
@@ -72,8 +85,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any) -> Itera
 def test_prometheus_down_mid_analysis_holds_and_never_promotes(stack: dict[str, Any]) -> None:
     cli, prom, load = stack["cli"], stack["prom"], stack["load"]
     cli.ok("promote", NAME, "topic-head@2", timeout=600)
-    canary = wait_until(lambda: (s := status(cli, NAME))["canary"] and s["canary"]["revision"], timeout=120,
-                        what="a canary")
+    canary = wait_until(
+        lambda: (s := status(cli, NAME))["canary"] and s["canary"]["revision"], timeout=120, what="a canary"
+    )
     wait_until(lambda: canary in ports(cli), timeout=60, what="the canary process")
     prom.set_targets([f"127.0.0.1:{p}" for p in ports(cli).values()])
 
@@ -83,8 +97,9 @@ def test_prometheus_down_mid_analysis_holds_and_never_promotes(stack: dict[str, 
 
     wait_until(measured_ok, timeout=120, what="a successful Prometheus measurement")
     prom.stop()
-    held = wait_until(lambda: (s := status(cli, NAME))["reason"] == "MetricsUnavailable" and s, timeout=30,
-                      what="the rollout holding")
+    held = wait_until(
+        lambda: (s := status(cli, NAME))["reason"] == "MetricsUnavailable" and s, timeout=30, what="the rollout holding"
+    )
     assert held["phase"] == "Progressing" and held["weight"] == 50
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # holding: weight and phase do not move while Prometheus is down

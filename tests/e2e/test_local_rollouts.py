@@ -23,19 +23,44 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 ROLLOUT = {
-    "apiVersion": "modship.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "topic-classifier"},
+    "apiVersion": "modship.dev/v1alpha1",
+    "kind": "Rollout",
+    "metadata": {"name": "topic-classifier"},
     "spec": {
         "system": "topic-classifier",
-        "strategy": {"canary": {"steps": [
-            {"setWeight": 20}, {"analysis": {"checks": ["error-rate", "fallback-rate"]}},
-            {"setWeight": 50}, {"pause": {"duration": "2s"}}, {"analysis": {"checks": ["error-rate", "fallback-rate"]}},
-        ]}},
-        "analysis": {"checks": [
-            {"name": "error-rate", "metric": "errorRate", "threshold": {"max": 0.02}, "window": "5s", "interval": "1s",
-             "count": 2, "minSamples": 5},
-            {"name": "fallback-rate", "metric": "fallbackRate", "threshold": {"max": 0.05, "relativeTo": "stable"},
-             "window": "5s", "interval": "1s", "count": 2, "minSamples": 5},
-        ]},
+        "strategy": {
+            "canary": {
+                "steps": [
+                    {"setWeight": 20},
+                    {"analysis": {"checks": ["error-rate", "fallback-rate"]}},
+                    {"setWeight": 50},
+                    {"pause": {"duration": "2s"}},
+                    {"analysis": {"checks": ["error-rate", "fallback-rate"]}},
+                ]
+            }
+        },
+        "analysis": {
+            "checks": [
+                {
+                    "name": "error-rate",
+                    "metric": "errorRate",
+                    "threshold": {"max": 0.02},
+                    "window": "5s",
+                    "interval": "1s",
+                    "count": 2,
+                    "minSamples": 5,
+                },
+                {
+                    "name": "fallback-rate",
+                    "metric": "fallbackRate",
+                    "threshold": {"max": 0.05, "relativeTo": "stable"},
+                    "window": "5s",
+                    "interval": "1s",
+                    "count": 2,
+                    "minSamples": 5,
+                },
+            ]
+        },
         "policies": {"rollbackWindow": "10m", "progressDeadline": "3m"},
     },
 }
@@ -60,20 +85,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any) -> Itera
     (tmp / "rollout.yaml").write_text(yaml.safe_dump(ROLLOUT))
     controller = Controller(cli, tmp / "controller.log").start()
     port = free_port()
-    cli.ok("deploy", str(REPO / "examples" / "systems" / "topic-classifier.yaml"), "--rollout", str(tmp / "rollout.yaml"),
-           "--port", str(port), timeout=600)
+    system = str(REPO / "examples" / "systems" / "topic-classifier.yaml")
+    cli.ok("deploy", system, "--rollout", str(tmp / "rollout.yaml"), "--port", str(port), timeout=600)
     wait_until(lambda: status(cli, "topic-classifier")["traffic"] or None, timeout=120, what="stable serving")
     load = Load(f"http://127.0.0.1:{port}", tmp / "load.json").start()
-    yield {"cli": cli, "controller": controller, "load": load, "faulty": f"topic-head@{out[0]['version']}",
-           "tmp": tmp, "port": port}
+    yield {
+        "cli": cli,
+        "controller": controller,
+        "load": load,
+        "faulty": f"topic-head@{out[0]['version']}",
+        "tmp": tmp,
+        "port": port,
+    }
     load.stop()
     cli("down")
     controller.stop()
 
 
 def wait_steady(cli: Cli) -> dict[str, Any]:
-    return wait_until(lambda: (s := status(cli, "topic-classifier"))["phase"] in ("Idle", "Promoted", "Aborted") and s,
-                      timeout=120, what="no rollout in flight")
+    return wait_until(
+        lambda: (s := status(cli, "topic-classifier"))["phase"] in ("Idle", "Promoted", "Aborted") and s,
+        timeout=120,
+        what="no rollout in flight",
+    )
 
 
 def events(cli: Cli) -> list[dict[str, Any]]:
@@ -121,8 +155,11 @@ def test_the_controller_killed_mid_rollout_resumes_at_the_same_step(stack: dict[
     wait_steady(cli)
     before = load.stats()["failed"]
     cli.ok("promote", "topic-classifier", "text-encoder@2", "l3-to-l6@1", timeout=600)  # grouped: one revision
-    at_pause = wait_until(lambda: (s := status(cli, "topic-classifier"))["step"] >= 3 and s["phase"] == "Progressing" and s,
-                          timeout=180, what="the rollout at its pause step")
+    at_pause = wait_until(
+        lambda: (s := status(cli, "topic-classifier"))["step"] >= 3 and s["phase"] == "Progressing" and s,
+        timeout=180,
+        what="the rollout at its pause step",
+    )
     controller.kill()
     assert status_file_step(stack) == at_pause["step"] or status_file_step(stack) >= at_pause["step"]
     controller.start()
@@ -130,8 +167,9 @@ def test_the_controller_killed_mid_rollout_resumes_at_the_same_step(stack: dict[
     assert r.code == 0, r.out + r.err
     mods = json.loads(r.out)["stable"]["modules"]
     assert {"text-encoder@2", "l3-to-l6@1"} <= set(mods)
-    rollout_events = wait_until(lambda: (ev := events(cli))[-1]["reason"] == "Promoted" and ev, timeout=30,
-                                what="the Promoted event")  # events follow the status write
+    rollout_events = wait_until(
+        lambda: (ev := events(cli))[-1]["reason"] == "Promoted" and ev, timeout=30, what="the Promoted event"
+    )  # events follow the status write
     start = max(i for i, e in enumerate(rollout_events) if e["reason"] == "RolloutStarted")
     weights = [e["message"] for e in rollout_events[start:] if e["reason"] == "WeightChanged"]
     assert len(weights) == 2 and "20 %" in weights[0] and "50 %" in weights[1]  # no step repeated, none skipped
