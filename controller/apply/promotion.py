@@ -72,6 +72,16 @@ def build_revision(
 ) -> Prepared:
     """Check (all rules), lock, contract-test and build; ``force`` overrides compatibility problems
     only (never a missing module, a digest mismatch or a failing golden test)."""
+    lock, local, overrides = checked_lock(registry, system, cache=cache, force=force, today=today)
+    bento.build(lock, local, bentoml_home=bentoml_home)
+    record = store.add_revision(system.metadata.name, lock, changed=changed, overrides=overrides)
+    return Prepared(lock, record, [], overrides)
+
+
+def checked_lock(
+    registry: ports.Registry, system: System, *, cache: Path, force: bool = False, today: dt.date | None = None
+) -> tuple[Lock, dict[str, Path], list[str]]:
+    """The revision's lock and verified module copies, contract tests passed (or overridden)."""
     checked = systems.check(registry, system, cache=cache, today=today)
     overrides = []
     compat_fields = [v for v in checked.report.violations if v.kind == "compat"]
@@ -85,9 +95,7 @@ def build_revision(
     if module_failures or (failures and not force):
         raise ModshipError("contract tests failed, nothing built:\n  " + "\n  ".join(failures))
     overrides += [f"{f} (overridden with --force)" for f in failures]
-    bento.build(lock, checked.local, bentoml_home=bentoml_home)
-    record = store.add_revision(system.metadata.name, lock, changed=changed, overrides=overrides)
-    return Prepared(lock, record, [], overrides)
+    return lock, checked.local, overrides
 
 
 def deploy(

@@ -1,9 +1,11 @@
 """GitOps: the manifests Argo CD or Flux sync for a system, and the edits ``promote --gitops`` makes.
 
 ``render`` writes one object per file and a ``kustomization.yaml`` listing them: the ``Rollout`` CR,
-a ConfigMap holding the System spec (and the lock, for a SystemLock), and on request a traffic
-skeleton (stable and canary Services plus an HTTPRoute, VirtualService or Ingress). Output is
-deterministic, so re-rendering the same input gives the same bytes and Git diffs stay small.
+a ConfigMap holding the System spec (and the lock, for a SystemLock), and on request the router
+object the Rollout names (an HTTPRoute, VirtualService or stable Ingress) sending everything to the
+Service ``<system>-stable``. The operator creates and owns the Services (``<system>-stable``,
+``<system>-canary``, ``<system>``) and rewrites the route's weights, so neither is rendered as
+desired state beyond that skeleton. Output is deterministic: the same input gives the same bytes.
 
 ``promote_gitops`` edits only ``spec.revision`` and ``spec.modules`` of the Rollout in a working
 tree, leaving every other byte alone (comments and layout included) where the YAML allows it.
@@ -32,7 +34,7 @@ from controller.spec import parse, refs
 from controller.spec import rollout as rollouts
 from controller.spec import system as systems
 from controller.spec.objects import DNS_LABEL
-from controller.spec.rollout import Rollout
+from controller.spec.rollout import Rollout, TrafficRouting, Workload
 from controller.spec.system import System
 
 API_VERSION = "modship.dev/v1alpha1"
@@ -45,19 +47,21 @@ MANAGED_FILES = frozenset(
         ROLLOUT_FILE,
         KUSTOMIZATION_FILE,
         "configmap.yaml",
-        "service-stable.yaml",
-        "service-canary.yaml",
         "httproute.yaml",
         "virtualservice.yaml",
         "ingress.yaml",
     }
 )
 REVISION = re.compile(r"^r[0-9a-f]{12}$")
-SERVICE_PORT = 80
-# Objects the operator mutates after creation (selectors, weights): Flux creates them once.
+DEFAULT_PORT = int(Workload.model_fields["port"].default)  # BentoML's; the operator's Services use the same port
+# Route objects whose rules the operator rewrites (weights, mirrors, header routes): Flux creates them once.
 FLUX_CREATE_ONLY = {"kustomize.toolkit.fluxcd.io/ssa": "IfNotPresent"}
 ROLLBACK_BY_USER = frozenset({"AbortedByUser"})
 _DURATIONS = (("h", 3600.0), ("m", 60.0), ("s", 1.0))
+# The CRD spells the key gatewayAPI; the spec model's camelCase alias may read gatewayApi. Parse and
+# write through these two so both spellings meet at this boundary (a no-op once they agree).
+WIRE_GATEWAY_API = "gatewayAPI"
+_MODEL_GATEWAY_API = TrafficRouting.model_fields["gateway_api"].alias or WIRE_GATEWAY_API
 
 
 class Traffic(enum.StrEnum):
@@ -122,6 +126,20 @@ def _document(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _rename_routing(doc: Any, old: str, new: str) -> Any:
+    spec = doc.get("spec") if isinstance(doc, dict) else None
+    routing = spec.get("trafficRouting") if isinstance(spec, dict) else None
+    if old == new or not isinstance(spec, dict) or not isinstance(routing, dict) or old not in routing:
+        return doc
+    routing = {new if k == old else k: v for k, v in routing.items()}
+    return {**doc, "spec": {**spec, "trafficRouting": routing}}
+
+
+def parse_rollout(doc: Any, *, source: str | None = None) -> Rollout:
+    """A Rollout from its wire form (the CR as the API server and Git hold it)."""
+    return rollouts.from_document(_rename_routing(doc, WIRE_GATEWAY_API, _MODEL_GATEWAY_API), source=source)
+
+
 def _duration(seconds: float) -> str:
     for unit, size in _DURATIONS:
         if seconds >= size and (seconds / size).is_integer():
@@ -140,9 +158,12 @@ def _tidy(value: Any) -> Any:
     return value
 
 
-def _rollout_spec(r: Rollout) -> dict[str, Any]:
-    """The wire form without defaults; durations written back as ``30s`` (the CRD takes int-or-string)."""
-    spec: dict[str, Any] = r.spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+def _rollout_spec(r: Rollout, *, semantic: bool = False) -> dict[str, Any]:
+    """The wire form of what the spec sets (``semantic``: of what differs from the defaults), durations
+    written as ``30s`` (the CRD takes int-or-string)."""
+    spec: dict[str, Any] = r.spec.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude_unset=not semantic, exclude_defaults=semantic
+    )
     for check, model in zip(spec.get("analysis", {}).get("checks", []), r.spec.analysis.checks, strict=True):
         for key in ("window", "interval"):
             if key in check:
@@ -153,8 +174,8 @@ def _rollout_spec(r: Rollout) -> dict[str, Any]:
     for key, attr in (("rollbackWindow", "rollback_window"), ("progressDeadline", "progress_deadline")):
         if key in spec.get("policies", {}):
             spec["policies"][key] = _duration(getattr(r.spec.policies, attr))
-    tidy: dict[str, Any] = _tidy(spec)
-    return tidy
+    wire: dict[str, Any] = _rename_routing({"spec": _tidy(spec)}, _MODEL_GATEWAY_API, WIRE_GATEWAY_API)["spec"]
+    return wire
 
 
 def default_rollout(system: str) -> Rollout:
@@ -166,16 +187,18 @@ def default_rollout(system: str) -> Rollout:
         {"pause": {"duration": "5m"}},
     ]
     doc = {"metadata": {"name": system}, "spec": {"system": system, "strategy": {"canary": {"steps": steps}}}}
-    return rollouts.from_document(doc)
+    return parse_rollout(doc)
 
 
-def _load_inputs(target: Path, rollout_path: Path | None, system_path: Path | None) -> tuple[Rollout, System | None, Lock | None]:
+def _load_inputs(
+    target: Path, rollout_path: Path | None, system_path: Path | None
+) -> tuple[Rollout, System | None, Lock | None]:
     doc = _document(target)
     kind = doc.get("kind")
     if kind == "Rollout":
         if rollout_path is not None:
             raise SpecError("the target is a Rollout already: drop --rollout", field="--rollout")
-        r = rollouts.from_document(doc, source=str(target))
+        r = parse_rollout(doc, source=str(target))
         loaded = _system_or_lock(system_path) if system_path is not None else None
     elif kind in ("System", "SystemLock"):
         if system_path is not None:
@@ -183,14 +206,16 @@ def _load_inputs(target: Path, rollout_path: Path | None, system_path: Path | No
         loaded = _system_or_lock(target)
         name = (loaded.system if isinstance(loaded, Lock) else loaded).metadata.name
         r = (
-            rollouts.from_document(_document(rollout_path), source=str(rollout_path))
+            parse_rollout(_document(rollout_path), source=str(rollout_path))
             if rollout_path is not None
             else default_rollout(name)
         )
     else:
-        raise SpecError(f"expected a System, SystemLock or Rollout, got kind {kind!r}", field="kind", source=str(target))
+        raise SpecError(
+            f"expected a System, SystemLock or Rollout, got kind {kind!r}", field="kind", source=str(target)
+        )
     lock = loaded if isinstance(loaded, Lock) else None
-    system = lock.system if lock is not None else loaded
+    system = loaded.system if isinstance(loaded, Lock) else loaded
     if system is not None and system.metadata.name != r.spec.system:
         raise SpecError(
             f"the Rollout delivers system {r.spec.system!r} but the System is {system.metadata.name!r}",
@@ -209,7 +234,9 @@ def _system_or_lock(path: Path) -> System | Lock:
 # -- manifests --------------------------------------------------------------------------------------
 
 
-def _meta(name: str, namespace: str | None, labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def _meta(
+    name: str, namespace: str | None, labels: dict[str, str], annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if namespace:
         meta["namespace"] = namespace
@@ -243,7 +270,7 @@ def manifests(
         spec["revision"] = lock.revision
     route = traffic.route or name
     routing = {
-        Traffic.GATEWAY_API: {"gatewayAPI": {"httpRoute": route}},
+        Traffic.GATEWAY_API: {WIRE_GATEWAY_API: {"httpRoute": route}},
         Traffic.ISTIO: {"istio": {"virtualService": route}},
         Traffic.NGINX: {"nginx": {"ingress": route}},
     }.get(traffic.kind)
@@ -251,15 +278,12 @@ def manifests(
         spec["trafficRouting"] = routing
     spec = _ordered(spec)
     labels = {**r.metadata.labels, **_labels(name)}
-    cr = {"apiVersion": API_VERSION, "kind": "Rollout", "metadata": _meta(r.name, namespace, labels), "spec": spec}
-    if r.metadata.annotations:
-        cr["metadata"]["annotations"] = dict(r.metadata.annotations)
+    meta = _meta(r.name, namespace, labels, dict(r.metadata.annotations))
+    cr = {"apiVersion": API_VERSION, "kind": "Rollout", "metadata": meta, "spec": spec}
     out = [Manifest(ROLLOUT_FILE, cr)]
     if system is not None:
         out.append(Manifest("configmap.yaml", _configmap(system, lock, namespace)))
-    if traffic.kind is not Traffic.NONE:
-        port = int(spec["workload"].get("port", 3000))
-        out += _traffic(name, route, port, traffic, namespace)
+    out += _traffic(name, route, int(spec["workload"].get("port", DEFAULT_PORT)), traffic, namespace)
     return sorted(out, key=lambda m: m.file)
 
 
@@ -272,31 +296,23 @@ def _ordered(spec: dict[str, Any]) -> dict[str, Any]:
 def _configmap(system: System, lock: Lock | None, namespace: str | None) -> dict[str, Any]:
     name = system.metadata.name
     labels = _labels(name)
-    data = {"system.yaml": yaml.dump(system.dump(), Dumper=_Dumper, sort_keys=False, width=120)}
+    doc = _tidy(system.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True))
+    doc = {"apiVersion": system.api_version, "kind": system.kind, **doc}
+    data = {"system.yaml": yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)}
     if lock is not None:
         labels["modship.dev/revision"] = lock.revision
         data["lock.yaml"] = revisions.dump(lock)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(f"{name}-system", namespace, labels), "data": data}
-
-
-def _service(system: str, role: str, port: int, namespace: str | None) -> Manifest:
-    doc = {
+    return {
         "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(f"{system}-{role}", namespace, {**_labels(system), "modship.dev/role": role}, FLUX_CREATE_ONLY),
-        "spec": {
-            # The operator narrows the selector to the stable / canary revision's pods.
-            "selector": {"modship.dev/system": system},
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": port, "protocol": "TCP"}],
-        },
+        "kind": "ConfigMap",
+        "metadata": _meta(f"{name}-system", namespace, labels),
+        "data": data,
     }
-    return Manifest(f"service-{role}.yaml", doc)
 
 
 def _traffic(system: str, route: str, port: int, t: TrafficOptions, namespace: str | None) -> list[Manifest]:
-    out = [_service(system, "stable", port, namespace), _service(system, "canary", port, namespace)]
-    meta = _meta(route, namespace, _labels(system), FLUX_CREATE_ONLY)
-    stable, canary = f"{system}-stable", f"{system}-canary"
+    """The router object at rest: all traffic to ``<system>-stable`` (what the operator writes when idle)."""
+    stable = f"{system}-stable"
     match t.kind:
         case Traffic.GATEWAY_API:
             spec: dict[str, Any] = {}
@@ -305,41 +321,29 @@ def _traffic(system: str, route: str, port: int, t: TrafficOptions, namespace: s
                 spec["parentRefs"] = [{"name": gw, **({"namespace": gw_ns} if gw_ns else {})}]
             if t.host:
                 spec["hostnames"] = [t.host]
-            backends = [
-                {"name": stable, "port": SERVICE_PORT, "weight": 100},
-                {"name": canary, "port": SERVICE_PORT, "weight": 0},
-            ]
-            spec["rules"] = [{"backendRefs": backends}]
-            doc = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta, "spec": spec}
-            out.append(Manifest("httproute.yaml", doc))
+            spec["rules"] = [{"backendRefs": [{"name": stable, "port": port, "weight": 100}]}]
+            meta = _meta(route, namespace, _labels(system), FLUX_CREATE_ONLY)
+            return [Manifest("httproute.yaml", _object("gateway.networking.k8s.io/v1", "HTTPRoute", meta, spec))]
         case Traffic.ISTIO:
-            dest = [
-                {"destination": {"host": stable, "port": {"number": SERVICE_PORT}}, "weight": 100},
-                {"destination": {"host": canary, "port": {"number": SERVICE_PORT}}, "weight": 0},
-            ]
-            spec = {"hosts": [t.host or stable], "http": [{"name": "primary", "route": dest}]}
-            doc = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": meta, "spec": spec}
-            out.append(Manifest("virtualservice.yaml", doc))
-        case Traffic.NGINX:
-            rule: dict[str, Any] = {
-                "http": {
-                    "paths": [
-                        {
-                            "path": "/",
-                            "pathType": "Prefix",
-                            "backend": {"service": {"name": stable, "port": {"number": SERVICE_PORT}}},
-                        }
-                    ]
-                }
-            }
+            dest = {"destination": {"host": stable, "port": {"number": port}}, "weight": 100}
+            # Clients call the root Service <system>, which the operator creates next to stable/canary.
+            spec = {"hosts": [t.host or system], "http": [{"name": "primary", "route": [dest]}]}
+            meta = _meta(route, namespace, _labels(system), FLUX_CREATE_ONLY)
+            return [Manifest("virtualservice.yaml", _object("networking.istio.io/v1", "VirtualService", meta, spec))]
+        case Traffic.NGINX:  # the operator leaves this one alone and manages a canary twin of it
+            backend = {"service": {"name": stable, "port": {"number": port}}}
+            rule: dict[str, Any] = {"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}
             if t.host:
                 rule = {"host": t.host, **rule}
             spec = {"ingressClassName": t.ingress_class, "rules": [rule]}
-            doc = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": spec}
-            out.append(Manifest("ingress.yaml", doc))
-        case Traffic.NONE:  # pragma: no cover - the caller skips it
-            pass
-    return out
+            meta = _meta(route, namespace, _labels(system))
+            return [Manifest("ingress.yaml", _object("networking.k8s.io/v1", "Ingress", meta, spec))]
+        case Traffic.NONE:
+            return []
+
+
+def _object(api_version: str, kind: str, meta: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "metadata": meta, "spec": spec}
 
 
 def kustomization(files: list[str], namespace: str | None) -> dict[str, Any]:
@@ -394,10 +398,12 @@ def render(
     system: Annotated[
         Path | None, typer.Option(help="with a Rollout target: the System spec or lock, kept in a ConfigMap")
     ] = None,
-    traffic: Annotated[Traffic, typer.Option(help="add a traffic skeleton: Services plus the router's object")] = (
+    traffic: Annotated[Traffic, typer.Option(help="route with: the Rollout's trafficRouting + a skeleton object")] = (
         Traffic.NONE
     ),
-    http_route: Annotated[str | None, typer.Option(help="gateway-api: the HTTPRoute name (default: the system)")] = None,
+    http_route: Annotated[
+        str | None, typer.Option(help="gateway-api: the HTTPRoute name (default: the system)")
+    ] = None,
     virtual_service: Annotated[str | None, typer.Option(help="istio: the VirtualService name")] = None,
     ingress: Annotated[str | None, typer.Option(help="nginx: the stable Ingress name")] = None,
     gateway: Annotated[str | None, typer.Option(help="gateway-api: parent Gateway, NAME or NAMESPACE/NAME")] = None,
@@ -408,12 +414,17 @@ def render(
     """Render the manifests Argo CD or Flux sync for a system: the Rollout CR, a ConfigMap with the
     System spec, an optional traffic skeleton, and a kustomization.yaml listing them."""
     _check_name(namespace, "--namespace")
-    route_flags = {Traffic.GATEWAY_API: http_route, Traffic.ISTIO: virtual_service, Traffic.NGINX: ingress}
-    for kind, flag in (("gateway-api", "--http-route"), ("istio", "--virtual-service"), ("nginx", "--ingress")):
-        if route_flags[Traffic(kind)] is not None and traffic is not Traffic(kind):
+    flags = {
+        Traffic.GATEWAY_API: ("--http-route", http_route),
+        Traffic.ISTIO: ("--virtual-service", virtual_service),
+        Traffic.NGINX: ("--ingress", ingress),
+    }
+    for kind, (flag, value) in flags.items():
+        if value is not None and traffic is not kind:
             raise SpecError(f"{flag} needs --traffic {kind}", field=flag)
-    route = route_flags.get(traffic)
-    _check_name(route, "--route")
+        if traffic is kind:
+            _check_name(value, flag)
+    route = flags[traffic][1] if traffic in flags else None
     if gateway is not None and traffic is not Traffic.GATEWAY_API:
         raise SpecError("--gateway needs --traffic gateway-api", field="--gateway")
     r, sys_spec, lock = _load_inputs(target, rollout, system)
@@ -448,13 +459,19 @@ def _load_rollout(path: Path, system: str | None) -> tuple[str, dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     docs = parse.parse_text(text, source=str(path))
     doc = docs[0]
-    if len(docs) != 1 or not isinstance(doc, dict) or doc.get("kind") != "Rollout" or doc.get("apiVersion") != API_VERSION:
+    if (
+        len(docs) != 1
+        or not isinstance(doc, dict)
+        or doc.get("kind") != "Rollout"
+        or doc.get("apiVersion") != API_VERSION
+    ):
         kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
         raise SpecError(
-            f"not a Rollout manifest (expected one {API_VERSION} Rollout, found {len(docs)} document(s), kind {kind!r})",
+            f"not a Rollout manifest (expected one {API_VERSION} Rollout; "
+            f"found {len(docs)} document(s), kind {kind!r})",
             source=str(path),
         )
-    rollouts.from_document(doc, source=str(path))
+    parse_rollout(doc, source=str(path))
     if system is not None and doc["spec"].get("system") != system:
         raise SpecError(
             f"the Rollout delivers system {doc['spec'].get('system')!r}, not {system!r}",
@@ -484,7 +501,7 @@ def promote_gitops(dir: Path, system: str, revision: str, modules: list[str]) ->
     edited = _edit(text, revision, list(modules))
     if edited is None or yaml.safe_load(edited) != expected:
         edited = dump(expected)
-    rollouts.from_document(yaml.safe_load(edited), source=str(path))
+    parse_rollout(yaml.safe_load(edited), source=str(path))
     if edited != text:
         _atomic_write(path, edited)
     return path
@@ -492,7 +509,10 @@ def promote_gitops(dir: Path, system: str, revision: str, modules: list[str]) ->
 
 def _edit(text: str, revision: str, modules: list[str]) -> str | None:
     """Splice the new values into ``text`` by position; None when the layout is not a block mapping."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
     spec = _child(root, "spec")
     if not isinstance(spec, yaml.MappingNode) or spec.flow_style:
         return None
@@ -551,10 +571,10 @@ def _sequence_edit(text: str, key: yaml.Node, value: yaml.Node, modules: list[st
 
 def _normal(spec: Any) -> Any:
     try:
-        r = rollouts.from_document({"metadata": {"name": "x"}, "spec": spec})
+        r = parse_rollout({"metadata": {"name": "x"}, "spec": spec})
     except SpecError:
         return spec
-    return _rollout_spec(r)
+    return _rollout_spec(r, semantic=True)
 
 
 def _differences(git: Any, live: Any, path: str) -> list[tuple[str, Any, Any]]:
@@ -563,6 +583,8 @@ def _differences(git: Any, live: Any, path: str) -> list[tuple[str, Any, Any]]:
         for key in sorted(git.keys() | live.keys()):
             out += _differences(git.get(key), live.get(key), f"{path}.{key}")
         return out
+    if isinstance(git, list) and isinstance(live, list) and len(git) == len(live):
+        return [d for i, (g, c) in enumerate(zip(git, live, strict=True)) for d in _differences(g, c, f"{path}[{i}]")]
     return [] if git == live else [(path, git, live)]
 
 
@@ -607,3 +629,41 @@ def _running(want: str, status: dict[str, Any]) -> str | None:
     if reason == "RolledBack":
         return f"Git asks for {want}, {runs} after a manual rollback (modship undo)"
     return f"Git asks for {want}, {runs} (phase {phase or 'unknown'}): the operator has not started {want} yet"
+
+
+def promote_in_tree(
+    obj: Any, dir: Path, system: str, modules: list[str], *, spec: Path | None, force: bool
+) -> dict[str, Any]:
+    """``modship promote --gitops DIR``: compose the next revision from the lock kept in the tree's
+    ConfigMap (or from ``spec``), check and contract-test it, then edit the Rollout manifest and the
+    ConfigMap in place: a commit-ready change for Argo CD or Flux to sync."""
+    from controller.apply import promotion
+    from controller.compose import rebase as rebasing
+    from controller.spec import system as system_spec
+
+    cm_path = dir / "configmap.yaml"
+    notes: list[str] = []
+    if spec is not None:
+        new = system_spec.load(spec)
+    else:
+        if not cm_path.exists():
+            raise SpecError(f"no configmap.yaml with the current lock in {dir}: render it first, or pass --spec",
+                            field="--gitops")  # fmt: skip
+        cm = _document(cm_path)
+        lock_text = (cm.get("data") or {}).get("lock.yaml")
+        if not lock_text:
+            raise SpecError("the ConfigMap holds no lock.yaml: pass --spec", source=str(cm_path))
+        base = parse.to_model(Lock, yaml.safe_load(lock_text), source=f"{cm_path}: lock.yaml")
+
+        def resolve(ref: str) -> Any:
+            return obj.registry.resolve(refs.parse(ref))
+
+        new, notes = rebasing.rebase(base.system, modules, resolve)
+    lock, _, overrides = promotion.checked_lock(obj.registry, new, cache=obj.settings.module_cache, force=force)
+    path = promote_gitops(dir, system, lock.revision, modules)
+    if cm_path.exists():
+        cm = _document(cm_path)
+        cm["data"] = {**(cm.get("data") or {}), "lock.yaml": revisions.dump(lock)}
+        cm.setdefault("metadata", {}).setdefault("labels", {})["modship.dev/revision"] = lock.revision
+        _atomic_write(cm_path, dump(cm))
+    return {"file": str(path), "revision": lock.revision, "changes": notes, "overrides": overrides}

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import typer
 from rich.console import Group
@@ -24,9 +24,23 @@ from controller.spec import parse
 
 OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
 SystemArg = Annotated[str, typer.Argument(help="the system's name")]
+KubeContextOpt = Annotated[
+    str | None, typer.Option("--context", help="act on the Rollout resource in this kubeconfig context")
+]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Kubernetes namespace of the Rollout")]
 
 
-def _client(ctx: typer.Context) -> LocalClient:
+class Client(Protocol):
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any: ...
+
+
+def _client(ctx: typer.Context, context: str | None = None, namespace: str | None = None) -> Client:
+    """The local controller's API, or, with --context/--namespace, the Rollout resource on Kubernetes
+    (the same verbs, so moving between one machine and a cluster needs no second tool)."""
+    if context or namespace:
+        from controller.entrypoints.k8s_client import KubernetesClient
+
+        return KubernetesClient(context=context, namespace=namespace)
     obj: Context = ctx.obj
     return LocalClient(obj.settings)
 
@@ -141,13 +155,28 @@ def promote(
     force: Annotated[
         bool, typer.Option("--force", help="override compatibility problems (recorded in history)")
     ] = False,
+    gitops: Annotated[
+        Path | None, typer.Option(help="edit the Rollout manifest in this Git working tree instead (GitOps)")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Kubernetes: the revision to roll out (r + 12 hex)")] = None,
+    context: KubeContextOpt = None,
+    namespace: NamespaceOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Roll out new module versions as one canary revision (grouped), or --full to finish one."""
+    if gitops is not None:
+        from controller.entrypoints import cli_gitops
+
+        obj: Context = ctx.obj
+        done = cli_gitops.promote_in_tree(obj, gitops, system, modules or [], spec=spec, force=force)
+        emit(done, output, lambda d: console.print(f"{d['file']}: {system} -> {d['revision']} (commit and push it)"))
+        return
     body: dict[str, Any] = {"modules": modules or [], "full": full, "force": force}
+    if revision is not None:
+        body["revision"] = revision
     if spec is not None:
         body["system"] = _doc(spec)
-    out = _client(ctx).call("POST", f"/v1/systems/{system}/promote", body)
+    out = _client(ctx, context, namespace).call("POST", f"/v1/systems/{system}/promote", body)
 
     def render(d: dict[str, Any]) -> None:
         if "revision" not in d:
@@ -168,10 +197,12 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="a live view, refreshed every second")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="exit 0 when promoted, 1 when aborted, 2 on timeout")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
+    context: KubeContextOpt = None,
+    namespace: NamespaceOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """The rollout: phase, steps, weights, each check's measurements and verdict, traffic per revision."""
-    client = _client(ctx)
+    client = _client(ctx, context, namespace)
     path = f"/v1/systems/{system}"
     if wait:
         raise typer.Exit(_wait(client, path, timeout, output))
@@ -183,7 +214,7 @@ def status(
     emit(client.call("GET", path), output, lambda d: console.print(render(d)))
 
 
-def _wait(client: LocalClient, path: str, timeout: float, output: Format) -> int:
+def _wait(client: Client, path: str, timeout: float, output: Format) -> int:
     deadline = time.monotonic() + timeout
     d = client.call("GET", path)
     while True:
@@ -258,8 +289,14 @@ def _fmt(m: dict[str, Any]) -> str:
 
 
 def _verb(verb: str) -> Any:
-    def run(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TABLE) -> None:
-        out = _client(ctx).call("POST", f"/v1/systems/{system}/{verb}", {})
+    def run(
+        ctx: typer.Context,
+        system: SystemArg,
+        context: KubeContextOpt = None,
+        namespace: NamespaceOpt = None,
+        output: OutputOpt = Format.TABLE,
+    ) -> None:
+        out = _client(ctx, context, namespace).call("POST", f"/v1/systems/{system}/{verb}", {})
         emit(out, output, lambda d: console.print(d.get("message") or f"{system}: {verb} requested"))
 
     run.__name__ = verb
@@ -270,10 +307,12 @@ def undo(
     ctx: typer.Context,
     system: SystemArg,
     to_revision: Annotated[int | None, typer.Option(help="revision number (see history); default the previous")] = None,
+    context: KubeContextOpt = None,
+    namespace: NamespaceOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Go back to an earlier revision: instant while it is still warm, else a normal rollout."""
-    out = _client(ctx).call("POST", f"/v1/systems/{system}/undo", {"toRevision": to_revision})
+    out = _client(ctx, context, namespace).call("POST", f"/v1/systems/{system}/undo", {"toRevision": to_revision})
     emit(out, output, lambda d: console.print(f"{system}: back to revision {d['number']} ({d['revision']})"))
 
 
@@ -283,13 +322,15 @@ def toggle(
     flag: Annotated[str, typer.Argument(help="the feature flag")],
     state: Annotated[str, typer.Argument(help="on or off")],
     percent: Annotated[float, typer.Option(help="share of requests with the flag on (0-100)")] = 100.0,
+    context: KubeContextOpt = None,
+    namespace: NamespaceOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Turn a feature flag on or off (for a percentage of requests) on every revision of a system."""
     if state not in ("on", "off"):
         raise SpecError(f"state must be on or off, got {state!r}", field="STATE")
     body = {"flag": flag, "enabled": state == "on", "percent": percent}
-    out = _client(ctx).call("POST", f"/v1/systems/{system}/toggle", body)
+    out = _client(ctx, context, namespace).call("POST", f"/v1/systems/{system}/toggle", body)
     emit(out, output, lambda d: console.print(f"{system}: flag {flag} {state} at {percent:g} %"))
 
 
