@@ -23,23 +23,24 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install modship with everything the demo and tests need
 
-system-deps: ## Debian packages the tests use (prometheus, nginx)
-	@if ! command -v prometheus >/dev/null || ! command -v nginx >/dev/null; then \
+system-deps: ## Debian packages the tests and benchmarks use (prometheus, nginx, wrk)
+	@if ! command -v prometheus >/dev/null || ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus nginx; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus nginx wrk; \
 	fi
 
 k8s-bins: ## build the Kubernetes test control plane from the Go module proxy (cached outside the repo)
 	bash tools/k8s/build.sh
 
 check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
-	$(BIN)/ruff check controller tests examples bentos
+	$(BIN)/ruff check controller tests examples bentos bench
+	$(BIN)/ruff format --check controller tests examples bentos bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 test: $(STAMP) system-deps k8s-bins ## everything CI runs (unit, adapters against real services, end to end)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## unit tests only (no real services)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -47,7 +48,7 @@ test-fast: $(STAMP) ## unit tests only (no real services)
 demo: $(STAMP) ## the main job end to end on the embedded default
 	$(BIN)/python examples/demo.py
 
-bench: $(STAMP) system-deps ## benchmarks, side by side; results in bench/results.json
+bench: $(STAMP) system-deps k8s-bins ## benchmarks, side by side; results in bench/results.json
 	$(BIN)/python -m bench
 
 clean: ## remove the venv and local data (caches outside the repo are kept)

@@ -663,7 +663,16 @@ def promote_in_tree(
     path = promote_gitops(dir, system, lock.revision, modules)
     if cm_path.exists():
         cm = _document(cm_path)
-        cm["data"] = {**(cm.get("data") or {}), "lock.yaml": revisions.dump(lock)}
+        system_doc = {
+            "apiVersion": new.api_version,
+            "kind": new.kind,
+            **_tidy(new.model_dump(mode="json", by_alias=True, exclude_none=True)),
+        }
+        cm["data"] = {
+            **(cm.get("data") or {}),
+            "lock.yaml": revisions.dump(lock),
+            "system.yaml": yaml.dump(system_doc, Dumper=_Dumper, sort_keys=False, width=120),
+        }
         cm.setdefault("metadata", {}).setdefault("labels", {})["modship.dev/revision"] = lock.revision
         _atomic_write(cm_path, dump(cm))
     return {"file": str(path), "revision": lock.revision, "changes": notes, "overrides": overrides}
