@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,14 @@ class Registered:
     skipped: bool
 
 
-def register(registry: ports.Registry, dirs: list[Path], *, skip_existing: bool = False) -> list[Registered]:
-    """Validate every directory first (bad input registers nothing), then register each."""
+def register(
+    registry: ports.Registry | Callable[[], ports.Registry], dirs: list[Path], *, skip_existing: bool = False
+) -> list[Registered]:
+    """Validate every directory first (bad input registers nothing, and fails before any backend is
+    contacted), then register each."""
     loaded = [bundles.load(d) for d in dirs]
+    if callable(registry):
+        registry = registry()
     out = []
     for b in loaded:
         if skip_existing:

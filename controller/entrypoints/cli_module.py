@@ -36,7 +36,7 @@ def register(
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Register module versions: artifact, role, contract, metadata and SHA-256 digests, all or nothing."""
-    done = modules.register(_ctx(ctx).registry, dirs, skip_existing=skip_existing)
+    done = modules.register(lambda: _ctx(ctx).registry, dirs, skip_existing=skip_existing)
     data = [dict(_summary(r.version), skipped=r.skipped) for r in done]
 
     def render(rows: list[dict[str, Any]]) -> None:

@@ -183,10 +183,13 @@ class Faulty:
     """Wraps a kernel with deliberate faults (``runtime.faults``): an error rate and a delay.
     Deterministic per input so that the same request fails the same way (reproducible tests)."""
 
-    def __init__(self, inner: Kernel, *, error_rate: float, delay_ms: float, salt: str) -> None:
+    def __init__(self, inner: Kernel, *, error_rate: float, delay_ms: float, salt: str, after_s: float = 0.0) -> None:
         self.inner, self.error_rate, self.delay_s, self.salt = inner, error_rate, delay_ms / 1000, salt
+        self.active_from = time.monotonic() + after_s
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
+        if time.monotonic() < self.active_from:
+            return self.inner(batch)
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.error_rate and self._draw(batch) < self.error_rate:
@@ -223,5 +226,5 @@ def load(root: Path, manifest: ModuleManifest, *, faults: bool = True) -> Kernel
     kernel = factory(root, manifest)
     f = manifest.runtime.faults
     if faults and f and (f.error_rate or f.delay_ms):
-        return Faulty(kernel, error_rate=f.error_rate, delay_ms=f.delay_ms, salt=manifest.name)
+        return Faulty(kernel, error_rate=f.error_rate, delay_ms=f.delay_ms, salt=manifest.name, after_s=f.after_seconds)
     return kernel

@@ -134,6 +134,7 @@ class Faults(Spec):
 
     error_rate: float = Field(default=0.0, ge=0, le=1)
     delay_ms: float = Field(default=0.0, ge=0)
+    after_seconds: float = Field(default=0.0, ge=0, description="healthy this long after loading, then faulty")
 
 
 class Runtime(Spec):
