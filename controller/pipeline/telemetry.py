@@ -2,7 +2,8 @@
 
 Metrics carry the labels system, revision, step, module, version. Tracing exports spans to the
 console by default; set ``MODSHIP_TRACING=otlp`` (and the standard ``OTEL_EXPORTER_OTLP_*``
-variables) to send them to a collector, or ``none`` to turn tracing off.
+variables) to send them to a collector, or ``none`` to turn tracing off; ``MODSHIP_TRACING_SAMPLE``
+is the share of requests traced (default 1.0). Spans join the trace of BentoML's request span.
 """
 
 from __future__ import annotations
@@ -87,8 +88,12 @@ def _tracer(service: str) -> Any:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    # Our own sampling decision: BentoML's request span (our parent) is unsampled by default, and a
+    # parent-based sampler would silently drop every modship span.
+    ratio = float(os.environ.get("MODSHIP_TRACING_SAMPLE", "1.0"))
+    provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=TraceIdRatioBased(ratio))
     if mode == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Cli
 from tests.support import examples
-from tests.support.services import BentoServer
+from tests.support.services import BentoServer, wait_until
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +67,8 @@ def served(workspace: tuple[Cli, Path]) -> Iterator[dict[str, BentoServer]]:
     servers = {}
     for name, spec in (("good", SYSTEM), ("faulty", tmp / "faulty.yaml")):
         tag = json.loads(cli.ok("system", "build", str(spec), "-o", "json", timeout=900).out)["bento"]
-        servers[name] = BentoServer(tag, cli.home / "bentoml", tmp / f"{name}.log").start()
+        tracing = {"MODSHIP_TRACING": "console"} if name == "good" else {}
+        servers[name] = BentoServer(tag, cli.home / "bentoml", tmp / f"{name}.log", **tracing).start()
     yield servers
     for s in servers.values():
         s.stop()
@@ -194,3 +195,17 @@ def test_failing_contract_tests_stop_the_build(workspace: tuple[Cli, Path]) -> N
     assert r.code != 0
     assert "smoke[0]: expected label 'tech', got 'business'" in r.err
     assert not (cli.home / "bentoml" / "bentos" / "topic-wrong").exists()
+
+
+def test_spans_per_step_are_exported(served: dict[str, BentoServer]) -> None:
+    """Console tracing by default: one span per request and per step, in BentoML's trace."""
+    s = served["good"]
+    httpx.post(f"{s.url}/predict", json={"text": "A sentence to trace through every step of the system."}, timeout=30)
+
+    def spans() -> list[str]:
+        names = [
+            n for n in ("modship.predict", "step guard", "step encoder", "step head") if f'"{n}"' in s.log.read_text()
+        ]
+        return names if len(names) == 4 else []
+
+    assert wait_until(spans, timeout=30, what="spans in the service log")

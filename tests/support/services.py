@@ -134,7 +134,7 @@ class BentoServer:
         from controller.adapters import bento
 
         name, rev = self.tag.split(":")
-        env = bento.serve_env(self.log.with_suffix(".bentoml"), MODSHIP_TRACING="none", **self.env)
+        env = bento.serve_env(self.log.with_suffix(".bentoml"), **{"MODSHIP_TRACING": "none", **self.env})
         cmd = bento.serve_command(self.home / "bentos" / name / rev, host="127.0.0.1", port=self.port)
         self.proc = subprocess.Popen(
             cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
