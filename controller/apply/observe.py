@@ -25,7 +25,7 @@ def observe(
     canary = candidate(r, s)
     health = target.health(s.stable, canary)
     samples: dict[str, Sample] = {}
-    if s.canary is not None and s.stable is not None and s.phase is Phase.PROGRESSING:
+    if s.canary is not None and s.stable is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED):
         windows = machine.windows(r, s, now)
         for name in machine.due_checks(r, s, now):
             check = r.check(name)

@@ -68,7 +68,8 @@ def _active_step_checks(r: Rollout, s: RolloutStatus) -> tuple[str, ...]:
 
 def _active_background(r: Rollout, s: RolloutStatus) -> tuple[str, ...]:
     bg = r.spec.strategy.canary.analysis
-    if bg is None or s.canary is None or s.phase is not Phase.PROGRESSING or s.background_started is None:
+    in_flight = s.phase in (Phase.PROGRESSING, Phase.PAUSED)
+    if bg is None or s.canary is None or not in_flight or s.background_started is None:
         return ()
     return bg.checks
 
@@ -225,6 +226,12 @@ def _progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float, event
         return replace(s, message="promote --full: waiting for the canary to be ready")
     if _new(c.resume, s) and s.phase is Phase.PAUSED:
         s = _resume(r, s, now, events)
+    hold = False
+    if obs.health.canary_ready:  # background analysis runs through pauses: the canary still serves
+        s = _record(r, s, obs, now)
+        s, hold = _background(r, s, now, events)
+        if s.phase is Phase.ABORTED:
+            return s
     if c.paused:
         if s.reason != "PausedByUser":
             events.append(Event("PausedByUser", f"paused at step {s.step}"))
@@ -238,9 +245,7 @@ def _progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float, event
         return _abort(s, "ProgressDeadlineExceeded", f"step {s.step} made no progress for {deadline:g}s", now, events)
     if not obs.health.canary_ready:
         return replace(s, message=f"waiting for canary {s.canary} to be ready")
-    s = _record(r, s, obs, now)
-    s, stop = _background(r, s, now, events)
-    if stop:
+    if hold:
         return s
     return _advance(r, s, now, events)
 
@@ -435,9 +440,10 @@ _ALIAS_EVENTS = frozenset(
 
 def _requeue(r: Rollout, s: RolloutStatus, now: float, *, in_flight: bool) -> float | None:
     times: list[float] = []
+    if in_flight:
+        times.extend(_schedule(r, s).values())
     if in_flight and s.phase is Phase.PROGRESSING:
         times.append(now + HEALTH_POLL if "waiting for canary" in s.message else now + MAX_REQUEUE)
-        times.extend(_schedule(r, s).values())
         if s.step < len(r.steps):
             st = r.steps[s.step]
             if st.pause is not None and st.pause.duration is not None and s.step_started is not None:

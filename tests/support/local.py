@@ -23,8 +23,13 @@ class Controller:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Controller:
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "modship"), "up"], env=self.cli.env(),
-                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "modship"), "up"],
+            env=self.cli.env(),
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_until(self.ready, timeout=60, what="controller API")
         return self
 
@@ -57,9 +62,20 @@ class Load:
     proc: subprocess.Popen[bytes] | None = field(default=None)
 
     def start(self) -> Load:
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "loadgen.py"), "--url", self.url,
-                                      "--rate", str(self.rate), "--report", str(self.report)],
-                                     env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "examples" / "loadgen.py"),
+                "--url",
+                self.url,
+                "--rate",
+                str(self.rate),
+                "--report",
+                str(self.report),
+            ],
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+            start_new_session=True,
+        )
         wait_until(lambda: self.stats().get("requests", 0) > 5, timeout=60, what="load flowing")
         return self
 

@@ -348,3 +348,13 @@ def test_inconclusive_never_promotes(steps: list[dict[str, Any]], n: int) -> Non
     for i in range(n):
         s = tick(r, s, float(i), NODATA).status
         assert s.phase is not Phase.PROMOTED
+
+
+def test_background_analysis_keeps_running_through_a_pause() -> None:
+    r = rollout([{"setWeight": 50}, {"pause": {}}], background={"checks": ["errors"]})
+    s = tick(r, STABLE_A, 0).status
+    assert s.phase is Phase.PAUSED
+    d = tick(r, s, 0.5)
+    assert d.requeue_after is not None and d.requeue_after <= 1.0  # measurements stay scheduled
+    s, _ = run(r, s, until=5, sample=BAD)
+    assert (s.phase, s.reason) == (Phase.ABORTED, "AnalysisFailed")

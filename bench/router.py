@@ -1,0 +1,132 @@
+"""(c) What the router costs: the composed Bento called directly, through the modship router, and
+through nginx.
+
+Two ``bentoml serve`` processes of the shipped ``topic-classifier`` stand for stable and canary.
+Targets, all measured side by side with unique inputs (no cache hits):
+
+- ``direct``: stable alone, no proxy;
+- ``modship router 100/0``: a router sending everything to stable: the same single backend as
+  ``direct``, so the difference is the router's own cost;
+- ``modship router 80/20`` and ``nginx 80/20`` (``weight=80``/``weight=20``, one worker, keep-alive
+  to the upstreams): the load spread over both processes. With several connections they have a
+  second server process behind them that ``direct`` lacks, so their throughput beyond one
+  connection measures capacity as well as proxy cost. Even with one connection, alternating
+  between two processes seems to cost latency of its own (colder caches), proxy or not.
+
+The share each split sent to the canary is read from the two Bentos' request counters.
+
+Goals: router throughput >= 0.9 of direct and added p50 <= 0.5 ms. Checked for the 80/20 router
+with one connection (where the second backend cannot help) and for the 100/0 router at every
+connection count (same capacity as direct); nginx is reported, not checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import load, results, setup
+
+TITLE = "direct vs modship router vs nginx (two instances of the Bento, unique inputs)"
+DIRECT, SINGLE, SPLIT, NGINX = "direct", "modship router 100/0", "modship router 80/20", "nginx 80/20"
+WEIGHT = 20
+
+
+def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
+    bento_dir = ws.system(ws.spec())
+    stable = setup.Bento("stable", bento_dir, ws.scratch, MODSHIP_TRACING=None)
+    canary = setup.Bento("canary", bento_dir, ws.scratch, MODSHIP_TRACING=None)
+    single = setup.Router("router-single", "topic-classifier", ws.scratch)
+    split = setup.Router("router-split", "topic-classifier", ws.scratch)
+    nginx = setup.Nginx("nginx", stable.url, canary.url, WEIGHT, ws.scratch)
+    served = {SPLIT: [0.0, 0.0], NGINX: [0.0, 0.0]}  # requests answered by stable, canary
+
+    def counts() -> list[float]:
+        return [b.counter("modship_requests_total") for b in (stable, canary)]
+
+    def observe(target: str, connections: int) -> Any:
+        if target not in served:
+            return None
+        before = counts()
+
+        def done(_: load.Sample) -> None:
+            for i, n in enumerate(counts()):
+                served[target][i] += n - before[i]
+
+        return done
+
+    with setup.running(stable, canary, single, split, nginx):
+        single.configure(stable.url)
+        split.configure(stable.url, canary.url, WEIGHT)
+        measured = load.side_by_side(
+            {
+                DIRECT: stable.target(),
+                SINGLE: single.target(stable),
+                SPLIT: split.target(stable, canary),
+                NGINX: nginx.target(stable, canary),
+            },
+            load.Inputs(load.bbc_texts(400), unique=True),
+            cfg,
+            scratch=ws.scratch,
+            observe=observe,
+        )
+    share = {name: round(s[1] / (s[0] + s[1]), 4) if sum(s) else None for name, s in served.items()}
+    return report(measured, cfg, share)
+
+
+def report(measured: load.Measured, cfg: load.Load, share: dict[str, float | None]) -> dict[str, Any]:
+    proxies = (SINGLE, SPLIT, NGINX)
+
+    def proxy_cpu(name: str, c: int) -> float:
+        return float(measured.figures(name)[f"c{c}"]["entry_cpu_ms_per_req"])
+
+    def service_cpu(c: int) -> float:
+        return float(measured.figures(DIRECT)[f"c{c}"]["cpu_ms_per_req"])
+
+    low = min(cfg.connections)
+    vs_direct = {
+        name: {
+            f"c{c}": {
+                "rps_ratio": round(measured.paired(name, DIRECT, c, "rps"), 4),
+                "added_p50_ms": round(measured.paired(name, DIRECT, c, "p50_ms", diff=True), 3),
+                "added_p99_ms": round(measured.paired(name, DIRECT, c, "p99_ms", diff=True), 3),
+                "proxy_cpu_ms_per_req": proxy_cpu(name, c),
+                # the throughput ratio when CPU is the limit: direct's cost over direct's plus the proxy's
+                "cpu_bound_rps_ratio": round(service_cpu(c) / (service_cpu(c) + proxy_cpu(name, c)), 4),
+            }
+            for c in cfg.connections
+        }
+        for name in proxies
+    }
+    notes = [
+        f"{name}: proxy CPU {v[f'c{low}']['proxy_cpu_ms_per_req']:.3f} ms/req, throughput when CPU-bound"
+        f" {v[f'c{low}']['cpu_bound_rps_ratio']:.3f} of direct, added p50 c{low} {v[f'c{low}']['added_p50_ms']:+.2f} ms"
+        + (f", canary share {share[name]}" if name in share else "")
+        for name, v in vs_direct.items()
+    ]
+    checks = [
+        results.Check(f"req/s 80/20/direct c{low}", measured.paired(SPLIT, DIRECT, low, "rps"), ">=", 0.9),
+        results.Check(
+            f"added p50 ms 80/20 c{low}", measured.paired(SPLIT, DIRECT, low, "p50_ms", diff=True), "<=", 0.5
+        ),
+        *(
+            results.Check(f"req/s 100/0/direct c{c}", measured.paired(SINGLE, DIRECT, c, "rps"), ">=", 0.9)
+            for c in cfg.connections
+        ),
+        results.Check(
+            f"added p50 ms 100/0 c{low}", measured.paired(SINGLE, DIRECT, low, "p50_ms", diff=True), "<=", 0.5
+        ),
+    ]
+    return results.result(
+        title=TITLE,
+        notes=notes,
+        figures={name: measured.figures(name) for name in proxies},
+        baseline={DIRECT: measured.figures(DIRECT)},
+        checks=checks,
+        goal=(
+            "modship router >= 0.9 of direct throughput and <= 0.5 ms added p50 "
+            f"(80/20 split at {low} connection(s); 100/0 at every connection count)"
+        ),
+        host=measured.foreign(),
+        vs_direct=vs_direct,
+        canary_share=share,
+    )
