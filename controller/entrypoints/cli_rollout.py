@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import typer
+import yaml
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from controller.entrypoints import views
 from controller.entrypoints.client import LocalClient
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import Format, console, emit
@@ -197,13 +199,31 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="a live view, refreshed every second")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="exit 0 when promoted, 1 when aborted, 2 on timeout")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
+    gitops: Annotated[Path | None, typer.Option(help="compare with the Rollout manifest in this Git tree")] = None,
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
-    """The rollout: phase, steps, weights, each check's measurements and verdict, traffic per revision."""
+    """The rollout: phase, steps, weights, each check's measurements and verdict, traffic per revision.
+
+    It also says when what runs differs from what the spec (or Git) asks for, e.g. after an automatic
+    rollback, so that Git and the cluster never diverge silently."""
     client = _client(ctx, context, namespace)
     path = f"/v1/systems/{system}"
+    if gitops is not None:
+        from controller.entrypoints import cli_gitops
+
+        d = client.call("GET", path)
+        if hasattr(client, "_get"):  # Kubernetes: the live Rollout against Git, field by field
+            d["drift"] = [*views.drift(d), *cli_gitops.drift(gitops, client._get(system))]
+        else:
+            want = (yaml.safe_load(cli_gitops.find_rollout(gitops, system).read_text()).get("spec") or {}).get(
+                "revision"
+            )
+            runs = (d.get("stable") or {}).get("revision")
+            d["drift"] = views.drift(d) + ([f"Git asks for {want}, {runs} serves"] if want and want != runs else [])
+        emit(d, output, lambda x: console.print(render(x)))
+        raise typer.Exit(1 if d["drift"] else 0)
     if wait:
         raise typer.Exit(_wait(client, path, timeout, output))
     if watch:
@@ -275,7 +295,8 @@ def render(d: dict[str, Any]) -> Group:
         + (f", mirror {d['mirror']:g} %" if d["mirror"] else "")
         + (f", header route {d['headerRoute']}" if d["headerRoute"] else "")
     )
-    return Group(head, weight, revs, steps, checks)
+    notes = [Text(f"⚠ {line}", style="yellow") for line in d.get("drift") or views.drift(d)]
+    return Group(head, weight, *notes, revs, steps, checks)
 
 
 def _fmt(m: dict[str, Any]) -> str:

@@ -127,7 +127,7 @@ class KubernetesClient:
                     n: views._run(r, n, run, background=True) for n, run in s.background.items() if n in known
                 },
             }
-        return {
+        doc = {
             "system": name,
             "namespace": self.namespace,
             "phase": st.get("phase") or s.phase.value,
@@ -155,6 +155,8 @@ class KubernetesClient:
                 {"revision": h.revision, "outcome": h.outcome, "at": h.at, "reason": h.reason} for h in s.history
             ],
         }
+        doc["drift"] = views.drift(doc)
+        return doc
 
     def history(self, name: str) -> list[dict[str, Any]]:
         obj = self._get(name)

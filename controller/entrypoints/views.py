@@ -15,7 +15,7 @@ TELEMETRY_WINDOW = 30.0
 def summary(c: LocalController, name: str) -> dict[str, Any]:
     s = c.store.status(name)
     r = c.store.rollout(name)
-    return {
+    doc = {
         "system": name,
         "phase": s.phase.value,
         "stable": s.stable,
@@ -89,7 +89,7 @@ def status(c: LocalController, name: str) -> dict[str, Any]:
             "mirrored": (t.get("mirror") or {}).get("requests", 0),
         }
     port = (c.store.dir(name) / "port").read_text().strip() if (c.store.dir(name) / "port").exists() else None
-    return {
+    doc = {
         "system": name,
         "phase": s.phase.value,
         "reason": s.reason,
@@ -118,6 +118,18 @@ def status(c: LocalController, name: str) -> dict[str, Any]:
         "managed": m is not None,
         "history": [{"revision": h.revision, "outcome": h.outcome, "at": h.at, "reason": h.reason} for h in s.history],
     }
+    doc["drift"] = drift(doc)
+    return doc
+
+
+def drift(d: dict[str, Any]) -> list[str]:
+    """What runs versus what the spec asks for, in words; [] when they agree (or a rollout is on its way)."""
+    target, stable = d.get("target"), (d.get("stable") or {}).get("revision")
+    if target and stable and target != stable and d["phase"] in ("Aborted", "Idle", "Promoted"):
+        why = f" ({d['reason']})" if d.get("reason") else ""
+        return [f"the spec asks for {target} but {stable} serves after an automatic rollback{why}: "
+                "promote again, retry, or set the spec (or Git) back to what runs"]  # fmt: skip
+    return []
 
 
 def history(c: LocalController, name: str) -> list[dict[str, Any]]:

@@ -148,6 +148,7 @@ def test_a_failing_version_is_rolled_back_automatically(stack: dict[str, Any]) -
     assert fallback and fallback[-1]["value"] > fallback[-1]["stable"] + 0.05
     shown = json.loads(cli.ok("module", "show", stack["faulty"], "-o", "json").out)
     assert "canary" not in shown["aliases"]
+    assert s["drift"] and "automatic rollback" in s["drift"][0]  # the spec and what runs differ: said so
 
 
 def test_the_controller_killed_mid_rollout_resumes_at_the_same_step(stack: dict[str, Any]) -> None:
