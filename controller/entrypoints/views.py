@@ -15,7 +15,7 @@ TELEMETRY_WINDOW = 30.0
 def summary(c: LocalController, name: str) -> dict[str, Any]:
     s = c.store.status(name)
     r = c.store.rollout(name)
-    doc = {
+    return {
         "system": name,
         "phase": s.phase.value,
         "stable": s.stable,
