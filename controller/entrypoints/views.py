@@ -89,7 +89,7 @@ def status(c: LocalController, name: str) -> dict[str, Any]:
             "mirrored": (t.get("mirror") or {}).get("requests", 0),
         }
     port = (c.store.dir(name) / "port").read_text().strip() if (c.store.dir(name) / "port").exists() else None
-    doc = {
+    doc: dict[str, Any] = {
         "system": name,
         "phase": s.phase.value,
         "reason": s.reason,
