@@ -81,6 +81,39 @@ def _metrics() -> _Metrics:
     return _METRICS
 
 
+class CompactConsoleExporter:
+    """One JSON line per span on stdout (orjson, no indentation): the console exporter's
+    information at a fraction of its cost. ``MODSHIP_TRACING=console-pretty`` gives OTel's own."""
+
+    def __init__(self) -> None:
+        import sys
+
+        self.out = sys.stdout
+
+    def export(self, spans: Any) -> Any:
+        import orjson
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        lines = []
+        for s in spans:
+            ctx, parent = s.get_span_context(), s.parent
+            lines.append(orjson.dumps({
+                "name": s.name, "trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}",
+                "parent_id": f"{parent.span_id:016x}" if parent else None, "start": s.start_time,
+                "duration_ms": round(((s.end_time or s.start_time) - s.start_time) / 1e6, 3),
+                "status": s.status.status_code.name, "attributes": dict(s.attributes or {}),
+            }))  # fmt: skip
+        self.out.write(b"\n".join(lines).decode() + "\n")
+        self.out.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
 def _tracer(service: str) -> Any:
     mode = os.environ.get("MODSHIP_TRACING", "console").lower()
     if mode in ("none", "off", ""):
@@ -98,8 +131,10 @@ def _tracer(service: str) -> Any:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    else:
+    elif mode == "console-pretty":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    else:
+        provider.add_span_processor(BatchSpanProcessor(CompactConsoleExporter()))  # type: ignore[arg-type]
     return provider.get_tracer("modship.pipeline")
 
 
