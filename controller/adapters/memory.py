@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from controller.errors import NotFound
+from controller.plan.actions import SetTraffic
+from controller.plan.observations import Controls, Health, QueryContext, Sample
+from controller.plan.status import RolloutStatus
 from controller.registry import digests
 from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
 from controller.spec.refs import ModuleRef
+from controller.spec.rollout import Check, Rollout
 
 
 class MemoryRegistry:
@@ -98,3 +103,80 @@ class MemoryRegistry:
     def _with_aliases(self, mv: ModuleVersion) -> ModuleVersion:
         aliases = tuple(sorted(a for a, v in self._aliases.get(mv.name, {}).items() if v == mv.version))
         return replace(mv, aliases=aliases)
+
+
+class MemoryTarget:
+    """The Target port in memory: revisions 'run' at once (or after ``start_delay`` health checks)."""
+
+    def __init__(self, *, start_delay: int = 0) -> None:
+        self.running: dict[str, str] = {}  # revision -> role
+        self.traffic: SetTraffic | None = None
+        self.flag_sets: dict[str, tuple[tuple[str, bool, float], ...]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.start_delay = start_delay
+        self._checks: dict[str, int] = {}
+        self.failing: set[str] = set()
+
+    def ensure(self, revision: str, role: str) -> None:
+        if revision not in self.running:
+            self.calls.append(("ensure", revision))
+        self.running[revision] = role
+
+    def stop(self, revision: str) -> None:
+        if self.running.pop(revision, None) is not None:
+            self.calls.append(("stop", revision))
+
+    def route(self, traffic: SetTraffic) -> None:
+        if traffic != self.traffic:
+            self.calls.append(("route", f"{traffic.stable}/{traffic.canary}@{traffic.weight:g}"))
+        self.traffic = traffic
+
+    def flags(self, revision: str, flags: tuple[tuple[str, bool, float], ...]) -> None:
+        self.flag_sets[revision] = flags
+
+    def health(self, stable: str | None, canary: str | None) -> Health:
+        def ready(rev: str | None) -> bool:
+            if rev is None or rev not in self.running:
+                return False
+            self._checks[rev] = self._checks.get(rev, 0) + 1
+            return self._checks[rev] > self.start_delay
+
+        failed = f"{canary} keeps crashing" if canary in self.failing else None
+        return Health(stable_ready=ready(stable), canary_ready=ready(canary), canary_failed=failed)
+
+
+class MemoryStore:
+    """The RolloutStore port in memory (a dict per system)."""
+
+    def __init__(self) -> None:
+        self.rollouts: dict[str, Rollout] = {}
+        self.statuses: dict[str, RolloutStatus] = {}
+        self.controls: dict[str, Controls] = {}
+        self.saves = 0
+
+    def load(self, system: str) -> tuple[Rollout, RolloutStatus, Controls]:
+        if system not in self.rollouts:
+            raise NotFound(f"system {system!r} is not deployed")
+        return self.rollouts[system], self.statuses.get(system, RolloutStatus()), self.controls.get(system, Controls())
+
+    def save(self, system: str, status: RolloutStatus) -> None:
+        self.statuses[system] = status
+        self.saves += 1
+
+
+class MemoryMetrics:
+    """A MetricsSource answering from a function ``(check, ctx) -> Sample`` (scripted scenarios)."""
+
+    def __init__(self, answer: Callable[[Check, QueryContext], Sample]) -> None:
+        self.answer = answer
+        self.queries: list[tuple[str, str]] = []
+        self.up = True
+
+    def online(self) -> bool:
+        return self.up
+
+    def sample(self, check: Check, ctx: QueryContext) -> Sample:
+        self.queries.append((check.name, ctx.revision))
+        if not self.up:
+            return Sample(value=None, error="metrics backend down")
+        return self.answer(check, ctx)
