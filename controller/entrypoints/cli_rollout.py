@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
         ),
     ):
         app.command(name=verb, help=doc)(_verb(verb))
+    app.command()(simulate)
     app.command()(undo)
     app.command()(toggle)
     app.command()(history)
@@ -387,3 +388,33 @@ def events(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TAB
             )
 
     emit(out, output, show)
+
+
+def simulate(
+    rollout: Annotated[Path, typer.Argument(help="a Rollout spec (YAML)")],
+    fail: Annotated[list[str] | None, typer.Option(help="make this check fail (repeatable)")] = None,
+    fail_after: Annotated[float, typer.Option(help="seconds into the rollout when --fail checks start failing")] = 0.0,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Dry run: the real state machine on in-memory adapters, in virtual time (no traffic touched)."""
+    from controller.apply import simulate as sim
+    from controller.spec import rollout as rollout_spec
+
+    r = rollout_spec.from_document(_doc(rollout), source=str(rollout))
+    unknown = sorted(set(fail or []) - {c.name for c in r.spec.analysis.checks})
+    if unknown:
+        raise SpecError(f"no check named {unknown[0]!r} in the rollout", field="--fail")
+    ticks, phase, took = sim.run(r, failing=frozenset(fail or []), fail_after=fail_after)
+    data = {"phase": phase.value, "seconds": round(took, 1),
+            "timeline": [{"at": round(t.at, 1), "reason": t.event.reason, "message": t.event.message,
+                          "weight": t.weight} for t in ticks]}  # fmt: skip
+
+    def show(d: dict[str, Any]) -> None:
+        t = Table("t (s)", "event", "weight", "", box=None)
+        for e in d["timeline"]:
+            t.add_row(f"{e['at']:.1f}", e["reason"], f"{e['weight']:g} %", e["message"])
+        console.print(t)
+        console.print(f"→ {d['phase']} after {d['seconds']:g}s of (virtual) time, all checks passing"
+                      + (f" except {', '.join(fail or [])}" if fail else ""))  # fmt: skip
+
+    emit(data, output, show)

@@ -109,3 +109,14 @@ def test_the_provider_is_asked_for_the_canary_against_stable() -> None:
     drive(store, target, metrics, events, start=now, until=now + 6)
     assert seen and {(c.revision, c.stable_revision) for c in seen} == {("rB", "rA")}
     assert all(c.window_s <= 2 for c in seen)  # never reaching before the analysis started
+
+
+def test_simulate_is_a_dry_run_in_virtual_time() -> None:
+    from controller.apply import simulate
+
+    r = Rollout.model_validate(ROLLOUT)
+    ticks, phase, took = simulate.run(r)
+    assert phase is Phase.PROMOTED and 3 <= took < 60
+    assert [t.event.reason for t in ticks][-1] == "Promoted"
+    ticks, phase, _ = simulate.run(r, failing=frozenset({"errors"}))
+    assert phase is Phase.ABORTED and ticks[-1].event.reason == "AnalysisFailed"
