@@ -8,11 +8,11 @@ Errors: 400 for a bad request (with the reason), 500 when a step fails without a
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import anyio
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,11 +44,10 @@ async def predict(request: Request) -> Response:
     if len(body) > MAX_BODY:
         return _error(413, f"request body over {MAX_BODY} bytes", revision)
     try:
-        payload = json.loads(body)
-    except UnicodeDecodeError:
-        return _error(400, "request body is not UTF-8", revision)
-    except ValueError as exc:
-        return _error(400, f"request body is not JSON: {exc}", revision)
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        reason = "request body is not UTF-8" if "utf-8" in str(exc).lower() else f"request body is not JSON: {exc}"
+        return _error(400, reason, revision)
     if not isinstance(payload, dict):
         return _error(400, "request body must be a JSON object", revision)
     inputs: dict[str, Any] = dict(payload.get("inputs") or {}) if isinstance(payload.get("inputs"), dict) else {}
@@ -69,7 +68,7 @@ async def predict(request: Request) -> Response:
     fallbacks = result["meta"]["fallbacks"]
     if fallbacks:
         headers["x-modship-fallback"] = ",".join(f"{f['step']}:{f['reason']}" for f in fallbacks)
-    return JSONResponse(result, headers=headers)
+    return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
 
 def app() -> Starlette:
