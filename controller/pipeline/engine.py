@@ -53,6 +53,7 @@ class Outcome:
     fallbacks: list[dict[str, str]] = field(default_factory=list)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     flags: dict[str, bool] = field(default_factory=dict)
+    over_budget: bool = False  # the latency budget ran out: optional (flagged) steps were shed
 
 
 @dataclass(frozen=True)
@@ -192,10 +193,18 @@ class Pipeline:
         outcome = Outcome(outputs={}, flags=flag_values)
         skipped: set[str] = set()
         produced_by: dict[str, str] = {}
+        started = time.perf_counter()
+        budget = self.body.latency_budget_ms / 1000 if self.body.latency_budget_ms else None
         for st in self.steps:
             s = st.spec
-            if (s.flag is not None and not flag_values.get(s.flag, True)) or any(
-                src in skipped for src, _ in st.sources.values()
+            over = budget is not None and time.perf_counter() - started > budget
+            if over and s.flag is not None and s.name != self.output_step and not outcome.over_budget:
+                outcome.over_budget = True
+                self.telemetry.fallback(s.name, st.module.ref, "latencyBudget")
+            if (
+                (s.flag is not None and not flag_values.get(s.flag, True))
+                or (over and s.flag is not None and s.name != self.output_step)  # optional: shed when late
+                or any(src in skipped for src, _ in st.sources.values())
             ):
                 skipped.add(s.name)
                 outcome.steps[s.name] = {"module": st.module.ref, "skipped": True}

@@ -76,6 +76,7 @@ def response(lock: Lock, outcome: Outcome, ms: float) -> dict[str, Any]:
         "cached": sorted(n for n, i in outcome.steps.items() if i.get("cached")),
         "skipped": sorted(n for n, i in outcome.steps.items() if i.get("skipped")),
         "flags": outcome.flags,
+        "overBudget": outcome.over_budget,
         "latencyMs": round(ms, 3),
     }
     return body

@@ -213,7 +213,9 @@ class SystemBody(Spec):
     steps: list[Step] = Field(min_length=1)
     guards: Guards = Guards()
     flags: list[Flag] = Field(default_factory=list)
-    latency_budget_ms: float | None = Field(default=None, gt=0)
+    latency_budget_ms: float | None = Field(
+        default=None, gt=0, description="past it, optional (flagged) steps are shed for the request"
+    )
     stability: Stability = Stability.STABLE
     allow_experimental: tuple[str, ...] = ()
     smoke: list[SmokeCase] = Field(default_factory=list)

@@ -224,3 +224,18 @@ def test_input_guard_strips_control_characters_and_denies_patterns() -> None:
     assert rec.of("request")[-1][2] == (5,)
     with pytest.raises(BadRequest, match="denied pattern"):
         pipe.predict({"text": "please DROP TABLE users"})
+
+
+def test_optional_steps_are_shed_past_the_latency_budget() -> None:
+    def slow_head(batch: Any) -> dict[str, Any]:
+        threading.Event().wait(0.05)  # a slow module: the budget runs out during it
+        return head(3)(batch)
+
+    flags = [{"name": "evaluation"}]
+    pipe, rec = build(steps(evaluator={"flag": "evaluation"}), {"head@1": slow_head}, flags=flags, latencyBudgetMs=10)
+    out = pipe.predict({"text": "hello"})
+    assert out.over_budget and out.evaluation is None and out.steps["evaluator"]["skipped"]
+    assert out.prediction is not None  # the answer itself is never shed
+    assert ("fallback", "evaluator", "conf@1", "latencyBudget") in rec.events
+    pipe, _ = build(steps(evaluator={"flag": "evaluation"}), {}, flags=flags, latencyBudgetMs=1000)
+    assert pipe.predict({"text": "hello"}).evaluation is not None
