@@ -50,6 +50,9 @@ FOLDERS = {
 N_TRAIN, N_TEST = 1053, 452
 SPACE_V1, SPACE_V2 = "all-minilm-l6-v2", "paraphrase-minilm-l3-v2"
 OWNERS = ["team-nlp@example.com"]
+# the module directories in registration order (versions are numbered in this order)
+ORDER = ["text-encoder-v1", "text-encoder-v2", "topic-head-v1", "topic-head-v2", "l3-to-l6-v1", "confidence-v1",
+         "text-guard-v1"]  # fmt: skip
 
 
 def package_dir(module: str) -> Path:
@@ -445,15 +448,7 @@ def main() -> None:
         {},
     )
 
-    report["order"] = [
-        "text-encoder-v1",
-        "text-encoder-v2",
-        "topic-head-v1",
-        "topic-head-v2",
-        "l3-to-l6-v1",
-        "confidence-v1",
-        "text-guard-v1",
-    ]
+    report["order"] = ORDER
     text = json.dumps(report, indent=2)
     if args.report:
         args.report.write_text(text)

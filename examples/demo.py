@@ -124,6 +124,15 @@ class Demo:
                     os.killpg(p.pid, signal.SIGKILL)
 
 
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.post(url, json={"text": "Is anyone there?"}, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def free(port: int) -> int:
     with socket.socket() as s:
         try:
@@ -159,7 +168,7 @@ def script(d: Demo) -> None:
         if k.startswith("topic-head"):
             acc.add_row(k, f"{v:.3f}")
     console.print(acc)
-    d.run("module", "register", *[str(root / n) for n in build_modules_order()], "--skip-existing", quiet=True)
+    d.run("module", "register", *[str(root / n) for n in build_modules.ORDER], "--skip-existing", quiet=True)
     faulty = root.parent / "demo-topic-head-faulty"
     if not faulty.exists():
         shutil.copytree(root / "topic-head-v1", faulty)
@@ -192,7 +201,7 @@ def script(d: Demo) -> None:
         "--port",
         str(d.port),
     )
-    d.wait("the stable revision to serve", lambda: d.json("status", SYSTEM)["traffic"])
+    d.wait("the stable revision to serve", lambda: _answers(f"http://127.0.0.1:{d.port}/predict"))
     report_file = d.home / "load.json"
     d.spawn(
         [
@@ -240,18 +249,6 @@ def script(d: Demo) -> None:
     expected = [0, 1, 1, 0]
     if list(results.values()) != expected or load["failed"]:
         raise SystemExit("demo: the outcomes differ from what the demo expects (see above)")
-
-
-def build_modules_order() -> list[str]:
-    return [
-        "text-encoder-v1",
-        "text-encoder-v2",
-        "topic-head-v1",
-        "topic-head-v2",
-        "l3-to-l6-v1",
-        "confidence-v1",
-        "text-guard-v1",
-    ]
 
 
 if __name__ == "__main__":

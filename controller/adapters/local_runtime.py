@@ -215,6 +215,9 @@ class LocalRuntime:
             current = self._http.get(f"{self.admin_url}/config").json()
             if current and _same(current, config):
                 return
+            if ((current or {}).get("stable") or {}).get("revision") != t.stable and not self._ready(t.stable):
+                # never point users at a revision that cannot answer yet (first start, or a dead one)
+                raise Unavailable(f"stable revision {t.stable} is not ready yet")
             config["generation"] = int((current or {}).get("generation", 0)) + 1
             r = self._http.put(f"{self.admin_url}/config", json=config)
             if r.status_code >= 400:

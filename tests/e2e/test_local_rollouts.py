@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 
 from tests.conftest import Cli
 from tests.support import examples
+from tests.support.examples import variant
 from tests.support.local import Controller, Load, status
 from tests.support.services import free_port, wait_until
 
@@ -64,14 +64,6 @@ ROLLOUT = {
         "policies": {"rollbackWindow": "10m", "progressDeadline": "3m"},
     },
 }
-
-
-def variant(src: Path, dest: Path, **runtime: Any) -> Path:
-    shutil.copytree(src, dest)
-    m = yaml.safe_load((dest / "module.yaml").read_text())
-    m["runtime"].update(runtime)
-    (dest / "module.yaml").write_text(yaml.safe_dump(m))
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Cli
 from tests.support import examples
+from tests.support.examples import variant
 from tests.support.services import BentoServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -26,15 +27,6 @@ SMOKE = {
     "The striker scored twice as the champions won the derby.": "sport",
     "Ministers unveiled the budget ahead of the general election.": "politics",
 }
-
-
-def variant(src: Path, dest: Path, **runtime: Any) -> Path:
-    """A copy of a module directory with runtime changes (e.g. injected faults)."""
-    shutil.copytree(src, dest)
-    m = yaml.safe_load((dest / "module.yaml").read_text())
-    m["runtime"].update(runtime)
-    (dest / "module.yaml").write_text(yaml.safe_dump(m))
-    return dest
 
 
 @pytest.fixture(scope="module")

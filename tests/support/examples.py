@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from examples import build_modules
 
-ORDER = [
-    "text-encoder-v1",
-    "text-encoder-v2",
-    "topic-head-v1",
-    "topic-head-v2",
-    "l3-to-l6-v1",
-    "confidence-v1",
-    "text-guard-v1",
-]
+ORDER = build_modules.ORDER
 
 
 def build() -> tuple[Path, dict[str, Any]]:
     return build_modules.cached()
+
+
+def variant(src: Path, dest: Path, **runtime: Any) -> Path:
+    """A copy of a module directory with runtime changes (e.g. injected faults): a new version."""
+    shutil.copytree(src, dest)
+    m = yaml.safe_load((dest / "module.yaml").read_text())
+    m["runtime"].update(runtime)
+    (dest / "module.yaml").write_text(yaml.safe_dump(m))
+    return dest
