@@ -483,6 +483,7 @@ class KubernetesTarget:
 
     def route(self, traffic: SetTraffic) -> None:
         self.split = Split(traffic.stable, traffic.canary, traffic.weight, traffic.header_route, traffic.mirror)
+        self._unmapped(traffic)
         self._services()
         r = self.routing
         if r.gateway_api is not None:
@@ -665,6 +666,17 @@ class KubernetesTarget:
         self.shared.applied.remember(key, digest)
 
     # -- routers ----------------------------------------------------------------------------------
+    def _unmapped(self, t: SetTraffic) -> None:
+        """Policies of the local router that no cluster router here applies, said as conditions."""
+        if t.canary and (t.sticky_header or t.sticky_cookie):
+            key = t.sticky_header or f"cookie {t.sticky_cookie}"
+            why = f"sticky assignment by {key} is not applied on Kubernetes: use your mesh's session affinity"
+            self.notes["StickySessions"] = (False, "StickyUnsupported", why)
+        if t.canary and t.fallback:
+            why = ("failed canary requests are not retried on stable by the cluster's router (the local router "
+                   "does): configure retries in your mesh; failures still count against the canary")  # fmt: skip
+            self.notes["ZeroLossFallback"] = (False, "FallbackUnsupported", why)
+
     def _conditions(self, router: str) -> None:
         """What the split looks like through this router, as conditions: set every cycle (the same
         inputs give the same conditions, so the status does not flap)."""
