@@ -40,7 +40,7 @@ from typing import Any
 from controller import ports
 from controller.adapters import kubernetes as k8s
 from controller.adapters.kubernetes_store import Entry, EventRecorder, KubernetesStore, Notes, RolloutCache, wire_spec
-from controller.apply import execute, observe
+from controller.apply import aliases, execute, observe
 from controller.errors import ModshipError, NotFound, SpecError, Unavailable
 from controller.plan import analysis
 from controller.plan import rollout as machine
@@ -66,6 +66,7 @@ class Options:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     prometheus_url: str | None = None
+    registry_url: str | None = None  # an MLflow URL: move @stable/@canary aliases with rollouts
     workers: int = 32
     resync: float = 300.0
     liveness: str | None = None
@@ -155,6 +156,12 @@ class Operator:
     """Reconciles one Rollout per call (in a worker thread); returns when to be called again."""
 
     def __init__(self, kube: k8s.Kube, opts: Options) -> None:
+        self.registry: ports.Registry | None = None
+        if opts.registry_url:  # MLflow only when asked: importing it costs ~100 MB of the operator's RSS
+            from controller import settings
+            from controller.adapters import factory
+
+            self.registry = factory.registry(settings.load(registry=opts.registry_url))
         self.kube, self.opts = kube, opts
         self.cache = RolloutCache()
         self.shared = k8s.Shared(kube)
@@ -216,7 +223,8 @@ class Operator:
             log.info(
                 "%s/%s: %s step %d weight %g (%s)", e.namespace, name, st.phase, st.step, st.traffic.weight, st.reason
             )
-        execute.after_save(d.actions, record=lambda ev: store.record(name, ev), aliases=None)
+        moves = aliases.for_changed_modules(self.registry, r.spec.revision, r.spec.modules) if self.registry else None
+        execute.after_save(d.actions, record=lambda ev: store.record(name, ev), aliases=moves)
         store.sync(name)
         self.metrics.cycle((e.namespace, name), r, s=s, obs=obs, d=d, now=now)
         return now + (d.requeue_after if d.requeue_after is not None else self.opts.resync)
@@ -623,6 +631,11 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         default=os.environ.get("MODSHIP_PROMETHEUS_URL"),
         help="for checks with provider prometheus when spec.prometheus is empty (env MODSHIP_PROMETHEUS_URL)",
     )
+    p.add_argument(
+        "--registry",
+        default=os.environ.get("MODSHIP_REGISTRY"),
+        help="MLflow URL: move the @stable/@canary aliases of spec.modules with rollouts (env MODSHIP_REGISTRY)",
+    )
     p.add_argument("--workers", type=int, default=32, help="reconciles at once (mostly waiting on the API server)")
     p.add_argument("--resync", type=float, default=300.0, help="re-check an idle Rollout at least this often (s)")
     p.add_argument("--liveness", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
@@ -653,6 +666,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         renew_deadline=a.renew_deadline,
         retry_period=a.retry_period,
         prometheus_url=a.prometheus_url,
+        registry_url=a.registry,
         workers=a.workers,
         resync=a.resync,
         liveness=a.liveness,
