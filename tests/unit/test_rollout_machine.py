@@ -214,6 +214,36 @@ def test_promote_full_skips_the_remaining_steps() -> None:
     assert (d.status.phase, d.status.reason, d.status.stable) == (Phase.PROMOTED, "PromotedFull", "B")
 
 
+def test_promote_full_with_a_new_canary_not_ready_yet_promotes_once_it_is() -> None:
+    """`promote SYSTEM MODULE@V --full`: the target and promote --full arrive together; the canary
+    is not ready on the first cycle. The command waits for it (polled every second) and then
+    promotes: it is not consumed by the waiting."""
+    r = rollout([{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}])
+    full = Controls(promote_full=0.001)
+    waiting = tick(r, STABLE_A, 0.5, health=Health(stable_ready=True, canary_ready=False), controls=full)
+    assert (waiting.status.phase, waiting.status.canary) == (Phase.PROGRESSING, "B")
+    assert waiting.requeue_after == pytest.approx(machine.HEALTH_POLL)
+    d = tick(r, waiting.status, 1.5, controls=full)
+    assert (d.status.phase, d.status.reason, d.status.stable) == (Phase.PROMOTED, "PromotedFull", "B")
+    assert tick(r, d.status, 2.5, controls=full).status.phase is Phase.PROMOTED
+
+
+def test_promote_full_while_paused_and_not_ready_polls_then_promotes() -> None:
+    r = rollout([{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}])
+    s = tick(r, STABLE_A, 0).status
+    assert s.phase is Phase.PAUSED
+    full = Controls(promote_full=1)
+    d = tick(r, s, 1, health=Health(stable_ready=True, canary_ready=False), controls=full)
+    assert d.requeue_after == pytest.approx(machine.HEALTH_POLL)
+    assert tick(r, d.status, 2, controls=full).status.phase is Phase.PROMOTED
+
+
+def test_a_canary_not_ready_is_polled_every_second() -> None:
+    r = rollout([{"setWeight": 10}, {"pause": {}}])
+    d = tick(r, STABLE_A, 0, health=Health(stable_ready=True, canary_ready=False))
+    assert d.status.phase is Phase.PROGRESSING and d.requeue_after == pytest.approx(machine.HEALTH_POLL)
+
+
 def test_a_changed_spec_mid_rollout_restarts_at_step_0() -> None:
     r = rollout([{"setWeight": 20}, {"pause": {}}, {"setWeight": 40}, {"pause": {}}])
     s = tick(r, STABLE_A, 0, controls=Controls()).status
