@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controller.plan.reasons import Reason
+
 
 @dataclass(frozen=True, slots=True)
 class EnsureRevision:
@@ -51,7 +53,7 @@ class SetAliases:
 class Event:
     """A transition worth telling people about (timeline, history, Kubernetes Events)."""
 
-    reason: str
+    reason: Reason
     message: str
     warning: bool = False
 

@@ -58,8 +58,11 @@ class Controls:
     promote_full: float | None = None
     retry: float | None = None
 
+    def times(self) -> tuple[float, ...]:
+        return tuple(t for t in (self.abort, self.resume, self.promote_full, self.retry) if t is not None)
+
     def latest(self) -> float:
-        return max((t for t in (self.abort, self.resume, self.promote_full, self.retry) if t is not None), default=0.0)
+        return max(self.times(), default=0.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ import enum
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from controller.plan.reasons import Reason, Waiting
+
 
 class Phase(enum.StrEnum):
     IDLE = "Idle"  # only stable serves; nothing in flight
@@ -99,15 +101,23 @@ class RolloutStatus:
     background: dict[str, CheckRun] = field(default_factory=dict)
     spec_hash: str = ""
     handled_controls: float = 0.0  # time of the last control (pause/resume/abort...) consumed
-    reason: str = ""
+    reason: Reason = Reason.NONE
     message: str = ""
     history: tuple[HistoryEntry, ...] = ()
+    waiting: Waiting | None = None  # what a rollout in flight waits for; None: it moves on its own
 
     HISTORY = 20
+
+    @property
+    def in_flight(self) -> bool:
+        """A canary is being rolled out (progressing or paused): the one definition everyone uses."""
+        return self.canary is not None and self.phase in (Phase.PROGRESSING, Phase.PAUSED)
 
     def for_storage(self) -> dict[str, Any]:
         d = asdict(self)
         d["phase"] = self.phase.value
+        d["reason"] = self.reason.value
+        d["waiting"] = self.waiting.value if self.waiting is not None else None
         for key in ("step_analysis", "background"):
             for run in d[key].values():
                 for m in run["recent"]:
@@ -139,10 +149,19 @@ class RolloutStatus:
             background={k: run(v) for k, v in (d.get("background") or {}).items()},
             spec_hash=d.get("spec_hash", ""),
             handled_controls=float(d.get("handled_controls", 0.0)),
-            reason=d.get("reason", ""),
+            reason=Reason.parse(d.get("reason", "")),
             message=d.get("message", ""),
             history=tuple(HistoryEntry(**h) for h in d.get("history", [])),
+            waiting=Waiting.parse(d.get("waiting")) if "waiting" in d else _waiting_of_old(d),
         )
 
     def remember(self, entry: HistoryEntry) -> tuple[HistoryEntry, ...]:
         return (*self.history, entry)[-self.HISTORY :]
+
+
+def _waiting_of_old(d: dict[str, Any]) -> Waiting | None:
+    """A status written before ``waiting`` existed: what its reason meant (a paused rollout)."""
+    if d.get("phase") != Phase.PAUSED.value:
+        return None
+    old = {"PausedByUser": Waiting.USER, "AnalysisInconclusive": Waiting.REVIEW, "PauseStep": Waiting.PAUSE_STEP}
+    return old.get(str(d.get("reason", "")))
