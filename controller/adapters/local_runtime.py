@@ -25,8 +25,9 @@ from typing import Any
 
 import httpx
 
+from controller import atomic, backoff
 from controller.adapters import bento
-from controller.adapters.local_store import LocalStore, write_atomic
+from controller.adapters.local_store import LocalStore
 from controller.errors import Unavailable
 from controller.plan.actions import SetTraffic
 from controller.plan.observations import Health
@@ -116,7 +117,7 @@ class LocalRuntime:
             "revisions": [asdict(p) for p in self.procs.values()],
             "router": asdict(self.router) if self.router else None,
         }
-        write_atomic(self.run_dir / "runtime.json", json.dumps(data, indent=1))
+        atomic.write_text(self.run_dir / "runtime.json", json.dumps(data, indent=1))
 
     def _spawn(self, cmd: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
         logf = (self.run_dir / log_name).open("ab")
@@ -174,8 +175,8 @@ class LocalRuntime:
         self._write_flags(revision, ())
         proc = self._spawn(bento.serve_command(bento_dir, host="127.0.0.1", port=port), env, f"{revision}.log")
         restarts = p.restarts if p is not None else []
-        backoff = min(30.0, 2.0 ** len(restarts)) if restarts else 0.0
-        self.procs[revision] = Proc(revision, proc.pid, port, time.time(), restarts, now + backoff)
+        wait = backoff.delay(len(restarts), first=2.0, cap=30.0)
+        self.procs[revision] = Proc(revision, proc.pid, port, time.time(), restarts, now + wait)
         self._persist()
 
     def stop(self, revision: str) -> None:
@@ -270,7 +271,7 @@ class LocalRuntime:
         path = self._flags_path(revision)
         text = json.dumps(merged, sort_keys=True)
         if not path.exists() or path.read_text() != text:
-            write_atomic(path, text)
+            atomic.write_text(path, text)
 
     def refresh_toggles(self) -> None:
         """Rewrite every running revision's flag file after a ``toggle``."""
@@ -278,7 +279,7 @@ class LocalRuntime:
             path = self._flags_path(rev)
             current = json.loads(path.read_text()) if path.exists() else {}
             merged = {**current, **self.store.toggles(self.system)}
-            write_atomic(path, json.dumps(merged, sort_keys=True))
+            atomic.write_text(path, json.dumps(merged, sort_keys=True))
 
     def telemetry(self, window: float) -> dict[str, Any] | None:
         try:

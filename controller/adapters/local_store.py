@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from controller import atomic
 from controller.compose import revision as revisions
 from controller.compose.revision import Lock
 from controller.errors import Conflict, NotFound
@@ -35,16 +36,6 @@ from controller.plan.observations import Controls
 from controller.plan.status import RolloutStatus
 from controller.spec import rollout as rollout_spec
 from controller.spec.rollout import Rollout
-
-
-def write_atomic(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +64,7 @@ class LocalStore:
         return self.rollout(system), self.status(system), self.controls(system)
 
     def save(self, system: str, status: RolloutStatus) -> None:
-        write_atomic(self.dir(system) / "status.json", json.dumps(status.for_storage(), indent=1))
+        atomic.write_text(self.dir(system) / "status.json", json.dumps(status.for_storage(), indent=1))
 
     # -- the pieces ----------------------------------------------------------------------------
     def rollout(self, system: str) -> Rollout:
@@ -83,7 +74,7 @@ class LocalStore:
         return rollout_spec.from_document(yaml.safe_load(path.read_text()), source=str(path))
 
     def put_rollout(self, system: str, r: Rollout) -> None:
-        write_atomic(self.dir(system) / "rollout.yaml", yaml.safe_dump(r.dump(), sort_keys=False))
+        atomic.write_text(self.dir(system) / "rollout.yaml", yaml.safe_dump(r.dump(), sort_keys=False))
 
     def status(self, system: str) -> RolloutStatus:
         path = self.dir(system) / "status.json"
@@ -98,7 +89,7 @@ class LocalStore:
         from dataclasses import replace
 
         c = replace(self.controls(system), **changes)
-        write_atomic(self.dir(system) / "controls.json", json.dumps(asdict(c)))
+        atomic.write_text(self.dir(system) / "controls.json", json.dumps(asdict(c)))
         return c
 
     def add_revision(self, system: str, lock: Lock, *, changed: list[str], overrides: list[str]) -> RevisionRecord:
@@ -109,7 +100,9 @@ class LocalStore:
         revisions.write(lock, self._lock_path(system, lock.revision))
         modules = sorted(lock.modules)
         rec = RevisionRecord(len(existing) + 1, lock.revision, modules, changed, time.time(), overrides)
-        write_atomic(self.dir(system) / "revisions.json", json.dumps([asdict(r) for r in [*existing, rec]], indent=1))
+        atomic.write_text(
+            self.dir(system) / "revisions.json", json.dumps([asdict(r) for r in [*existing, rec]], indent=1)
+        )
         return rec
 
     def revisions(self, system: str) -> list[RevisionRecord]:
@@ -149,7 +142,7 @@ class LocalStore:
     def toggle(self, system: str, flag: str, *, enabled: bool, percent: float) -> None:
         t = self.toggles(system)
         t[flag] = {"enabled": enabled, "percent": percent}
-        write_atomic(self.dir(system) / "flags.json", json.dumps(t, indent=1))
+        atomic.write_text(self.dir(system) / "flags.json", json.dumps(t, indent=1))
 
     # -- one controller per system ---------------------------------------------------------------
     @contextlib.contextmanager

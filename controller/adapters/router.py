@@ -25,7 +25,6 @@ import bisect
 import contextlib
 import hashlib
 import logging
-import os
 import random
 import time
 from collections import deque
@@ -38,6 +37,7 @@ import httptools
 import orjson
 import pydantic
 
+from controller import atomic
 from controller.plan import telemetry
 from controller.spec.routing import RouterConfig
 
@@ -569,13 +569,7 @@ class Router:
     def _persist(self, config: RouterConfig) -> None:
         if self.state is None:
             return
-        self.state.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state.with_name(f".{self.state.name}.tmp")
-        with tmp.open("wb") as f:
-            f.write(orjson.dumps(config.wire(), option=orjson.OPT_INDENT_2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state)
+        atomic.write_bytes(self.state, orjson.dumps(config.wire(), option=orjson.OPT_INDENT_2))
 
     def apply(self, config: RouterConfig) -> None:
         wanted = {u.url: u for u in (config.stable, config.canary) if u is not None}

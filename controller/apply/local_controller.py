@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller import ports, settings
+from controller import backoff, ports, settings
 from controller.adapters.builtin_metrics import BuiltinSource
 from controller.adapters.local_runtime import LocalRuntime
 from controller.adapters.local_store import LocalStore
@@ -126,7 +126,7 @@ class LocalController:
             m.next_at = now + min(wait, IDLE_RECHECK)
         except Unavailable as exc:  # retried: the runtime may still be starting
             m.failures += 1
-            m.next_at = now + min(0.25 * 2**m.failures, 5.0)
+            m.next_at = now + backoff.delay(m.failures, first=0.5, cap=5.0)
             log.info("%s: %s (retrying)", m.name, exc)
         except ModshipError as exc:
             m.failures += 1

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
+from controller import atomic
 from controller.errors import SpecError
 from controller.registry.versions import ModuleVersion
 from controller.spec import parse
@@ -121,10 +122,7 @@ def dump(lock: Lock) -> str:
 
 
 def write(lock: Lock, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump(lock))
-    tmp.replace(path)
+    atomic.write_text(path, dump(lock))
 
 
 def load(path: Path) -> Lock:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from controller import atomic
 from controller.compose import revision as revisions
 from controller.compose.revision import Lock
 from controller.entrypoints.output import Format, console, emit
@@ -372,11 +372,7 @@ def write(out: Path, items: list[Manifest], namespace: str | None) -> list[Path]
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    if path.exists():
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-    tmp.replace(path)
+    atomic.write_text(path, text)
 
 
 def _check_name(value: str | None, field: str) -> None:

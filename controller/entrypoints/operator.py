@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from controller import ports
+from controller import backoff, ports
 from controller.adapters import kubernetes as k8s
 from controller.adapters.kubernetes_store import Entry, EventRecorder, KubernetesStore, Notes, RolloutCache, wire_spec
 from controller.apply import aliases, execute, observe
@@ -272,7 +272,7 @@ class Operator:
                 kind = next(c.__name__ for c in type(exc).__mro__ if c.__module__ == "controller.errors")
                 store.notes["Ready"] = (False, kind, message)
                 store.sync(key[1])
-        return min(30.0, max(0.2, delay) * 2.0 ** min(n - 1, 5))
+        return backoff.delay(n, first=max(0.2, delay), cap=30.0, doublings=5)
 
 
 def _metrics_note(r: Rollout) -> Notes:

@@ -1,0 +1,45 @@
+"""Atomic file writes: the one way modship replaces a file.
+
+The new content goes to a temporary file with a unique name beside the target (two writers never
+share it), is flushed and fsynced, renamed over the target, and the directory is fsynced, so a
+process killed at any instant (even ``kill -9``) or a power cut leaves the old file or the new one,
+never half of one. The file keeps the target's permission bits when it exists, else the umask's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_dir(path.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def _sync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot open or fsync a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
