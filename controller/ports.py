@@ -5,14 +5,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from controller.plan.actions import SetTraffic
 from controller.plan.observations import Controls, Health, QueryContext, Sample
 from controller.plan.status import RolloutStatus
 from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
+from controller.spec import control
 from controller.spec.refs import ModuleRef
 from controller.spec.rollout import Check, Rollout
 
@@ -108,4 +110,92 @@ class RolloutStore(Protocol):
 
     def save(self, system: str, status: RolloutStatus) -> None:
         """Persist the status atomically (the whole status, once per cycle)."""
+        ...
+
+
+class Control(Protocol):
+    """The control plane of rollouts: what people ask of a system and what they see. One adapter
+    per backend: the local controller (in process, and its HTTP API for the CLI) and Kubernetes
+    (the Rollout resource). Refusals are errors: ``NotFound`` (no such system), ``SpecError`` (a
+    bad request), ``Conflict`` (the rollout's state does not allow it now: a rollout in progress,
+    nothing to go back to...)."""
+
+    def systems(self) -> list[control.Summary]:
+        """Every system this backend runs, sorted by name."""
+        ...
+
+    def status(self, system: str) -> control.StatusDocument:
+        """The rollout as people see it (``status -o json``)."""
+        ...
+
+    def history(self, system: str) -> list[control.HistoryRow]:
+        """Every revision known, numbered, with how its rollouts ended."""
+        ...
+
+    def events(self, system: str, *, limit: int = 200) -> list[control.EventRow]:
+        """The timeline, oldest first, at most ``limit`` events."""
+        ...
+
+    def promote(self, system: str, req: control.PromoteRequest) -> control.PromoteResult:
+        """Start rolling out a new revision, or (``full``) finish the one in flight. Accepting is
+        atomic: of two promotes sent at once, one is accepted, the other raises Conflict."""
+        ...
+
+    def undo(self, system: str, req: control.UndoRequest) -> control.UndoResult:
+        """Go back to an earlier revision (instant while it is still warm)."""
+        ...
+
+    def command(self, system: str, cmd: control.Command) -> control.CommandResult:
+        """Pause, resume, abort, retry, roll back, or promote the canary in flight fully."""
+        ...
+
+    def toggle(self, system: str, req: control.ToggleRequest) -> control.ToggleResult:
+        """Turn a feature flag on or off for a share of requests on every revision (idempotent)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A Rollout resource as the control plane reads it (Kubernetes)."""
+
+    name: str
+    rollout: Rollout | None  # None: the spec does not parse (the operator reports why)
+    status: RolloutStatus
+    target: str | None  # spec.revision
+    modules: list[str]  # spec.modules: what the target changed
+    paused: bool
+    toggles: dict[str, dict[str, Any]]
+    managed: bool  # the operator has seen the latest generation
+    shown: tuple[str, str, str]  # phase, reason, message as the status reports them
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RolloutResources(Protocol):
+    """Rollout resources of one namespace: read them, and write people's requests into them."""
+
+    namespace: str
+
+    def records(self) -> list[RolloutRecord]:
+        """Every Rollout of the namespace, sorted by name."""
+        ...
+
+    def read(self, name: str) -> RolloutRecord:
+        """One Rollout. Raises NotFound."""
+        ...
+
+    def write(
+        self,
+        name: str,
+        *,
+        target: tuple[str, list[str]] | None = None,
+        paused: bool | None = None,
+        commands: dict[str, float] | None = None,
+        toggles: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """One merge patch: a new target (revision, modules), the pause switch, commands given
+        at a time (``abort``, ``resume``, ``retry``, ``promote_full``) and the toggles."""
+        ...
+
+    def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
+        """The Rollout's events, oldest first."""
         ...

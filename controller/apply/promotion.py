@@ -12,15 +12,14 @@ from typing import Any
 from controller import ports
 from controller.adapters import bento
 from controller.adapters.local_store import LocalStore, RevisionRecord
+from controller.apply import control as rules
 from controller.apply import systems
 from controller.compose import rebase as rebasing
 from controller.compose import revision as revisions
 from controller.compose.revision import Lock
-from controller.errors import ModshipError, SpecError
-from controller.plan.status import Phase
+from controller.errors import ModshipError, NotFound, SpecError
 from controller.spec import refs
 from controller.spec import rollout as rollout_spec
-from controller.spec.rollout import Rollout
 from controller.spec.system import System
 
 DEFAULT_ROLLOUT: dict[str, Any] = {
@@ -126,7 +125,7 @@ def deploy(
     return prepared
 
 
-def promote(
+def compose_next(
     registry: ports.Registry,
     store: LocalStore,
     name: str,
@@ -137,12 +136,12 @@ def promote(
     bentoml_home: Path,
     force: bool = False,
 ) -> tuple[Prepared, list[str]]:
-    """Compose the next revision from the stable one and point the rollout at it."""
+    """Compose and build the next revision from the stable one (``set_target`` then points the
+    rollout at it). Raises Conflict when a rollout is in progress or the result is stable already."""
     r, status, _ = store.load(name)
-    if status.phase in (Phase.PROGRESSING, Phase.PAUSED) and status.canary is not None:
-        raise ModshipError(f"{name}: a rollout of {status.canary} is in progress (abort it or wait)")
-    if status.stable is None:
-        raise ModshipError(f"{name}: nothing is stable yet; is the controller running (modship up)?")
+    rules.ensure_no_rollout(name, status, r.spec.revision)
+    rules.ensure_stable(name, status)
+    assert status.stable is not None
     notes: list[str] = []
     if spec is not None:
         new = spec
@@ -158,47 +157,39 @@ def promote(
     prepared = build_revision(
         registry, store, new, cache=cache, bentoml_home=bentoml_home, changed=modules, force=force
     )
-    if prepared.lock.revision == status.stable:
-        raise ModshipError(f"{name}: {prepared.lock.revision} is already stable: nothing to promote")
-    set_target(store, r, prepared.lock.revision, modules)
+    rules.ensure_new(name, status, prepared.lock.revision)
     return prepared, notes
 
 
-def set_target(store: LocalStore, r: Rollout, revision: str, modules: list[str]) -> None:
+def set_target(store: LocalStore, name: str, revision: str, modules: list[str]) -> None:
+    r = store.rollout(name)
     body = r.spec.model_copy(update={"revision": revision, "modules": tuple(modules)})
     store.put_rollout(r.name, r.model_copy(update={"spec": body}))
-    # a new target starts clean: standing pause and old commands do not carry over
-    store.command(r.name, paused=False)
+    # a new target starts clean: a standing pause and commands given before do not carry over
+    store.command(r.name, paused=False, abort=None, resume=None, promote_full=None, retry=None)
 
 
 def undo(store: LocalStore, name: str, *, to: int | None) -> RevisionRecord:
     """Roll back to revision ``to`` (default: the previous stable one). Instant when still warm."""
     r, status, _ = store.load(name)
     if to is None:
-        prev = status.previous_stable or _previous(store, name, status.stable)
-        if prev is None:
-            raise ModshipError(f"{name}: no earlier revision to go back to")
-        rec = next(x for x in store.revisions(name) if x.revision == prev)
+        prev = rules.previous_revision(name, status)
+        rec = next((x for x in store.revisions(name) if x.revision == prev), None)
+        if rec is None:
+            raise NotFound(f"{name}: revision {prev} is not recorded")
     else:
         rec = store.revision_by_number(name, to)
-    if rec.revision == status.stable and status.canary is None:
-        raise ModshipError(f"{name}: revision {rec.number} ({rec.revision}) is already stable")
-    set_target(store, r, rec.revision, [f"undo to revision {rec.number}"])
+    rules.ensure_can_go_back(name, status, r.spec.revision, rec.revision, rec.number)
+    set_target(store, name, rec.revision, [f"undo to revision {rec.number}"])
     return rec
-
-
-def _previous(store: LocalStore, name: str, stable: str | None) -> str | None:
-    older = [h.revision for h in store.status(name).history if h.outcome in ("Promoted", "Initial", "RolledBack")]
-    older = [x for x in older if x != stable]
-    return older[-1] if older else None
 
 
 def rollback(store: LocalStore, name: str) -> str:
     """Abort a canary in flight; after a promotion, go back to the previous (warm) stable at once."""
     status = store.status(name)
-    if status.canary is not None and status.phase in (Phase.PROGRESSING, Phase.PAUSED):
+    if status.in_flight:
         store.command(name, abort=time.time())
-        return f"aborting canary {status.canary}: 100 % to stable {status.stable}"
+        return rules.aborting(status)
     rec = undo(store, name, to=None)
     return f"rolling back to revision {rec.number} ({rec.revision})"
 

@@ -1,24 +1,25 @@
-"""The local controller's HTTP API: every CLI verb goes through it (on Kubernetes the same verbs
-patch the Rollout resource instead).
+"""The local controller's HTTP API: a route table over the ``Control`` port (``apply.local_control``).
+Every CLI verb goes through it (on Kubernetes the same verbs patch the Rollout resource instead).
 
     GET    /v1/systems                      systems and their phase
     POST   /v1/systems                      deploy {"system": doc, "rollout": doc?, "port": int}
     GET    /v1/systems/{name}               status (the ``status -o json`` document)
     DELETE /v1/systems/{name}               stop its processes and forget it
     POST   /v1/systems/{name}/promote       {"modules": [...], "system": doc?, "full": bool, "force": bool}
-    POST   /v1/systems/{name}/pause|resume|abort|retry|rollback
+    POST   /v1/systems/{name}/pause|resume|abort|retry|rollback|promote-full
     POST   /v1/systems/{name}/undo          {"toRevision": n?}
     POST   /v1/systems/{name}/toggle        {"flag": str, "enabled": bool, "percent": float}
     GET    /v1/systems/{name}/history       revisions and outcomes
     GET    /v1/systems/{name}/events        the timeline
 
-Errors are ``{"error": message, "exitCode": n}`` with 400 (bad input), 404, 409, 503 or 500.
+Errors are ``{"error": message, "exitCode": n}`` with 400 (bad input), 404, 409 (a conflict: the
+rollout's state does not allow the request now), 503 or 500.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,20 +27,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from controller.apply import promotion
+from controller.apply.local_control import LocalControl
 from controller.apply.local_controller import LocalController
-from controller.entrypoints import views
 from controller.errors import Conflict, ModshipError, NotFound, SpecError, Unavailable
-from controller.spec import system as system_spec
+from controller.spec import control
+from controller.spec.control import Command, request
 
 log = logging.getLogger("modship.api")
 _STATUS = {SpecError: 400, NotFound: 404, Conflict: 409, Unavailable: 503}
 
+Handler = Callable[[str, dict[str, Any], dict[str, str]], Any]
+
 
 def _error(exc: ModshipError) -> JSONResponse:
-    code = next((v for k, v in _STATUS.items() if isinstance(exc, k)), 500 if type(exc) is ModshipError else 400)
-    if type(exc) is ModshipError:
-        code = 409
+    code = next((v for k, v in _STATUS.items() if isinstance(exc, k)), 409 if type(exc) is ModshipError else 400)
     return JSONResponse({"error": str(exc), "exitCode": exc.exit_code}, status_code=code)
 
 
@@ -53,151 +54,60 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
-def app(c: LocalController) -> Starlette:
+def _endpoint(fn: Handler) -> Any:
     import anyio
 
-    def handler(fn: Any) -> Any:
-        async def endpoint(request: Request) -> JSONResponse:
-            try:
-                body = await _json(request) if request.method in ("POST", "PUT") else {}
-                name = request.path_params.get("name", "")
-                result = await anyio.to_thread.run_sync(lambda: fn(name, body, dict(request.query_params)))
-                return JSONResponse(result)
-            except ModshipError as exc:
-                return _error(exc)
-            except Exception as exc:  # a bug: keep the traceback in the controller's log
-                log.exception("%s %s failed", request.method, request.url.path)
-                return JSONResponse(
-                    {"error": f"internal error: {type(exc).__name__}: {exc}", "exitCode": 70}, status_code=500
-                )
+    async def endpoint(req: Request) -> JSONResponse:
+        try:
+            body = await _json(req) if req.method in ("POST", "PUT") else {}
+            name = req.path_params.get("name", "")
+            result = await anyio.to_thread.run_sync(lambda: fn(name, body, dict(req.query_params)))
+            return JSONResponse(_wire(result))
+        except ModshipError as exc:
+            return _error(exc)
+        except Exception as exc:  # a bug: keep the traceback in the controller's log
+            log.exception("%s %s failed", req.method, req.url.path)
+            return JSONResponse(
+                {"error": f"internal error: {type(exc).__name__}: {exc}", "exitCode": 70}, status_code=500
+            )
 
-        return endpoint
+    return endpoint
 
-    def systems(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-        return [views.summary(c, n) for n in c.store.systems()]
 
-    def deploy(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-        sys_doc = body.get("system")
-        if not isinstance(sys_doc, dict):
-            raise SpecError("give the System document", field="system")
-        system = system_spec.from_document(sys_doc, source="system")
-        port = body.get("port")
-        if not isinstance(port, int) or not 1 <= port <= 65535:
-            raise SpecError(f"port must be 1-65535, got {port!r}", field="port")
-        name = system.metadata.name
-        if name in c.store.systems():
-            raise Conflict(f"system {name!r} is already deployed (promote a new revision instead)")
-        prepared = promotion.deploy(
-            c.registry,
-            c.store,
-            system,
-            body.get("rollout"),
-            cache=c.cfg.module_cache,
-            bentoml_home=c.cfg.bentoml_home,
-            port=port,
-        )
-        c.manage(name)
-        return {"system": name, "revision": prepared.lock.revision, "router": f"http://127.0.0.1:{port}"}
+def _wire(result: Any) -> Any:
+    if isinstance(result, control.Model):
+        return result.wire()
+    if isinstance(result, list):
+        return [_wire(x) for x in result]
+    return result
 
-    def status(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-        return views.status(c, name)
 
-    def delete(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-        c.store.rollout(name)
-        c.forget(name, stop=True)
-        return {"system": name, "stopped": True}
+def _limit(q: dict[str, str]) -> int:
+    try:
+        return int(q.get("limit", "200"))
+    except ValueError:
+        raise SpecError(f"limit must be a number, got {q['limit']!r}", field="limit") from None
 
-    def promote(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-        modules = body.get("modules") or []
-        if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
-            raise SpecError("modules must be a list of NAME@VERSION", field="modules")
-        doc = body.get("system")
-        spec = system_spec.from_document(doc, source="system") if isinstance(doc, dict) else None
-        if body.get("full") and not modules and spec is None:
-            c.store.command(name, promote_full=time.time())
-            c.wake(name)
-            return {"system": name, "promoteFull": True}
-        prepared, notes = promotion.promote(
-            c.registry,
-            c.store,
-            name,
-            modules=modules,
-            spec=spec,
-            cache=c.cfg.module_cache,
-            bentoml_home=c.cfg.bentoml_home,
-            force=bool(body.get("force")),
-        )
-        if body.get("full"):
-            c.store.command(name, promote_full=time.time() + 0.001)
-        c.wake(name)
-        return {
-            "system": name,
-            "revision": prepared.lock.revision,
-            "number": prepared.record.number,
-            "changes": notes,
-            "overrides": prepared.overrides,
-        }
 
-    def command(kind: str) -> Any:
-        def run(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-            c.store.rollout(name)
-            now = time.time()
-            match kind:
-                case "pause":
-                    c.store.command(name, paused=True)
-                case "resume":
-                    c.store.command(name, paused=False, resume=now)
-                case "abort":
-                    c.store.command(name, abort=now)
-                case "retry":
-                    c.store.command(name, retry=now)
-                case "rollback":
-                    msg = promotion.rollback(c.store, name)
-                    c.wake(name)
-                    return {"system": name, "message": msg}
-            c.wake(name)
-            return {"system": name, "command": kind}
+def routes(ctl: LocalControl) -> list[Route]:
+    def command(cmd: Command) -> Handler:
+        return lambda n, b, q: ctl.command(n, cmd)
 
-        return run
-
-    def undo(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-        to = body.get("toRevision")
-        if to is not None and not isinstance(to, int):
-            raise SpecError("toRevision must be a revision number", field="toRevision")
-        rec = promotion.undo(c.store, name, to=to)
-        c.wake(name)
-        return {"system": name, "revision": rec.revision, "number": rec.number}
-
-    def toggle(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-        flag, enabled, percent = body.get("flag"), body.get("enabled"), body.get("percent", 100.0)
-        lock = c.store.lock(name, c.store.status(name).stable or "")
-        known = {f.name for f in lock.system.spec.flags}
-        if flag not in known:
-            raise SpecError(f"system {name} has no flag {flag!r} (flags: {sorted(known)})", field="flag")
-        if not isinstance(enabled, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
-            raise SpecError("enabled must be true/false and percent 0-100", field="percent")
-        c.store.toggle(name, str(flag), enabled=enabled, percent=float(percent))
-        c.manage(name).runtime.refresh_toggles()
-        return {"system": name, "flag": flag, "enabled": enabled, "percent": percent}
-
-    def history(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-        return views.history(c, name)
-
-    def events(name: str, body: dict[str, Any], q: dict[str, str]) -> Any:
-        return c.store.events(name, limit=int(q.get("limit", "200")))
-
-    routes = [
-        Route("/v1/systems", handler(systems), methods=["GET"]),
-        Route("/v1/systems", handler(deploy), methods=["POST"]),
-        Route("/v1/systems/{name}", handler(status), methods=["GET"]),
-        Route("/v1/systems/{name}", handler(delete), methods=["DELETE"]),
-        Route("/v1/systems/{name}/promote", handler(promote), methods=["POST"]),
-        Route("/v1/systems/{name}/undo", handler(undo), methods=["POST"]),
-        Route("/v1/systems/{name}/toggle", handler(toggle), methods=["POST"]),
-        Route("/v1/systems/{name}/history", handler(history), methods=["GET"]),
-        Route("/v1/systems/{name}/events", handler(events), methods=["GET"]),
-        Route("/v1/healthz", handler(lambda n, b, q: {"ok": True}), methods=["GET"]),
+    table: list[tuple[str, str, Handler]] = [
+        ("GET", "/v1/systems", lambda n, b, q: ctl.systems()),
+        ("POST", "/v1/systems", lambda n, b, q: ctl.deploy(request(control.DeployRequest, b))),
+        ("GET", "/v1/systems/{name}", lambda n, b, q: ctl.status(n)),
+        ("DELETE", "/v1/systems/{name}", lambda n, b, q: ctl.delete(n)),
+        ("POST", "/v1/systems/{name}/promote", lambda n, b, q: ctl.promote(n, request(control.PromoteRequest, b))),
+        ("POST", "/v1/systems/{name}/undo", lambda n, b, q: ctl.undo(n, request(control.UndoRequest, b))),
+        ("POST", "/v1/systems/{name}/toggle", lambda n, b, q: ctl.toggle(n, request(control.ToggleRequest, b))),
+        ("GET", "/v1/systems/{name}/history", lambda n, b, q: ctl.history(n)),
+        ("GET", "/v1/systems/{name}/events", lambda n, b, q: ctl.events(n, limit=_limit(q))),
+        ("GET", "/v1/healthz", lambda n, b, q: {"ok": True}),
     ]
-    for verb in ("pause", "resume", "abort", "retry", "rollback"):
-        routes.append(Route(f"/v1/systems/{{name}}/{verb}", handler(command(verb)), methods=["POST"]))
-    return Starlette(routes=routes)
+    table += [("POST", f"/v1/systems/{{name}}/{cmd.value}", command(cmd)) for cmd in Command]
+    return [Route(path, _endpoint(fn), methods=[method]) for method, path, fn in table]
+
+
+def app(c: LocalController) -> Starlette:
+    return Starlette(routes=routes(LocalControl(c)))

@@ -1,5 +1,6 @@
 """Progressive delivery verbs: up, deploy, promote, status, pause, resume, abort, retry, rollback,
-undo, toggle, history, events, down. Every verb goes through the local controller's API."""
+undo, toggle, history, events, down. Every verb talks to the ``Control`` port: the local
+controller's HTTP API, or with --context/--namespace the Rollout resource on Kubernetes."""
 
 from __future__ import annotations
 
@@ -8,21 +9,24 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
-from rich.console import Group
 from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
-from controller.entrypoints import views
-from controller.entrypoints.client import LocalClient
+from controller import ports
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import Format, console, emit
+from controller.entrypoints.views import render
 from controller.errors import SpecError
-from controller.spec import parse
+from controller.spec import control, parse
+from controller.spec.control import Command
+
+if TYPE_CHECKING:
+    from controller.adapters.control_http import HttpControl
+    from controller.adapters.kube_rollouts import KubeRollouts
 
 OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
 SystemArg = Annotated[str, typer.Argument(help="the system's name")]
@@ -31,20 +35,30 @@ KubeContextOpt = Annotated[
 ]
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Kubernetes namespace of the Rollout")]
 
-
-class Client(Protocol):
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any: ...
+EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_WAIT_TIMEOUT = 0, 1, 7  # status --wait
 
 
-def _client(ctx: typer.Context, context: str | None = None, namespace: str | None = None) -> Client:
+def _local(ctx: typer.Context) -> HttpControl:
+    from controller.adapters.control_http import HttpControl
+
+    obj: Context = ctx.obj
+    return HttpControl(obj.settings)
+
+
+def _kube(context: str | None, namespace: str | None) -> KubeRollouts:
+    from controller.adapters.kube_rollouts import KubeRollouts
+
+    return KubeRollouts(context=context, namespace=namespace)
+
+
+def _control(ctx: typer.Context, context: str | None = None, namespace: str | None = None) -> ports.Control:
     """The local controller's API, or, with --context/--namespace, the Rollout resource on Kubernetes
     (the same verbs, so moving between one machine and a cluster needs no second tool)."""
     if context or namespace:
-        from controller.entrypoints.k8s_client import KubernetesClient
+        from controller.apply.kube_control import KubeControl
 
-        return KubernetesClient(context=context, namespace=namespace)
-    obj: Context = ctx.obj
-    return LocalClient(obj.settings)
+        return KubeControl(_kube(context, namespace))
+    return _local(ctx)
 
 
 def register(app: typer.Typer) -> None:
@@ -56,14 +70,14 @@ def register(app: typer.Typer) -> None:
     for verb, doc in (
         ("pause", "Pause the rollout where it is (traffic stays as it is)."),
         ("resume", "Resume a paused rollout (also releases a pause step or retries an inconclusive analysis)."),
-        ("abort", "Abort the canary: 100 % to stable, the canary stopped."),
+        ("abort", "Abort the canary: 100 % to stable, the canary stopped (exit 5 when no rollout is in progress)."),
         ("retry", "Start an aborted canary again from step 0."),
         (
             "rollback",
             "Abort the canary in flight, or go back to the previous stable at once (within the rollback window).",
         ),
     ):
-        app.command(name=verb, help=doc)(_verb(verb))
+        app.command(name=verb, help=doc)(_verb(Command(verb)))
     app.command()(simulate)
     app.command()(undo)
     app.command()(toggle)
@@ -114,12 +128,10 @@ def up(
 
 def down(ctx: typer.Context) -> None:
     """Stop the local controller and everything it runs (revisions and routers)."""
-    client = _client(ctx)
-    for s in client.call("GET", "/v1/systems"):
-        client.call("DELETE", f"/v1/systems/{s['system']}")
-    obj: Context = ctx.obj
-    info = json.loads((obj.settings.home / "controller.json").read_text())
-    os.kill(int(info["pid"]), signal.SIGTERM)
+    local = _local(ctx)
+    for s in local.systems():
+        local.delete(s.system)
+    os.kill(local.pid, signal.SIGTERM)
     console.print("stopped")
 
 
@@ -138,8 +150,8 @@ def deploy(
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Deploy a system on the local runtime: its first revision becomes stable behind a router."""
-    body = {"system": _doc(system), "rollout": _doc(rollout) if rollout else None, "port": port}
-    out = _client(ctx).call("POST", "/v1/systems", body)
+    req = control.DeployRequest(system=_doc(system), rollout=_doc(rollout) if rollout else None, port=port)
+    out = _local(ctx).deploy(req).wire()
     emit(
         out,
         output,
@@ -174,12 +186,10 @@ def promote(
         done = cli_gitops.promote_in_tree(obj, gitops, system, modules or [], spec=spec, force=force)
         emit(done, output, lambda d: console.print(f"{d['file']}: {system} -> {d['revision']} (commit and push it)"))
         return
-    body: dict[str, Any] = {"modules": modules or [], "full": full, "force": force}
-    if revision is not None:
-        body["revision"] = revision
-    if spec is not None:
-        body["system"] = _doc(spec)
-    out = _client(ctx, context, namespace).call("POST", f"/v1/systems/{system}/promote", body)
+    req = control.PromoteRequest(
+        modules=modules or [], full=full, force=force, revision=revision, system=_doc(spec) if spec else None
+    )
+    out = _control(ctx, context, namespace).promote(system, req).wire()
 
     def render(d: dict[str, Any]) -> None:
         if "revision" not in d:
@@ -198,7 +208,14 @@ def status(
     ctx: typer.Context,
     system: SystemArg,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="a live view, refreshed every second")] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="exit 0 when promoted, 1 when aborted, 2 on timeout")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help=f"exit {EXIT_PROMOTED} when promoted, {EXIT_ROLLED_BACK} when aborted or rolled back, "
+            f"{EXIT_WAIT_TIMEOUT} on timeout",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
     gitops: Annotated[Path | None, typer.Option(help="compare with the Rollout manifest in this Git tree")] = None,
     context: KubeContextOpt = None,
@@ -209,108 +226,56 @@ def status(
 
     It also says when what runs differs from what the spec (or Git) asks for, e.g. after an automatic
     rollback, so that Git and the cluster never diverge silently."""
-    client = _client(ctx, context, namespace)
-    path = f"/v1/systems/{system}"
+    ctl = _control(ctx, context, namespace)
+
+    def get() -> dict[str, Any]:
+        return ctl.status(system).wire()
+
     if gitops is not None:
         from controller.entrypoints import cli_gitops
 
-        d = client.call("GET", path)
-        if hasattr(client, "_get"):  # Kubernetes: the live Rollout against Git, field by field
-            d["drift"] = [*views.drift(d), *cli_gitops.drift(gitops, client._get(system))]
+        d = get()
+        if context or namespace:  # Kubernetes: the live Rollout against Git, field by field
+            d["drift"] = [*d["drift"], *cli_gitops.drift(gitops, _kube(context, namespace).live(system))]
         else:
             want = (yaml.safe_load(cli_gitops.find_rollout(gitops, system).read_text()).get("spec") or {}).get(
                 "revision"
             )
             runs = (d.get("stable") or {}).get("revision")
-            d["drift"] = views.drift(d) + ([f"Git asks for {want}, {runs} serves"] if want and want != runs else [])
+            d["drift"] = d["drift"] + ([f"Git asks for {want}, {runs} serves"] if want and want != runs else [])
         emit(d, output, lambda x: console.print(render(x)))
         raise typer.Exit(1 if d["drift"] else 0)
     if wait:
-        raise typer.Exit(_wait(client, path, timeout, output))
+        raise typer.Exit(_wait(get, timeout, output))
     if watch:
-        with Live(render(client.call("GET", path)), console=console, refresh_per_second=2) as live:
+        with Live(render(get()), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(1.0)
-                live.update(render(client.call("GET", path)))
-    emit(client.call("GET", path), output, lambda d: console.print(render(d)))
+                live.update(render(get()))
+    emit(get(), output, lambda d: console.print(render(d)))
 
 
-def _wait(client: Client, path: str, timeout: float, output: Format) -> int:
+def _wait(get: Any, timeout: float, output: Format) -> int:
     deadline = time.monotonic() + timeout
-    d = client.call("GET", path)
+    d = get()
     while True:
         target = d.get("target")
         stable = (d.get("stable") or {}).get("revision")
         canary = (d.get("canary") or {}).get("revision")
         code = None
         if d["phase"] in ("Promoted", "Idle") and stable == target:
-            code = 1 if d["reason"] in ("RolledBack",) else 0
+            code = EXIT_ROLLED_BACK if d["reason"] in ("RolledBack",) else EXIT_PROMOTED
         elif d["phase"] == "Aborted" and canary == target:
-            code = 1
+            code = EXIT_ROLLED_BACK
         if code is not None or time.monotonic() > deadline:
-            code = 2 if code is None else code
+            code = EXIT_WAIT_TIMEOUT if code is None else code
             emit(d, output, lambda x: console.print(f"{x['system']}: {x['phase']} ({x['reason']}) {x['message']}"))
             return code
         time.sleep(0.5)
-        d = client.call("GET", path)
+        d = get()
 
 
-def render(d: dict[str, Any]) -> Group:
-    colour = {"Promoted": "green", "Idle": "green", "Progressing": "cyan", "Paused": "yellow", "Aborted": "red"}
-    head = Text.assemble(
-        (f"{d['system']} ", "bold"), (d["phase"], colour.get(d["phase"], "white")), f"  {d['reason']}: {d['message']}"
-    )
-    revs = Table("role", "revision", "#", "modules", "req/s", "errors", "fallbacks", box=None)
-    tr = d.get("traffic") or {}
-    for role in ("stable", "canary"):
-        r = d.get(role)
-        if not r:
-            continue
-        t = tr.get(r["revision"], {})
-        err = t.get("errorRate")
-        revs.add_row(
-            role,
-            r["revision"],
-            str(r.get("number")),
-            " ".join(r["modules"]),
-            f"{t.get('requestRate', 0):.1f}",
-            "-" if err is None else f"{err:.1%}",
-            str(t.get("fallbacks", 0)),
-        )
-    steps = Table("", "step", "", box=None)
-    for s in d["steps"]:
-        mark = {"done": "[green]✓[/]", "current": "[cyan]▶[/]", "pending": " "}[s["state"]]
-        steps.add_row(mark, f"{s['index']}: {s['kind']}", json.dumps(s["value"]) if s["value"] is not None else "")
-    checks = Table("check", "verdict", "ok/fail/inc/err", "recent (value vs stable)", box=None)
-    for where, runs in d["analysis"].items():
-        for name, run in runs.items():
-            recent = " ".join(_fmt(m) for m in run["recent"][-5:])
-            checks.add_row(
-                f"{name} ({where})",
-                run["verdict"],
-                f"{run['successes']}/{run['failures']}/{run['inconclusive']}/{run['errorsInRow']}",
-                recent,
-            )
-    weight = Text(
-        f"canary weight {d['weight']:g} %"
-        + (f", mirror {d['mirror']:g} %" if d["mirror"] else "")
-        + (f", header route {d['headerRoute']}" if d["headerRoute"] else "")
-    )
-    notes = [Text(f"⚠ {line}", style="yellow") for line in d.get("drift") or views.drift(d)]
-    return Group(head, weight, *notes, revs, steps, checks)
-
-
-def _fmt(m: dict[str, Any]) -> str:
-    if m["error"]:
-        return "err"
-    if m["value"] is None:
-        return "n/a"
-    st = f"/{m['stable']:.3g}" if m.get("stable") is not None else ""
-    mark = {"Successful": "", "Failed": "✗", "Inconclusive": "?"}.get(m["verdict"], "")
-    return f"{m['value']:.3g}{st}{mark}"
-
-
-def _verb(verb: str) -> Any:
+def _verb(verb: Command) -> Any:
     def run(
         ctx: typer.Context,
         system: SystemArg,
@@ -318,10 +283,10 @@ def _verb(verb: str) -> Any:
         namespace: NamespaceOpt = None,
         output: OutputOpt = Format.TABLE,
     ) -> None:
-        out = _client(ctx, context, namespace).call("POST", f"/v1/systems/{system}/{verb}", {})
+        out = _control(ctx, context, namespace).command(system, verb).wire()
         emit(out, output, lambda d: console.print(d.get("message") or f"{system}: {verb} requested"))
 
-    run.__name__ = verb
+    run.__name__ = verb.value
     return run
 
 
@@ -334,7 +299,7 @@ def undo(
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Go back to an earlier revision: instant while it is still warm, else a normal rollout."""
-    out = _client(ctx, context, namespace).call("POST", f"/v1/systems/{system}/undo", {"toRevision": to_revision})
+    out = _control(ctx, context, namespace).undo(system, control.UndoRequest(to_revision=to_revision)).wire()
     emit(out, output, lambda d: console.print(f"{system}: back to revision {d['number']} ({d['revision']})"))
 
 
@@ -351,14 +316,14 @@ def toggle(
     """Turn a feature flag on or off (for a percentage of requests) on every revision of a system."""
     if state not in ("on", "off"):
         raise SpecError(f"state must be on or off, got {state!r}", field="STATE")
-    body = {"flag": flag, "enabled": state == "on", "percent": percent}
-    out = _client(ctx, context, namespace).call("POST", f"/v1/systems/{system}/toggle", body)
+    req = control.request(control.ToggleRequest, {"flag": flag, "enabled": state == "on", "percent": percent})
+    out = _control(ctx, context, namespace).toggle(system, req).wire()
     emit(out, output, lambda d: console.print(f"{system}: flag {flag} {state} at {percent:g} %"))
 
 
 def history(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TABLE) -> None:
     """Every revision of a system: its modules, what changed, how its rollouts ended."""
-    out = _client(ctx).call("GET", f"/v1/systems/{system}/history")
+    out = [x.wire() for x in _local(ctx).history(system)]
 
     def show(rows: list[dict[str, Any]]) -> None:
         t = Table("#", "revision", "created", "changed", "outcomes", "now", box=None)
@@ -375,7 +340,7 @@ def history(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TA
 
 def events(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TABLE) -> None:
     """The timeline of a system's rollouts."""
-    out = _client(ctx).call("GET", f"/v1/systems/{system}/events")
+    out = [x.wire() for x in _local(ctx).events(system)]
 
     def show(rows: list[dict[str, Any]]) -> None:
         for e in rows:

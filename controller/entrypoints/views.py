@@ -1,155 +1,65 @@
-"""The documents the API serves: ``status``, ``summary`` and ``history`` (``-o json`` schemas)."""
+"""How people see a rollout: the rich view of a status document (``status``, ``status --watch``)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from controller.apply.local_controller import LocalController
-from controller.plan import analysis
-from controller.plan.status import CheckRun, Phase, RolloutStatus
-from controller.spec.rollout import CanaryStep, Rollout
-
-TELEMETRY_WINDOW = 30.0
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
 
-def summary(c: LocalController, name: str) -> dict[str, Any]:
-    s = c.store.status(name)
-    r = c.store.rollout(name)
-    return {
-        "system": name,
-        "phase": s.phase.value,
-        "stable": s.stable,
-        "canary": s.canary,
-        "weight": s.traffic.weight,
-        "target": r.spec.revision,
-        "reason": s.reason,
-    }
-
-
-def _step(i: int, st: CanaryStep, s: RolloutStatus) -> dict[str, Any]:
-    kind = st.kind
-    value: Any = st.value
-    value = value if isinstance(value, int | float) or value is None else value.dump()
-    in_flight = s.canary is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED)
-    state = "pending"
-    if s.phase is Phase.PROMOTED or (in_flight and i < s.step):
-        state = "done"
-    elif in_flight and i == s.step:
-        state = "current"
-    return {"index": i, "kind": kind, "value": value, "state": state}
-
-
-def _run(r: Rollout, name: str, run: CheckRun, *, background: bool) -> dict[str, Any]:
-    check = r.check(name)
-    count = check.count if background else analysis.step_count(check)
-    return {
-        "verdict": analysis.check_verdict(check, run, count=count).value,
-        "successes": run.successes,
-        "failures": run.failures,
-        "inconclusive": run.inconclusive,
-        "errorsInRow": run.errors_in_row,
-        "count": count,
-        "threshold": check.threshold.dump(),
-        "recent": [
-            {
-                "at": m.at,
-                "verdict": m.verdict.value,
-                "value": m.value,
-                "stable": m.stable,
-                "samples": m.samples,
-                "error": m.error,
-            }
-            for m in run.recent
-        ],
-    }
-
-
-def _revision(c: LocalController, name: str, rev: str | None) -> dict[str, Any] | None:
-    if rev is None:
-        return None
-    rec = next((x for x in c.store.revisions(name) if x.revision == rev), None)
-    return {"revision": rev, "number": rec.number if rec else None, "modules": rec.modules if rec else []}
-
-
-def status(c: LocalController, name: str) -> dict[str, Any]:
-    r = c.store.rollout(name)
-    s = c.store.status(name)
-    controls = c.store.controls(name)
-    in_flight = s.canary is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED)
-    m = c.systems.get(name)
-    tele = m.runtime.telemetry(TELEMETRY_WINDOW) if m is not None else None
-    traffic: dict[str, Any] = {}
-    for rev, t in ((tele or {}).get("revisions") or {}).items():
-        req = t.get("requests", 0)
-        traffic[rev] = {
-            "role": t.get("role"),
-            "requestRate": round(req / TELEMETRY_WINDOW, 3),
-            "errorRate": round(t.get("errors", 0) / req, 4) if req else None,
-            "fallbacks": t.get("fallbacks", 0),
-            "mirrored": (t.get("mirror") or {}).get("requests", 0),
-        }
-    port = (c.store.dir(name) / "port").read_text().strip() if (c.store.dir(name) / "port").exists() else None
-    doc: dict[str, Any] = {
-        "system": name,
-        "phase": s.phase.value,
-        "reason": s.reason,
-        "message": s.message,
-        "target": r.spec.revision,
-        "stable": _revision(c, name, s.stable),
-        "canary": _revision(c, name, s.canary) if in_flight or s.phase is Phase.ABORTED else None,
-        "previousStable": s.previous_stable,
-        "rollbackWindowEndsAt": s.promoted_at + r.spec.policies.rollback_window
-        if s.previous_stable and s.promoted_at
-        else None,
-        "step": s.step,
-        "steps": [_step(i, st, s) for i, st in enumerate(r.steps)],
-        "weight": s.traffic.weight if in_flight else 0.0,
-        "headerRoute": list(s.traffic.header_route) if in_flight and s.traffic.header_route else None,
-        "mirror": s.traffic.mirror if in_flight else 0.0,
-        "flags": {k: {"enabled": v[0], "percent": v[1]} for k, v in s.flags.items()},
-        "toggles": c.store.toggles(name),
-        "paused": controls.paused,
-        "analysis": {
-            "step": {n: _run(r, n, run, background=False) for n, run in s.step_analysis.items()},
-            "background": {n: _run(r, n, run, background=True) for n, run in s.background.items()},
-        },
-        "traffic": traffic,
-        "router": f"http://127.0.0.1:{port}" if port else None,
-        "managed": m is not None,
-        "history": [{"revision": h.revision, "outcome": h.outcome, "at": h.at, "reason": h.reason} for h in s.history],
-    }
-    doc["drift"] = drift(doc)
-    return doc
-
-
-def drift(d: dict[str, Any]) -> list[str]:
-    """What runs versus what the spec asks for, in words; [] when they agree (or a rollout is on its way)."""
-    target, stable = d.get("target"), (d.get("stable") or {}).get("revision")
-    if target and stable and target != stable and d["phase"] in ("Aborted", "Idle", "Promoted"):
-        why = f" ({d['reason']})" if d.get("reason") else ""
-        return [f"the spec asks for {target} but {stable} serves after an automatic rollback{why}: "
-                "promote again, retry, or set the spec (or Git) back to what runs"]  # fmt: skip
-    return []
-
-
-def history(c: LocalController, name: str) -> list[dict[str, Any]]:
-    s = c.store.status(name)
-    outcomes: dict[str, list[dict[str, Any]]] = {}
-    for h in s.history:
-        outcomes.setdefault(h.revision, []).append({"outcome": h.outcome, "at": h.at, "reason": h.reason})
-    out = []
-    for rec in c.store.revisions(name):
-        role = "stable" if rec.revision == s.stable else "canary" if rec.revision == s.canary else None
-        out.append(
-            {
-                "number": rec.number,
-                "revision": rec.revision,
-                "created": rec.created,
-                "modules": rec.modules,
-                "changed": rec.changed,
-                "overrides": rec.overrides,
-                "role": role,
-                "outcomes": outcomes.get(rec.revision, []),
-            }
+def render(d: dict[str, Any]) -> Group:
+    colour = {"Promoted": "green", "Idle": "green", "Progressing": "cyan", "Paused": "yellow", "Aborted": "red"}
+    head = Text.assemble(
+        (f"{d['system']} ", "bold"), (d["phase"], colour.get(d["phase"], "white")), f"  {d['reason']}: {d['message']}"
+    )
+    revs = Table("role", "revision", "#", "modules", "req/s", "errors", "fallbacks", box=None)
+    tr = d.get("traffic") or {}
+    for role in ("stable", "canary"):
+        r = d.get(role)
+        if not r:
+            continue
+        t = tr.get(r["revision"], {})
+        err = t.get("errorRate")
+        revs.add_row(
+            role,
+            r["revision"],
+            str(r.get("number")),
+            " ".join(r["modules"]),
+            f"{t.get('requestRate', 0):.1f}",
+            "-" if err is None else f"{err:.1%}",
+            str(t.get("fallbacks", 0)),
         )
-    return out
+    steps = Table("", "step", "", box=None)
+    for s in d["steps"]:
+        mark = {"done": "[green]✓[/]", "current": "[cyan]▶[/]", "pending": " "}[s["state"]]
+        steps.add_row(mark, f"{s['index']}: {s['kind']}", json.dumps(s["value"]) if s["value"] is not None else "")
+    checks = Table("check", "verdict", "ok/fail/inc/err", "recent (value vs stable)", box=None)
+    for where, runs in d["analysis"].items():
+        for name, run in runs.items():
+            recent = " ".join(_fmt(m) for m in run["recent"][-5:])
+            checks.add_row(
+                f"{name} ({where})",
+                run["verdict"],
+                f"{run['successes']}/{run['failures']}/{run['inconclusive']}/{run['errorsInRow']}",
+                recent,
+            )
+    weight = Text(
+        f"canary weight {d['weight']:g} %"
+        + (f", mirror {d['mirror']:g} %" if d["mirror"] else "")
+        + (f", header route {d['headerRoute']}" if d["headerRoute"] else "")
+    )
+    notes = [Text(f"⚠ {line}", style="yellow") for line in d.get("drift") or []]
+    return Group(head, weight, *notes, revs, steps, checks)
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    if m["error"]:
+        return "err"
+    if m["value"] is None:
+        return "n/a"
+    st = f"/{m['stable']:.3g}" if m.get("stable") is not None else ""
+    mark = {"Successful": "", "Failed": "✗", "Inconclusive": "?"}.get(m["verdict"], "")
+    return f"{m['value']:.3g}{st}{mark}"

@@ -19,7 +19,9 @@ import pytest
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.entrypoints.k8s_client import KubernetesClient
+from controller.adapters.kube_rollouts import KubeRollouts
+from controller.apply.kube_control import KubeControl
+from controller.spec.control import Command, PromoteRequest, ToggleRequest
 from tests.k8s.operator_support import (
     CRD,
     GROUP,
@@ -581,9 +583,10 @@ def test_istio_and_nginx_get_the_right_objects(cluster: Cluster, ns: str, operat
     mirroring = condition(cluster.status(ns, "edge"), "Mirroring")
     assert (mirroring["status"], mirroring["reason"]) == ("False", "MirrorUnsupported")
 
-    k = KubernetesClient(kubeconfig=str(cluster.cp.kubeconfig), namespace=ns)
+    rollouts = KubeRollouts(kubeconfig=str(cluster.cp.kubeconfig), namespace=ns)
+    k = KubeControl(rollouts)
     for name in ("mesh", "edge"):
-        assert k.call("POST", f"/v1/systems/{name}/resume")["command"] == "resume"
+        assert k.command(name, Command.RESUME).command == "resume"
     for name in ("mesh", "edge"):
         cluster.wait_phase(ns, name, "Promoted", stable=rev(2))
     http = cluster.custom_obj(ns, "networking.istio.io", "v1", "virtualservices", "mesh")["spec"]["http"]
@@ -591,7 +594,7 @@ def test_istio_and_nginx_get_the_right_objects(cluster: Cluster, ns: str, operat
     ann = cluster.net.read_namespaced_ingress("edge-canary", ns).metadata.annotations
     assert ann["nginx.ingress.kubernetes.io/canary-weight"] == "0"
     assert "nginx.ingress.kubernetes.io/canary-by-header" not in ann
-    k.close()
+    rollouts.close()
 
 
 def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: StartOperator) -> None:
@@ -605,12 +608,10 @@ def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: 
     cluster.apply(ns, rollout_doc("ratio", revision=rev(1), steps=steps, replicas=4))
     operators()
     cluster.wait_phase(ns, "ratio", "Idle", stable=rev(1))
-    k = KubernetesClient(kubeconfig=str(cluster.cp.kubeconfig), namespace=ns)
-    assert (
-        k.call("POST", "/v1/systems/ratio/toggle", {"flag": "guard", "enabled": False, "percent": 50})["flag"]
-        == "guard"
-    )
-    k.call("POST", "/v1/systems/ratio/promote", {"revision": rev(2), "modules": ["head@2"]})
+    rollouts = KubeRollouts(kubeconfig=str(cluster.cp.kubeconfig), namespace=ns)
+    k = KubeControl(rollouts)
+    assert k.toggle("ratio", ToggleRequest(flag="guard", enabled=False, percent=50)).flag == "guard"
+    k.promote("ratio", PromoteRequest(revision=rev(2), modules=["head@2"]))
 
     def replicas() -> dict[str, int]:
         items = cluster.apps.list_namespaced_deployment(ns, label_selector="modship.dev/system=ratio").items
@@ -618,7 +619,7 @@ def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: 
 
     poll("25 %: 3 stable pods, 1 canary", lambda: replicas() == {rev(1): 3, rev(2): 1})
     cluster.wait_phase(ns, "ratio", "Paused")
-    doc = k.call("GET", "/v1/systems/ratio")
+    doc = k.status("ratio").wire()
     assert (doc["phase"], doc["weight"], doc["canary"]["revision"], doc["canary"]["modules"]) == (
         "Paused",
         25,
@@ -631,15 +632,15 @@ def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: 
     assert json.loads(flags) == {"guard": {"enabled": False, "percent": 50.0}}
     assert cluster.core.read_namespaced_service("ratio", ns).spec.selector == {"modship.dev/system": "ratio"}
 
-    k.call("POST", "/v1/systems/ratio/resume")
+    k.command("ratio", Command.RESUME)
     poll("50 %: 2 and 2", lambda: replicas() == {rev(1): 2, rev(2): 2})
     poll("paused at step 4", lambda: cluster.status(ns, "ratio").get("step") == 4)
     st = cluster.wait_phase(ns, "ratio", "Paused")
     routing = condition(st, "TrafficRouting")
     assert (routing["status"], routing["reason"]) == ("False", "UnsupportedWithReplicaRatios")
-    k.call("POST", "/v1/systems/ratio/resume")
+    k.command("ratio", Command.RESUME)
     cluster.wait_phase(ns, "ratio", "Promoted", stable=rev(2))
     poll("the new stable at 4 pods, the warm previous one at 0", lambda: replicas() == {rev(1): 0, rev(2): 4})
-    history = k.call("GET", "/v1/systems/ratio/history")
+    history = [h.wire() for h in k.history("ratio")]
     assert [(h["number"], h["revision"], h["role"]) for h in history] == [(1, rev(1), None), (2, rev(2), "stable")]
-    k.close()
+    rollouts.close()

@@ -1,0 +1,119 @@
+"""Rollout resources on Kubernetes for the control plane (``ports.RolloutResources``): read a
+Rollout with its status, and write people's requests into it as one merge patch.
+
+Commands are annotations holding the unix time they were given (``modship.dev/abort`` ...), which
+the operator consumes once; the target and the pause switch are ``spec`` fields.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from controller import ports
+from controller.adapters import kubernetes as k8s
+from controller.adapters.kubernetes_store import CONTROLS, TOGGLES, entry_of
+from controller.errors import NotFound, SpecError
+from controller.spec import control
+
+
+class KubeRollouts:
+    def __init__(
+        self, *, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None
+    ) -> None:
+        api, default_ns = k8s.connect(kubeconfig, context, pool=2)
+        self.kube = k8s.Kube(api, field_manager="modship-cli")
+        self.namespace = namespace or default_ns
+
+    def close(self) -> None:
+        api: Any = self.kube.api
+        api.close()
+
+    def records(self) -> list[ports.RolloutRecord]:
+        return sorted((_record(o) for o in self.kube.items(k8s.ROLLOUTS, self.namespace)), key=lambda x: x.name)
+
+    def read(self, name: str) -> ports.RolloutRecord:
+        return _record(self._get(name))
+
+    def live(self, name: str) -> dict[str, Any]:
+        """The Rollout as the API server returns it (to compare with Git field by field)."""
+        return self._get(name)
+
+    def write(
+        self,
+        name: str,
+        *,
+        target: tuple[str, list[str]] | None = None,
+        paused: bool | None = None,
+        commands: dict[str, float] | None = None,
+        toggles: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        spec: dict[str, Any] = {}
+        if target is not None:
+            spec.update(revision=target[0], modules=target[1])
+        if paused is not None:
+            spec["paused"] = paused
+        annotations = {CONTROLS[k]: f"{at:.6f}" for k, at in (commands or {}).items()}
+        if toggles is not None:
+            annotations[TOGGLES] = json.dumps(toggles, sort_keys=True)
+        body: dict[str, Any] = {}
+        if spec:
+            body["spec"] = spec
+        if annotations:
+            body["metadata"] = {"annotations": annotations}
+        self._get(name)
+        self.kube.merge(k8s.ROLLOUTS, self.namespace, name, body)
+
+    def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
+        obj = self._get(name)
+        selector = f"involvedObject.uid={obj['metadata']['uid']}"
+        url = k8s.path(k8s.EVENTS, self.namespace)
+        items = self.kube.request("GET", url, query=[("fieldSelector", selector)]).get("items") or []
+        rows = []
+        for ev in items:
+            stamp = ev.get("eventTime") or ev.get("lastTimestamp") or ev["metadata"].get("creationTimestamp")
+            rows.append(
+                control.EventRow(
+                    at=_unix(stamp),
+                    reason=ev.get("reason", ""),
+                    message=ev.get("message", ""),
+                    warning=ev.get("type") == "Warning",
+                )
+            )
+        return sorted(rows, key=lambda x: x.at)[-limit:]
+
+    def _get(self, name: str) -> dict[str, Any]:
+        obj = self.kube.get(k8s.ROLLOUTS, self.namespace, name)
+        if obj is None:
+            raise NotFound(f"system {name!r} has no Rollout in namespace {self.namespace}")
+        return obj
+
+
+def _record(obj: dict[str, Any]) -> ports.RolloutRecord:
+    e = entry_of(obj, trusted=True)
+    try:
+        r = e.rollout()
+    except SpecError:
+        r = None
+    assert e.status is not None
+    s = e.status
+    st, spec = obj.get("status") or {}, obj.get("spec") or {}
+    return ports.RolloutRecord(
+        name=e.name,
+        rollout=r,
+        status=s,
+        target=spec.get("revision"),
+        modules=list(spec.get("modules") or []),
+        paused=bool(spec.get("paused", False)),
+        toggles=entry_of(obj, trusted=False).toggles,
+        managed=int(st.get("observedGeneration") or 0) == int(obj["metadata"].get("generation") or 0),
+        shown=(st.get("phase") or s.phase.value, st.get("reason", s.reason.value), st.get("message", s.message)),
+        conditions=list(st.get("conditions") or []),
+    )
+
+
+def _unix(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,221 @@
+"""The control plane of the local controller, in process: the ``Control`` port over its state
+directory (what the HTTP API serves), plus deploy and delete, which only the local runtime has.
+
+Accepting a request that changes what rolls out is atomic per system: the check of the
+preconditions and the write that records the request happen under one lock, and a promote claims
+the system while its revision is composed and built (seconds) — so of two promotes, or a promote
+and an abort, sent at the same moment exactly one is accepted and the other is refused with a
+``Conflict`` naming the rollout in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from controller.apply import control as rules
+from controller.apply import promotion
+from controller.apply.local_controller import LocalController
+from controller.errors import Conflict
+from controller.spec import control
+from controller.spec import system as system_spec
+from controller.spec.control import Command
+
+TELEMETRY_WINDOW = 30.0
+
+
+class LocalControl:
+    def __init__(self, c: LocalController) -> None:
+        self.c = c
+        self.store = c.store
+        self._lock = threading.Lock()
+        self._preparing: dict[str, str] = {}  # system -> what a promote being built rolls out
+
+    # -- reading -----------------------------------------------------------------------------------
+    def systems(self) -> list[control.Summary]:
+        out = []
+        for name in self.store.systems():
+            s, r = self.store.status(name), self.store.rollout(name)
+            out.append(
+                control.Summary(
+                    system=name,
+                    phase=s.phase.value,
+                    stable=s.stable,
+                    canary=s.canary,
+                    weight=s.traffic.weight,
+                    target=r.spec.revision,
+                    reason=s.reason.value,
+                )
+            )
+        return out
+
+    def status(self, system: str) -> control.StatusDocument:
+        r, s, controls = self.store.load(system)
+        m = self.c.systems.get(system)
+        port_file = self.store.dir(system) / "port"
+        port = port_file.read_text().strip() if port_file.exists() else None
+        refs = {
+            rec.revision: control.RevisionRef(revision=rec.revision, number=rec.number, modules=rec.modules)
+            for rec in self.store.revisions(system)
+        }
+        facts = rules.Facts(
+            target=r.spec.revision,
+            revisions=refs,
+            toggles=self.store.toggles(system),
+            paused=controls.paused,
+            managed=m is not None,
+            traffic=_traffic(m.runtime.telemetry(TELEMETRY_WINDOW) if m is not None else None),
+            router=f"http://127.0.0.1:{port}" if port else None,
+        )
+        return rules.status_document(system, r, s, facts)
+
+    def history(self, system: str) -> list[control.HistoryRow]:
+        self.store.rollout(system)
+        revisions = [
+            rules.Revision(x.number, x.revision, x.created, x.modules, x.changed, x.overrides)
+            for x in self.store.revisions(system)
+        ]
+        return rules.history(self.store.status(system), revisions)
+
+    def events(self, system: str, *, limit: int = 200) -> list[control.EventRow]:
+        self.store.rollout(system)
+        return [control.EventRow.model_validate(e) for e in self.store.events(system, limit=limit)]
+
+    # -- requests ----------------------------------------------------------------------------------
+    def promote(self, system: str, req: control.PromoteRequest) -> control.PromoteResult:
+        if req.only_full:
+            self.command(system, Command.PROMOTE_FULL)
+            return control.PromoteResult(system=system, promote_full=True)
+        spec = system_spec.from_document(req.system, source="system") if req.system is not None else None
+        what = ", ".join(req.modules) or "a new System spec"
+        with self._claim(system, what):
+            prepared, notes = promotion.compose_next(
+                self.c.registry,
+                self.store,
+                system,
+                modules=req.modules,
+                spec=spec,
+                cache=self.c.cfg.module_cache,
+                bentoml_home=self.c.cfg.bentoml_home,
+                force=req.force,
+            )
+            with self._lock:
+                promotion.set_target(self.store, system, prepared.lock.revision, req.modules)
+                if req.full:
+                    self.store.command(system, promote_full=time.time() + 0.001)
+        self.c.wake(system)
+        return control.PromoteResult(
+            system=system,
+            revision=prepared.lock.revision,
+            number=prepared.record.number,
+            changes=notes,
+            overrides=prepared.overrides,
+        )
+
+    def command(self, system: str, cmd: Command) -> control.CommandResult:
+        self.store.rollout(system)
+        now = time.time()
+        with self._lock:
+            match cmd:
+                case Command.PAUSE:
+                    self.store.command(system, paused=True)
+                case Command.RESUME:
+                    self.store.command(system, paused=False, resume=now)
+                case Command.ABORT:
+                    self._ensure_abortable(system)
+                    self.store.command(system, abort=now)
+                case Command.RETRY:
+                    self.store.command(system, retry=now)
+                case Command.PROMOTE_FULL:
+                    self.store.command(system, promote_full=now)
+                case Command.ROLLBACK:
+                    self._ensure_not_preparing(system)
+                    msg = promotion.rollback(self.store, system)
+                    self.c.wake(system)
+                    return control.CommandResult(system=system, message=msg)
+        self.c.wake(system)
+        return control.CommandResult(system=system, command=cmd.value)
+
+    def undo(self, system: str, req: control.UndoRequest) -> control.UndoResult:
+        with self._lock:
+            self._ensure_not_preparing(system)
+            rec = promotion.undo(self.store, system, to=req.to_revision)
+        self.c.wake(system)
+        return control.UndoResult(system=system, revision=rec.revision, number=rec.number)
+
+    def toggle(self, system: str, req: control.ToggleRequest) -> control.ToggleResult:
+        from controller.errors import SpecError
+
+        lock = self.store.lock(system, self.store.status(system).stable or "")
+        known = {f.name for f in lock.system.spec.flags}
+        if req.flag not in known:
+            raise SpecError(f"system {system} has no flag {req.flag!r} (flags: {sorted(known)})", field="flag")
+        self.store.toggle(system, req.flag, enabled=req.enabled, percent=float(req.percent))
+        self.c.manage(system).runtime.refresh_toggles()
+        return control.ToggleResult(system=system, flag=req.flag, enabled=req.enabled, percent=req.percent)
+
+    # -- the local runtime only --------------------------------------------------------------------
+    def deploy(self, req: control.DeployRequest) -> control.DeployResult:
+        system = system_spec.from_document(req.system, source="system")
+        name = system.metadata.name
+        if name in self.store.systems():
+            raise Conflict(f"system {name!r} is already deployed (promote a new revision instead)")
+        prepared = promotion.deploy(
+            self.c.registry,
+            self.store,
+            system,
+            req.rollout,
+            cache=self.c.cfg.module_cache,
+            bentoml_home=self.c.cfg.bentoml_home,
+            port=req.port,
+        )
+        self.c.manage(name)
+        return control.DeployResult(system=name, revision=prepared.lock.revision, router=f"http://127.0.0.1:{req.port}")
+
+    def delete(self, system: str) -> dict[str, Any]:
+        self.store.rollout(system)
+        self.c.forget(system, stop=True)
+        return {"system": system, "stopped": True}
+
+    # -- accepting atomically ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _claim(self, system: str, what: str) -> Iterator[None]:
+        """Hold the system for one promote from its check to its target being set."""
+        with self._lock:
+            self._ensure_not_preparing(system)
+            r, s, _ = self.store.load(system)
+            rules.ensure_no_rollout(system, s, r.spec.revision)
+            rules.ensure_stable(system, s)
+            self._preparing[system] = what
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._preparing.pop(system, None)
+
+    def _ensure_not_preparing(self, system: str) -> None:
+        what = self._preparing.get(system)
+        if what is not None:
+            raise Conflict(f"{system}: a rollout of {what} is in progress (its revision is being built; wait)")
+
+    def _ensure_abortable(self, system: str) -> None:
+        self._ensure_not_preparing(system)
+        r, s, _ = self.store.load(system)
+        rules.ensure_abortable(system, s, r.spec.revision)
+
+
+def _traffic(tele: dict[str, Any] | None) -> dict[str, control.TrafficFigures]:
+    out = {}
+    for rev, t in ((tele or {}).get("revisions") or {}).items():
+        req = t.get("requests", 0)
+        out[rev] = control.TrafficFigures(
+            role=t.get("role"),
+            request_rate=round(req / TELEMETRY_WINDOW, 3),
+            error_rate=round(t.get("errors", 0) / req, 4) if req else None,
+            fallbacks=t.get("fallbacks", 0),
+            mirrored=(t.get("mirror") or {}).get("requests", 0),
+        )
+    return out
