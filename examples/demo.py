@@ -95,7 +95,7 @@ class Demo:
         started = time.monotonic()
         code = self.run("status", SYSTEM, "--wait", "--timeout", "240", check=False, show=True).returncode
         s = self.json("status", SYSTEM)
-        verdict = {0: "[green]promoted[/]", 1: "[red]rolled back[/]", 2: "[yellow]timed out[/]"}[code]
+        verdict = {0: "[green]promoted[/]", 1: "[red]rolled back[/]", 7: "[yellow]timed out[/]"}[code]
         console.print(
             f"→ {verdict} in {time.monotonic() - started:.0f}s ({s['reason']}); "
             f"stable is revision {s['stable']['number']} {s['stable']['revision']}"

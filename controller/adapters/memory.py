@@ -9,7 +9,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from controller import ports
 from controller.errors import NotFound
 from controller.plan.actions import SetTraffic
 from controller.plan.observations import Controls, Health, QueryContext, Sample
@@ -17,6 +19,7 @@ from controller.plan.status import RolloutStatus
 from controller.registry import digests
 from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
+from controller.spec import control
 from controller.spec.refs import ModuleRef
 from controller.spec.rollout import Check, Rollout
 
@@ -180,3 +183,48 @@ class MemoryMetrics:
         if not self.up:
             return Sample(value=None, error="metrics backend down")
         return self.answer(check, ctx)
+
+
+class MemoryRollouts:
+    """Rollout resources in a dict (``ports.RolloutResources``): what ``write`` records is what
+    the next ``read`` returns; commands are kept with their times, as annotations are."""
+
+    def __init__(self, namespace: str = "default") -> None:
+        self.namespace = namespace
+        self.items: dict[str, ports.RolloutRecord] = {}
+        self.commands: dict[str, dict[str, float]] = {}
+        self.posted: dict[str, list[control.EventRow]] = {}
+
+    def put(self, record: ports.RolloutRecord) -> None:
+        self.items[record.name] = record
+
+    def records(self) -> list[ports.RolloutRecord]:
+        return [self.items[k] for k in sorted(self.items)]
+
+    def read(self, name: str) -> ports.RolloutRecord:
+        if name not in self.items:
+            raise NotFound(f"system {name!r} has no Rollout in namespace {self.namespace}")
+        return self.items[name]
+
+    def write(
+        self,
+        name: str,
+        *,
+        target: tuple[str, list[str]] | None = None,
+        paused: bool | None = None,
+        commands: dict[str, float] | None = None,
+        toggles: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        x = self.read(name)
+        if target is not None:
+            x = replace(x, target=target[0], modules=list(target[1]))
+        if paused is not None:
+            x = replace(x, paused=paused)
+        if toggles is not None:
+            x = replace(x, toggles=dict(toggles))
+        self.items[name] = x
+        self.commands.setdefault(name, {}).update(commands or {})
+
+    def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
+        self.read(name)
+        return self.posted.get(name, [])[-limit:]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -189,6 +191,65 @@ def test_a_killed_canary_loses_no_client_request(stack: dict[str, Any]) -> None:
     after = load.stats()
     assert after["failed"] == before["failed"], after["lastFailures"]
     wait_steady(cli)
+
+
+def at_once(cli: Cli, *requests: tuple[str, dict[str, Any]]) -> list[httpx.Response]:
+    """POST each (path, body) to the controller's API from its own thread, released together."""
+    url = json.loads((cli.home / "controller.json").read_text())["url"]
+    gate = threading.Barrier(len(requests))
+    answers: list[httpx.Response | None] = [None] * len(requests)
+
+    def send(i: int, path: str, body: dict[str, Any]) -> None:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            gate.wait()
+            answers[i] = http.post(path, json=body)
+
+    threads = [threading.Thread(target=send, args=(i, *rq)) for i, rq in enumerate(requests)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(a is not None for a in answers)
+    return [a for a in answers if a is not None]
+
+
+def test_concurrent_promotes_and_aborts_accept_exactly_one(stack: dict[str, Any]) -> None:
+    cli = stack["cli"]
+    steady = wait_steady(cli)
+    head = "topic-head@2" if "topic-head@1" in steady["stable"]["modules"] else "topic-head@1"
+    promote = ("/v1/systems/topic-classifier/promote", {"modules": [head]})
+    abort = ("/v1/systems/topic-classifier/abort", {})
+
+    # two promotes at the same moment: one accepted, the other refused naming the rollout in progress
+    answers = at_once(cli, promote, promote)
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    refused = next(a.json() for a in answers if a.status_code == 409)
+    assert refused["exitCode"] == 5 and "a rollout of" in refused["error"] and "in progress" in refused["error"]
+    accepted = next(a.json() for a in answers if a.status_code == 200)
+    assert status(cli, "topic-classifier")["target"] == accepted["revision"]
+    rev = accepted["revision"]
+
+    # the canary in flight: a promote and an abort at the same moment: the abort wins, the promote is refused
+    answers = at_once(cli, promote, abort)
+    assert [a.status_code for a in answers] == [409, 200], [a.text for a in answers]
+    assert answers[0].json()["exitCode"] == 5 and f"a rollout of {rev} is in progress" in answers[0].json()["error"]
+    s = wait_steady(cli)
+    assert (s["phase"], s["reason"], s["canary"]["revision"]) == ("Aborted", "AbortedByUser", rev)
+
+    # nothing in flight: a promote and an abort at the same moment: the promote is accepted, the abort refused
+    other = ("/v1/systems/topic-classifier/promote", {"modules": [stack["faulty"]]})  # not the aborted revision
+    answers = at_once(cli, other, abort)
+    assert [a.status_code for a in answers] == [200, 409], [a.text for a in answers]
+    why = answers[1].json()["error"]
+    assert answers[1].json()["exitCode"] == 5
+    assert f"a rollout of {stack['faulty']} is in progress" in why or "no rollout in progress" in why, why
+    wait_until(lambda: status(cli, "topic-classifier")["phase"] == "Progressing", timeout=60, what="the canary")
+    r = cli("promote", "topic-classifier", head)  # the CLI: a conflict is exit 5, one line naming the rollout
+    assert r.code == 5 and f"a rollout of {answers[0].json()['revision']} is in progress" in r.err, r.err
+    assert "Traceback" not in r.err
+    cli.ok("abort", "topic-classifier")
+    assert wait_steady(cli)["reason"] == "AbortedByUser"
+    assert cli("abort", "topic-classifier").code == 5  # nothing left to abort
 
 
 def test_a_second_controller_is_refused(stack: dict[str, Any]) -> None:
