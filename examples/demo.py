@@ -240,7 +240,7 @@ def script(d: Demo) -> None:
     load = json.loads(report_file.read_text())
     summary = Table("rollout", "outcome", box=None)
     for k, code in results.items():
-        summary.add_row(k, {0: "promoted", 1: "rolled back automatically", 2: "timed out"}[code])
+        summary.add_row(k, {0: "promoted", 1: "rolled back automatically", 7: "timed out"}[code])
     console.print(summary)
     console.print(
         f"client requests: {load['requests']} sent, [bold]{load['failed']} failed[/] "
