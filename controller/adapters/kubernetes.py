@@ -40,7 +40,7 @@ from kubernetes.client.exceptions import ApiException
 from controller.errors import Conflict, ModshipError, NotFound, SpecError, Unavailable
 from controller.plan.actions import SetTraffic
 from controller.plan.observations import Health, QueryContext, Sample
-from controller.plan.status import Phase, RolloutStatus
+from controller.plan.status import RolloutStatus
 from controller.spec.rollout import Check, Rollout, TrafficRouting, Workload
 
 log = logging.getLogger("modship.kubernetes")
@@ -419,7 +419,7 @@ class Split:
 
     @classmethod
     def of(cls, s: RolloutStatus) -> Split:
-        in_flight = s.canary is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED)
+        in_flight = s.in_flight
         if not in_flight:
             return cls(s.stable, None)
         return cls(s.stable, s.canary, s.traffic.weight, s.traffic.header_route, s.traffic.mirror)

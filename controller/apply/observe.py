@@ -8,7 +8,7 @@ from typing import Any
 from controller import ports
 from controller.plan import rollout as machine
 from controller.plan.observations import Controls, Observations, QueryContext, Sample
-from controller.plan.status import Phase, RolloutStatus
+from controller.plan.status import RolloutStatus
 from controller.spec.rollout import Provider, Rollout
 
 
@@ -25,7 +25,7 @@ def observe(
     canary = candidate(r, s)
     health = target.health(s.stable, canary)
     samples: dict[str, Sample] = {}
-    if s.canary is not None and s.stable is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED):
+    if s.in_flight and s.canary is not None and s.stable is not None:
         windows = machine.windows(r, s, now)
         for name in machine.due_checks(r, s, now):
             check = r.check(name)
@@ -47,7 +47,7 @@ def observe(
 
 def candidate(r: Rollout, s: RolloutStatus) -> str | None:
     """The revision that is or is about to be the canary."""
-    if s.canary is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED):
+    if s.in_flight:
         return s.canary
     if r.spec.revision is not None and r.spec.revision != s.stable:
         return r.spec.revision
