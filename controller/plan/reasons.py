@@ -70,10 +70,6 @@ class Waiting(enum.StrEnum):
     METRICS = "Metrics"  # the metrics provider to answer again (metricsDown: hold)
 
     @property
-    def released_by_resume(self) -> bool:
-        return self in (Waiting.PAUSE_STEP, Waiting.REVIEW)
-
-    @property
     def poll_soon(self) -> bool:
         """True when the condition can clear any moment (worth a look every HEALTH_POLL)."""
         return self is Waiting.CANARY
