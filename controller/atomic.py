@@ -1,9 +1,10 @@
 """Atomic file writes: the one way modship replaces a file.
 
 The new content goes to a temporary file with a unique name beside the target (two writers never
-share it), is flushed and fsynced, renamed over the target, and the directory is fsynced, so a
-process killed at any instant (even ``kill -9``) or a power cut leaves the old file or the new one,
-never half of one. The file keeps the target's permission bits when it exists, else the umask's.
+share it), is flushed and fsynced, then renamed over the target, so a process killed at any instant
+(even ``kill -9``) leaves the old file or the new one, never half of one. (The directory is not
+fsynced: after a power cut the rename itself may be lost, the old file then being what is read.)
+The file keeps the target's permission bits when it exists, else the umask's.
 """
 
 from __future__ import annotations
@@ -29,17 +30,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _sync_dir(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
-
-
-def _sync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems cannot open or fsync a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
