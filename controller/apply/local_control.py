@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from controller import ports
 from controller.apply import control as rules
 from controller.apply import promotion
 from controller.apply.local_controller import LocalController
@@ -219,3 +220,7 @@ def _traffic(tele: dict[str, Any] | None) -> dict[str, control.TrafficFigures]:
             mirrored=(t.get("mirror") or {}).get("requests", 0),
         )
     return out
+
+
+def _implements_the_port(c: LocalControl) -> ports.Control:
+    return c  # mypy checks LocalControl against the Control protocol here
