@@ -215,13 +215,17 @@ def at_once(cli: Cli, *requests: tuple[str, dict[str, Any]]) -> list[httpx.Respo
 
 def test_concurrent_promotes_and_aborts_accept_exactly_one(stack: dict[str, Any]) -> None:
     cli = stack["cli"]
-    steady = wait_steady(cli)
-    head = "topic-head@2" if "topic-head@1" in steady["stable"]["modules"] else "topic-head@1"
-    promote = ("/v1/systems/topic-classifier/promote", {"modules": [head]})
+    wait_steady(cli)
+    system = yaml.safe_load((REPO / "examples" / "systems" / "topic-classifier.yaml").read_text())
+
+    def promote(budget: int) -> tuple[str, dict[str, Any]]:  # a revision never seen before
+        spec = {**system["spec"], "latencyBudgetMs": budget}
+        return "/v1/systems/topic-classifier/promote", {"system": {**system, "spec": spec}}
+
     abort = ("/v1/systems/topic-classifier/abort", {})
 
     # two promotes at the same moment: one accepted, the other refused naming the rollout in progress
-    answers = at_once(cli, promote, promote)
+    answers = at_once(cli, promote(251), promote(251))
     assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
     refused = next(a.json() for a in answers if a.status_code == 409)
     assert refused["exitCode"] == 5 and "a rollout of" in refused["error"] and "in progress" in refused["error"]
@@ -229,22 +233,21 @@ def test_concurrent_promotes_and_aborts_accept_exactly_one(stack: dict[str, Any]
     assert status(cli, "topic-classifier")["target"] == accepted["revision"]
     rev = accepted["revision"]
 
-    # the canary in flight: a promote and an abort at the same moment: the abort wins, the promote is refused
-    answers = at_once(cli, promote, abort)
+    # that rollout in progress: a promote and an abort at the same moment: the abort wins, the promote is refused
+    answers = at_once(cli, promote(252), abort)
     assert [a.status_code for a in answers] == [409, 200], [a.text for a in answers]
     assert answers[0].json()["exitCode"] == 5 and f"a rollout of {rev} is in progress" in answers[0].json()["error"]
     s = wait_steady(cli)
     assert (s["phase"], s["reason"], s["canary"]["revision"]) == ("Aborted", "AbortedByUser", rev)
 
     # nothing in flight: a promote and an abort at the same moment: the promote is accepted, the abort refused
-    other = ("/v1/systems/topic-classifier/promote", {"modules": [stack["faulty"]]})  # not the aborted revision
-    answers = at_once(cli, other, abort)
+    answers = at_once(cli, promote(253), abort)
     assert [a.status_code for a in answers] == [200, 409], [a.text for a in answers]
     why = answers[1].json()["error"]
     assert answers[1].json()["exitCode"] == 5
-    assert f"a rollout of {stack['faulty']} is in progress" in why or "no rollout in progress" in why, why
+    assert "a rollout of a new System spec is in progress" in why or "no rollout in progress" in why, why
     wait_until(lambda: status(cli, "topic-classifier")["phase"] == "Progressing", timeout=60, what="the canary")
-    r = cli("promote", "topic-classifier", head)  # the CLI: a conflict is exit 5, one line naming the rollout
+    r = cli("promote", "topic-classifier", "topic-head@2")  # the CLI: a conflict exits 5, one line naming it
     assert r.code == 5 and f"a rollout of {answers[0].json()['revision']} is in progress" in r.err, r.err
     assert "Traceback" not in r.err
     cli.ok("abort", "topic-classifier")
