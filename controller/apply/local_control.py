@@ -20,7 +20,7 @@ from controller import ports
 from controller.apply import control as rules
 from controller.apply import promotion
 from controller.apply.local_controller import LocalController
-from controller.errors import Conflict
+from controller.errors import Conflict, SpecError
 from controller.spec import control
 from controller.spec import system as system_spec
 from controller.spec.control import Command
@@ -148,8 +148,6 @@ class LocalControl:
         return control.UndoResult(system=system, revision=rec.revision, number=rec.number)
 
     def toggle(self, system: str, req: control.ToggleRequest) -> control.ToggleResult:
-        from controller.errors import SpecError
-
         lock = self.store.lock(system, self.store.status(system).stable or "")
         known = {f.name for f in lock.system.spec.flags}
         if req.flag not in known:
