@@ -2,38 +2,25 @@
 
 A kernel is loaded from a verified module directory and maps a batch of named inputs to a batch of
 named outputs (``{port: list | ndarray}``, batch first). Kernels hold no global state; faults from
-``runtime.faults`` (chaos testing) are injected around them by ``Faulty``.
+``runtime.faults`` (chaos testing) are injected around them by ``faults.wrap``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
-import time
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from controller.errors import SpecError
+from controller.pipeline import faults as faults_
+from controller.pipeline.errors import Batch, GuardRejected, Kernel, KernelError
 from controller.spec.modules import ModuleManifest
 
-Batch = Mapping[str, Any]
-
-
-class Kernel(Protocol):
-    def __call__(self, batch: Batch) -> dict[str, Any]: ...
-
-
-class KernelError(RuntimeError):
-    """A module failed on an input (counts as a step error; may trigger a fallback)."""
-
-
-class GuardRejected(KernelError):
-    """A guard refused an input; a client error when it guards the system's input."""
+__all__ = ["KINDS", "Batch", "GuardRejected", "Kernel", "KernelError", "load"]
 
 
 def _one(ports: Mapping[str, Any]) -> str:
@@ -179,29 +166,6 @@ class TextGuard:
         return text
 
 
-class Faulty:
-    """Wraps a kernel with deliberate faults (``runtime.faults``): an error rate and a delay.
-    Deterministic per input so that the same request fails the same way (reproducible tests)."""
-
-    def __init__(self, inner: Kernel, *, error_rate: float, delay_ms: float, salt: str, after_s: float = 0.0) -> None:
-        self.inner, self.error_rate, self.delay_s, self.salt = inner, error_rate, delay_ms / 1000, salt
-        self.active_from = time.monotonic() + after_s
-
-    def __call__(self, batch: Batch) -> dict[str, Any]:
-        if time.monotonic() < self.active_from:
-            return self.inner(batch)
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.error_rate and self._draw(batch) < self.error_rate:
-            raise KernelError("injected fault (runtime.faults.errorRate)")
-        return self.inner(batch)
-
-    def _draw(self, batch: Batch) -> float:
-        key = repr(sorted((k, repr(v)[:2000]) for k, v in batch.items())) + self.salt
-        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-        return random.Random(seed).random()
-
-
 KINDS: dict[str, Callable[[Path, ModuleManifest], Kernel]] = {
     "onnx-text-encoder": OnnxTextEncoder,
     "linear": Linear,
@@ -224,7 +188,4 @@ def load(root: Path, manifest: ModuleManifest, *, faults: bool = True) -> Kernel
             field="runtime.kind",
         )
     kernel = factory(root, manifest)
-    f = manifest.runtime.faults
-    if faults and f and (f.error_rate or f.delay_ms):
-        return Faulty(kernel, error_rate=f.error_rate, delay_ms=f.delay_ms, salt=manifest.name, after_s=f.after_seconds)
-    return kernel
+    return faults_.wrap(kernel, manifest) if faults else kernel
