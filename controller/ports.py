@@ -63,6 +63,26 @@ class Registry(ModuleCatalog, ModuleStore, ModuleLabels, Protocol):
     """The module registry: MLflow's Model Registry, or memory."""
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a downloaded MLflow model folder says about itself."""
+
+    path: Path
+    signature: Any  # mlflow.models.ModelSignature | None
+    example: Any  # the saved input example as JSON-able data (records, a tensor), or None
+    run_id: str | None
+    flavors: tuple[str, ...]
+
+
+class ModelSource(Protocol):
+    """Models a team already has (MLflow): the way in for ``module adopt``."""
+
+    def download(self, uri: str, dest: Path) -> ModelInfo:
+        """Copy the model at ``uri`` (models:/, runs:/, an artifact URI or a local folder) into the new
+        folder ``dest`` and describe it. NotFound when it does not exist; SpecError when it is no model."""
+        ...
+
+
 class MetricsSource(Protocol):
     """A metrics provider for analysis: the router's built-in telemetry, or Prometheus."""
 
