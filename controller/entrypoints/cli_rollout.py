@@ -51,13 +51,15 @@ def _kube(context: str | None, namespace: str | None) -> KubeRollouts:
     return KubeRollouts(context=context, namespace=namespace)
 
 
-def _control(ctx: typer.Context, context: str | None = None, namespace: str | None = None) -> ports.Control:
+def _control(
+    ctx: typer.Context, context: str | None = None, namespace: str | None = None, *, kube: KubeRollouts | None = None
+) -> ports.Control:
     """The local controller's API, or, with --context/--namespace, the Rollout resource on Kubernetes
     (the same verbs, so moving between one machine and a cluster needs no second tool)."""
-    if context or namespace:
+    if kube is not None or context or namespace:
         from controller.apply.kube_control import KubeControl
 
-        return KubeControl(_kube(context, namespace))
+        return KubeControl(kube or _kube(context, namespace))
     return _local(ctx)
 
 
@@ -226,7 +228,8 @@ def status(
 
     It also says when what runs differs from what the spec (or Git) asks for, e.g. after an automatic
     rollback, so that Git and the cluster never diverge silently."""
-    ctl = _control(ctx, context, namespace)
+    kube = _kube(context, namespace) if context or namespace else None
+    ctl = _control(ctx, context, namespace, kube=kube)
 
     def get() -> dict[str, Any]:
         return ctl.status(system).wire()
@@ -235,8 +238,8 @@ def status(
         from controller.entrypoints import cli_gitops
 
         d = get()
-        if context or namespace:  # Kubernetes: the live Rollout against Git, field by field
-            d["drift"] = [*d["drift"], *cli_gitops.drift(gitops, _kube(context, namespace).live(system))]
+        if kube is not None:  # Kubernetes: the live Rollout against Git, field by field
+            d["drift"] = [*d["drift"], *cli_gitops.drift(gitops, kube.live(system))]
         else:
             want = (yaml.safe_load(cli_gitops.find_rollout(gitops, system).read_text()).get("spec") or {}).get(
                 "revision"
