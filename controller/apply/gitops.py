@@ -186,9 +186,7 @@ def promote_in_tree(
     lock, _, overrides = promotion.checked_lock(registry, new, cache=cache, force=force)
     path = promote_gitops(dir, system, lock.revision, modules)
     if cm_path.exists():
-        text = cm_path.read_text(encoding="utf-8")
-        edited = roundtrip.edit(text, lambda cm: _set_lock(cm, new, lock), source=str(cm_path))
-        _write(cm_path, edited)
+        update_configmap(cm_path, new, lock)
     return {"file": str(path), "revision": lock.revision, "changes": notes, "overrides": overrides}
 
 
@@ -203,8 +201,13 @@ def _tree_lock(cm_path: Path, dir: Path) -> Lock:
     return parse.to_model(Lock, yaml.safe_load(lock_text), source=f"{cm_path}: lock.yaml")
 
 
+def update_configmap(path: Path, system: System, lock: Lock) -> None:
+    """Keep ``lock`` (and its System spec) in a rendered tree's ConfigMap; the rest of the file stays."""
+    text = path.read_text(encoding="utf-8")
+    _write(path, roundtrip.edit(text, lambda cm: _set_lock(cm, system, lock), source=str(path)))
+
+
 def _set_lock(cm: Any, system: System, lock: Lock) -> None:
-    """The ConfigMap of a rendered tree, now holding ``lock`` (and its System spec)."""
     data = cm.get("data")
     if data is None:
         cm["data"] = data = {}

@@ -18,6 +18,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
@@ -134,16 +135,32 @@ def _indent(line: str) -> int:
 
 def _merge(text: str, before: str, after: str) -> str:
     """``after``, with the lines it shares with ``before`` taken from ``text`` (``before`` is ruamel's
-    layout of ``text``). Changed lines are shifted by the indentation difference at their place."""
+    layout of ``text``); changed lines are shifted by the indentation difference at their place.
+    ``after`` itself when the merge would not mean what ``after`` means."""
     mine, old, new = text.splitlines(), before.splitlines(), after.splitlines()
-    if len(mine) != len(old) or any(_squash(a) != _squash(b) for a, b in zip(mine, old, strict=True)):
-        return after
+    own = _counterparts(old, mine)
     out: list[str] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
         if op == "equal":
-            out += mine[i1:i2]
+            out += [mine[own[i]] if i in own else old[i] for i in range(i1, i2)]
             continue
-        at = i1 if i1 < len(old) and op != "insert" else max(i1 - 1, 0)
-        shift = _indent(mine[at]) - _indent(old[at]) if old else 0
-        out += [(" " * shift + line) if shift > 0 else line[min(-shift, _indent(line)) :] for line in new[j1:j2]]
-    return "\n".join(out) + "\n"
+        at = i1 if op != "insert" else i1 - 1
+        shift = _indent(mine[own[at]]) - _indent(old[at]) if at in own else 0
+        out += [" " * shift + line if shift > 0 else line[min(-shift, _indent(line)) :] for line in new[j1:j2]]
+    merged = "\n".join(out) + "\n"
+    try:
+        same = yaml.safe_load(merged) == yaml.safe_load(after)
+    except yaml.YAMLError:
+        same = False
+    return merged if same else after
+
+
+def _counterparts(old: list[str], mine: list[str]) -> dict[int, int]:
+    """Line ``i`` of ruamel's layout -> the line of the file it stands for: lines equal but for
+    whitespace, and lines ruamel reformatted where as many lines stand in both."""
+    out: dict[int, int] = {}
+    matcher = difflib.SequenceMatcher(a=[_squash(x) for x in old], b=[_squash(x) for x in mine], autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal" or (op == "replace" and i2 - i1 == j2 - j1):
+            out.update(zip(range(i1, i2), range(j1, j2), strict=True))
+    return out
