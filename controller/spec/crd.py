@@ -31,7 +31,8 @@ HEADER = (
     "# The operator drives the same pure state machine as the local runtime (controller/plan/rollout.py).\n"
     "# Generated from the pydantic models by tools/crd.py (controller/spec/crd.py): do not edit by hand.\n"
 )
-PHASES = ("Idle", "Progressing", "Paused", "Promoted", "Aborted", "Failed")  # plan.status.Phase + Failed
+# plan.status.Phase, and Failed: the operator's word for a spec it cannot run.
+CRPhase = Literal["Idle", "Progressing", "Paused", "Promoted", "Aborted", "Failed"]
 LAST_EVENTS = 20
 
 
@@ -55,7 +56,7 @@ class CRStatus(Spec):
     state machine's status it resumes from after a restart."""
 
     observed_generation: int | None = None
-    phase: Literal[PHASES] | None = None  # type: ignore[valid-type]
+    phase: CRPhase | None = None
     reason: str | None = None
     message: str | None = None
     step: int | None = None
