@@ -133,6 +133,14 @@ def promote_gitops(dir: Path, system: str, revision: str, modules: list[str]) ->
     Only those two values change; comments, key order and layout stay. Refuses (SpecError, nothing
     written) when there is no Rollout file, it is not a Rollout for ``system``, or the values are bad.
     """
+    path, text, edited = _promoted(dir, system, revision, modules)
+    if edited != text:
+        _write(path, edited)
+    return path
+
+
+def _promoted(dir: Path, system: str, revision: str, modules: list[str]) -> tuple[Path, str, str]:
+    """The Rollout file, its text, and its text with the new revision and modules."""
     if not wire.REVISION.match(revision):
         raise SpecError(f"{revision!r} is not a revision id (r + 12 hex digits)", field="revision")
     for i, m in enumerate(modules):
@@ -143,14 +151,14 @@ def promote_gitops(dir: Path, system: str, revision: str, modules: list[str]) ->
     expected["spec"]["revision"] = revision
     if modules or "modules" in doc["spec"]:
         expected["spec"]["modules"] = list(modules)
-
-    edited = roundtrip.edit(text, lambda root: _set_revision(root, revision, modules), source=str(path))
+    try:
+        edited = roundtrip.edit(text, lambda root: _set_revision(root, revision, modules), source=str(path))
+    except SpecError:  # YAML the round trip cannot read, though the file parsed: write the document anew
+        edited = mf.dump(expected)
     if yaml.safe_load(edited) != expected:  # never write a file that does not say what was asked
         edited = mf.dump(expected)
     wire.parse_rollout(yaml.safe_load(edited), source=str(path))
-    if edited != text:
-        _write(path, edited)
-    return path
+    return path, text, edited
 
 
 def _set_revision(root: Any, revision: str, modules: list[str]) -> None:
@@ -184,9 +192,12 @@ def promote_in_tree(
         base = _tree_lock(cm_path, dir)
         new, notes = rebasing.rebase(base.system, modules, lambda ref: registry.resolve(refs.parse(ref)))
     lock, _, overrides = promotion.checked_lock(registry, new, cache=cache, force=force)
-    path = promote_gitops(dir, system, lock.revision, modules)
-    if cm_path.exists():
-        update_configmap(cm_path, new, lock)
+    path, text, edited = _promoted(dir, system, lock.revision, modules)
+    cm_text = _with_lock(cm_path, new, lock) if cm_path.exists() else None
+    if edited != text:  # both files edited before either is written: nothing half-done
+        _write(path, edited)
+    if cm_text is not None:
+        _write(cm_path, cm_text)
     return {"file": str(path), "revision": lock.revision, "changes": notes, "overrides": overrides}
 
 
@@ -203,8 +214,12 @@ def _tree_lock(cm_path: Path, dir: Path) -> Lock:
 
 def update_configmap(path: Path, system: System, lock: Lock) -> None:
     """Keep ``lock`` (and its System spec) in a rendered tree's ConfigMap; the rest of the file stays."""
+    _write(path, _with_lock(path, system, lock))
+
+
+def _with_lock(path: Path, system: System, lock: Lock) -> str:
     text = path.read_text(encoding="utf-8")
-    _write(path, roundtrip.edit(text, lambda cm: _set_lock(cm, system, lock), source=str(path)))
+    return roundtrip.edit(text, lambda cm: _set_lock(cm, system, lock), source=str(path))
 
 
 def _set_lock(cm: Any, system: System, lock: Lock) -> None:

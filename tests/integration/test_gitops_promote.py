@@ -77,3 +77,17 @@ def test_promote_refuses_an_incompatible_module_and_writes_nothing(registry: Mem
             registry, tree, "topic-classifier", ["text-encoder@2"], spec=None, force=False, cache=cache
         )
     assert {p.name: p.read_bytes() for p in tree.iterdir()} == before
+
+
+def test_a_configmap_that_cannot_be_edited_leaves_the_rollout_alone(registry: MemoryRegistry, tmp_path: Path) -> None:
+    tree = tmp_path / "deploy"
+    gitops.render(tree, SYSTEM, rollout=ROLLOUT, image="registry.example.com/topic-classifier")
+    (tree / manifests.CONFIGMAP_FILE).write_text("data: [unclosed\n")
+    before = {p.name: p.read_bytes() for p in tree.iterdir()}
+    spec = tmp_path / "system.yaml"
+    spec.write_text(SYSTEM.read_text().replace("module: topic-head@1", "module: topic-head@2", 1))
+    with pytest.raises(ModshipError, match="invalid YAML"):
+        gitops.promote_in_tree(
+            registry, tree, "topic-classifier", ["topic-head@2"], spec=spec, force=False, cache=tmp_path / "cache"
+        )
+    assert {p.name: p.read_bytes() for p in tree.iterdir()} == before
