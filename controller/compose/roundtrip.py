@@ -68,7 +68,7 @@ def set_after(m: CommentedMap, anchor: str, key: str, value: Any) -> None:
         if eol.strip():
             token.value = eol + "\n"
         else:
-            del m.ca.items[anchor]
+            m.ca.items[anchor][2] = None
 
 
 def set_list(m: CommentedMap, key: str, values: list[str], *, after: str) -> None:

@@ -160,3 +160,16 @@ def test_edit_changes_only_what_it_is_asked_to(text: str, expected: str) -> None
             doc["a"] = 2
 
     assert roundtrip.edit(text, change) == expected
+
+
+def test_a_comment_line_after_system_stays_with_the_key_below_it(tmp_path: Path) -> None:
+    text = (
+        "apiVersion: modship.dev/v1alpha1\nkind: Rollout\nmetadata: {name: topics}\nspec:\n"
+        "  system: topic-classifier\n  # note about the workload\n  workload: {image: x}\n"
+        "  strategy: {canary: {steps: [{setWeight: 20}]}}\n"
+    )
+    after = promote(tmp_path, text, ["text-encoder@2"])
+    assert after == text.replace(
+        "  system: topic-classifier\n",
+        f"  system: topic-classifier\n  revision: {REV}\n  modules: [text-encoder@2]\n",
+    )
