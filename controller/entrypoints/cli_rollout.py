@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 from rich.live import Live
 from rich.table import Table
 
@@ -182,10 +181,12 @@ def promote(
 ) -> None:
     """Roll out new module versions as one canary revision (grouped), or --full to finish one."""
     if gitops is not None:
-        from controller.entrypoints import cli_gitops
+        from controller.apply import gitops as in_git
 
         obj: Context = ctx.obj
-        done = cli_gitops.promote_in_tree(obj, gitops, system, modules or [], spec=spec, force=force)
+        done = in_git.promote_in_tree(
+            obj.registry, gitops, system, modules or [], spec=spec, force=force, cache=obj.settings.module_cache
+        )
         emit(done, output, lambda d: console.print(f"{d['file']}: {system} -> {d['revision']} (commit and push it)"))
         return
     req = control.PromoteRequest(
@@ -235,15 +236,13 @@ def status(
         return ctl.status(system).wire()
 
     if gitops is not None:
-        from controller.entrypoints import cli_gitops
+        from controller.apply import gitops as in_git
 
         d = get()
         if kube is not None:  # Kubernetes: the live Rollout against Git, field by field
-            d["drift"] = [*d["drift"], *cli_gitops.drift(gitops, kube.live(system))]
+            d["drift"] = [*d["drift"], *in_git.drift(gitops, kube.live(system))]
         else:
-            want = (yaml.safe_load(cli_gitops.find_rollout(gitops, system).read_text()).get("spec") or {}).get(
-                "revision"
-            )
+            want = in_git.wanted_revision(gitops, system)
             runs = (d.get("stable") or {}).get("revision")
             d["drift"] = d["drift"] + ([f"Git asks for {want}, {runs} serves"] if want and want != runs else [])
         emit(d, output, lambda x: console.print(render(x)))
