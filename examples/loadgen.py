@@ -4,7 +4,8 @@
 
 Sends ``--rate`` requests per second (``--concurrency`` in flight at most), each a text from the
 BBC News test split (or one of the JSON request bodies listed in ``--bodies FILE``), and counts
-answers by status and by the revision that answered. SIGTERM or SIGINT stops it; the report (JSON) is written every second and at the end.
+answers by status and by the revision that answered. SIGTERM or SIGINT stops it; the report (JSON)
+is written every second and at the end.
 """
 
 from __future__ import annotations
