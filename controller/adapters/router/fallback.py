@@ -45,26 +45,38 @@ async def attempt(up: Upstream, data: bytes, req: wire.Request, timeout: float) 
 
 
 class Leg(NamedTuple):
-    """One attempt, for telemetry: which revision, in which role, and whether it fell back."""
+    """One attempt, for telemetry: which revision, in which role, whether it fell back, and (for
+    the attempt that answered the client) the bytes sent."""
 
     revision: str
     role: str
     tried: Attempt
     fallback: bool = False
+    answer: bytes = b""
 
 
-async def forward(route: Route, req: wire.Request, *, canary: bool) -> tuple[bytes, tuple[Leg, ...]]:
-    """The answer for the client and the attempts behind it (the one that answered last)."""
+def served(route: Route, req: wire.Request, tried: Attempt, *, canary: bool) -> Leg:
+    """The leg whose answer the client gets, as routed (no fallback)."""
+    if canary:
+        return Leg(
+            route.canary_rev, "canary", tried, answer=tried.answer(req, route.canary_rev, route.tails[b"canary"])
+        )
+    return Leg(route.stable_rev, "stable", tried, answer=tried.answer(req, route.stable_rev, route.tails[b"stable"]))
+
+
+async def replay(route: Route, req: wire.Request, failed: Attempt) -> tuple[Leg, Leg]:
+    """The canary failed: the same request on stable, whose answer the client gets."""
     assert route.stable is not None
-    data = req.encode()
-    if canary and route.canary is not None:
-        tried = await attempt(route.canary, data, req, route.timeout)
-        if tried.kind is None or not route.fallback:
-            return tried.answer(req, route.canary_rev, route.tails[b"canary"]), (
-                Leg(route.canary_rev, "canary", tried),
-            )
-        served = await attempt(route.stable, data, req, route.timeout)
-        out = served.answer(req, route.stable_rev, route.tails[b"canary-fallback"])
-        return out, (Leg(route.canary_rev, "canary", tried, True), Leg(route.stable_rev, "stable", served))
-    served = await attempt(route.stable, data, req, route.timeout)
-    return served.answer(req, route.stable_rev, route.tails[b"stable"]), (Leg(route.stable_rev, "stable", served),)
+    tried = await attempt(route.stable, req.encode(), req, route.timeout)
+    answer = tried.answer(req, route.stable_rev, route.tails[b"canary-fallback"])
+    return Leg(route.canary_rev, "canary", failed, True), Leg(route.stable_rev, "stable", tried, answer=answer)
+
+
+async def forward(route: Route, req: wire.Request, *, canary: bool) -> tuple[Leg, ...]:
+    """Every attempt made for ``req``; the last one's answer is the client's."""
+    up = route.canary if canary and route.canary is not None else route.stable
+    assert up is not None
+    tried = await attempt(up, req.encode(), req, route.timeout)
+    if canary and tried.kind is not None and route.fallback:
+        return await replay(route, req, tried)
+    return (served(route, req, tried, canary=canary),)

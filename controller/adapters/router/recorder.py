@@ -21,7 +21,7 @@ class Recorder:
     def leg(self, req: wire.Request, leg: Leg, *, mirrored: bool = False) -> telemetry.Answer | None:
         """Record one attempt; what its answer said (None: no readable 2xx answer)."""
         now = time.time()
-        revision, role, tried, fallback = leg
+        revision, role, tried, fallback, _ = leg
         resp, kind, latency = tried.resp, tried.kind, tried.latency
         rec = self.telemetry.record(revision, role)
         rec.request(now, latency=latency, error=kind is not None, fallback=fallback, mirrored=mirrored)

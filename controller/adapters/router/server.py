@@ -10,16 +10,14 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
 from pathlib import Path
-from typing import cast
-
-import httptools
 
 from controller.adapters.router import admin, fallback, metrics, split, wire
+from controller.adapters.router.client import ClientConn
 from controller.adapters.router.mirror import Mirrors
 from controller.adapters.router.recorder import Recorder
-from controller.adapters.router.route import Routes
+from controller.adapters.router.route import Route, Routes
+from controller.adapters.router.upstream import Connection, Upstream, UpstreamError
 from controller.plan import telemetry
 
 log = logging.getLogger("modship.router")
@@ -51,6 +49,64 @@ class Router:
     def load(self) -> None:
         self.routes.load()
 
+    def _decide(self, route: Route, req: wire.Request) -> bool:
+        if req.canary is None:
+            req.canary = route.canary is not None and split.to_canary(route.split, req.headers, random.random)
+        return req.canary
+
+    def fast(self, req: wire.Request, out: ClientConn) -> bool:
+        """Answer ``req`` through callbacks when an idle connection to the chosen upstream is at hand
+        (the common case under load): no task, no future. False: ``serve`` answers it."""
+        route = self.routes.current
+        if route.stable is None or admin.is_admin(req.target):
+            return False
+        canary = self._decide(route, req)
+        up = route.canary if canary and route.canary is not None else route.stable
+        conn = up.take()
+        if conn is None:
+            return False
+        t0 = time.perf_counter()
+
+        def done(resp: wire.Response | None, exc: UpstreamError | None) -> None:
+            try:
+                self._fast_done(route, req, out, up=up, conn=conn, t0=t0, resp=resp, exc=exc)
+            except Exception:
+                out.failed()
+
+        conn.request(req.encode(), route.timeout, req.method == b"HEAD", done)
+        return True
+
+    def _fast_done(
+        self,
+        route: Route,
+        req: wire.Request,
+        out: ClientConn,
+        *,
+        up: Upstream,
+        conn: Connection,
+        t0: float,
+        resp: wire.Response | None,
+        exc: UpstreamError | None,
+    ) -> None:
+        if resp is None:
+            conn.close()
+            if exc is not None and exc.stale:  # a reused connection had died: start over on a fresh one
+                out.hand_over(req, self.serve(req, out))
+                return
+            kind = exc.kind if exc is not None else "connect"
+            tried = fallback.Attempt(None, kind, None if kind == "connect" else time.perf_counter() - t0)
+        else:
+            up.release(conn, resp)
+            tried = fallback.Attempt(resp, "status5xx" if resp.status >= 500 else None, time.perf_counter() - t0)
+        if req.canary and tried.kind is not None and route.fallback:
+            out.hand_over(req, self._fall_back(route, req, out, tried))
+            return
+        self._answer(route, req, out, (fallback.served(route, req, tried, canary=bool(req.canary)),))
+        out.finished(req)
+
+    async def _fall_back(self, route: Route, req: wire.Request, out: ClientConn, tried: fallback.Attempt) -> None:
+        self._answer(route, req, out, await fallback.replay(route, req, tried))
+
     async def serve(self, req: wire.Request, out: ClientConn) -> None:
         """Answer one request on ``out``, then record what happened."""
         if admin.is_admin(req.target):
@@ -61,21 +117,26 @@ class Router:
             error = {"error": f"no route for system {self.system!r}: the router has no stable revision yet"}
             out.send(wire.json(503, error, keep_alive=req.keep_alive))
             return
-        sp = route.split
-        to_canary = split.to_canary(sp, req.headers, random.random)
-        answer, legs = await fallback.forward(route, req, canary=to_canary)
-        out.send(answer)
+        self._answer(route, req, out, await fallback.forward(route, req, canary=self._decide(route, req)))
+
+    def _answer(self, route: Route, req: wire.Request, out: ClientConn, legs: tuple[fallback.Leg, ...]) -> None:
+        """Send the last leg's answer, record every leg, mirror what stable alone served."""
+        out.send(legs[-1].answer)
         said = None
         for leg in legs:
             said = self.recorder.leg(req, leg)
-        if not to_canary and split.mirrored(sp, random.random):
+        if not req.canary and split.mirrored(route.split, random.random):
             self.mirrors.spawn(route, req, said)
 
     async def close(self, *, grace: float = 5.0) -> None:
         """Let requests in flight finish (up to ``grace`` seconds), then drop every connection."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         busy = [c.worker for c in self.clients if c.worker is not None]
         if busy:
             await asyncio.wait(busy, timeout=grace)
+        while any(c.busy for c in self.clients) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         self.mirrors.cancel()
         for c in list(self.clients):
             c.close()
@@ -84,129 +145,9 @@ class Router:
 
     def sweep(self, now: float) -> None:
         """Close client connections idle (or stalled mid-request) for ``CLIENT_IDLE_S``."""
-        for c in [c for c in self.clients if c.worker is None and now - c.last_active > CLIENT_IDLE_S]:
+        idle = [c for c in self.clients if c.worker is None and not c.busy and now - c.last_active > CLIENT_IDLE_S]
+        for c in idle:
             c.close()
-
-
-class ClientConn(asyncio.Protocol):
-    """One client connection: parse requests (pipelined ones in order) and answer them in turn."""
-
-    def __init__(self, router: Router) -> None:
-        self.router = router
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.queue: deque[wire.Request] = deque()
-        self.worker: asyncio.Task[None] | None = None
-        self.last_active = time.monotonic()
-        self.paused = False
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._body: list[bytes] = []
-        self._size = 0
-        self._expect = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio's
-        self.router.clients.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.router.clients.discard(self)
-        self.transport = None
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:  # not supported: serve what was parsed, then close
-            if self.queue:
-                self.queue[-1].keep_alive = False
-            self._stop_reading()
-        except httptools.HttpParserError as exc:
-            reject = (
-                exc.__context__ if isinstance(exc.__context__, wire.Reject) else wire.Reject(400, f"bad request: {exc}")
-            )
-            self._enqueue(wire.Request(b"", b"", [], b"", keep_alive=False, reject=reject))
-            self._stop_reading()
-
-    def _stop_reading(self) -> None:
-        if self.transport is not None and not self.paused:
-            self.transport.pause_reading()
-            self.paused = True
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._body = []
-        self._size = 0
-        self._expect = False
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._size += len(name) + len(value)
-        if self._size > wire.MAX_HEADER_BYTES:
-            raise wire.Reject(431, f"request headers over {wire.MAX_HEADER_BYTES} bytes")
-        name = name.lower()
-        if name in wire.HOP_BY_HOP:
-            self._expect = self._expect or (name == b"expect" and value.lower() == b"100-continue")
-            return
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self._size = 0
-        if self._expect:
-            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > wire.MAX_BODY:
-            raise wire.Reject(413, f"request body over {wire.MAX_BODY} bytes")
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        keep = self.parser.should_keep_alive()
-        req = wire.Request(self.parser.get_method(), self._url, self._headers, body, keep_alive=keep)
-        self._enqueue(req)
-
-    def _enqueue(self, req: wire.Request) -> None:
-        self.queue.append(req)
-        if self.worker is None:
-            self.worker = asyncio.get_running_loop().create_task(self._work())
-        if len(self.queue) > 16:  # a client pipelining without reading: stop reading until we catch up
-            self._stop_reading()
-
-    async def _work(self) -> None:
-        try:
-            while self.queue:
-                req = self.queue.popleft()
-                if req.reject is not None:
-                    self.send(wire.json(req.reject.status, {"error": str(req.reject)}, keep_alive=False))
-                    self.close()
-                    return
-                await self.router.serve(req, self)
-                if not req.keep_alive:
-                    self.close()
-                    return
-                if self.paused and len(self.queue) < 4 and self.transport is not None:
-                    self.paused = False
-                    self.transport.resume_reading()
-        except Exception:
-            log.exception("unexpected error while serving a request")
-            self.send(wire.json(500, {"error": "internal router error"}, keep_alive=False))
-            self.close()
-        finally:
-            self.worker = None
-            self.last_active = time.monotonic()
 
 
 async def run(*, host: str, port: int, system: str, state: Path | None, stop: asyncio.Event) -> None:

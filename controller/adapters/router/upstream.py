@@ -6,6 +6,8 @@ fresh one within the same deadline (the upstream closed it while idle: safe to r
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -27,8 +29,12 @@ class UpstreamError(Exception):
         self.stale = stale
 
 
+Done = Callable[[Response | None, "UpstreamError | None"], None]  # a response, or why none came
+
+
 class Connection(asyncio.Protocol):
-    """One keep-alive connection to an upstream; one request at a time."""
+    """One keep-alive connection to an upstream; one request at a time. ``request`` calls ``done``
+    exactly once, from the event loop (no future, no task: the router's fast path chains callbacks)."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -36,7 +42,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = True
-        self._waiter: asyncio.Future[Response] | None = None
+        self._waiter: Done | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._got = self._head = self._headers_done = self._framed = False
         self._reason = b""
@@ -59,9 +65,24 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def request(self, data: bytes, timeout: float, head: bool) -> asyncio.Future[Response]:
+    def wait(self, data: bytes, timeout: float, head: bool) -> asyncio.Future[Response]:
+        """``request`` as a future."""
+        future: asyncio.Future[Response] = self.loop.create_future()
+
+        def done(resp: Response | None, exc: UpstreamError | None) -> None:
+            if future.done():
+                return
+            if resp is not None:
+                future.set_result(resp)
+            else:
+                future.set_exception(exc or UpstreamError("connect", "no response"))
+
+        self.request(data, timeout, head, done)
+        return future
+
+    def request(self, data: bytes, timeout: float, head: bool, done: Done) -> None:
         assert self.transport is not None
-        self._waiter = waiter = self.loop.create_future()
+        self._waiter = done
         self._got = self._headers_done = self._framed = False
         self._head = head
         self._reason = b""
@@ -70,7 +91,6 @@ class Connection(asyncio.Protocol):
         self._size = 0
         self.transport.write(data)
         self._timer = self.loop.call_later(timeout, self._timed_out, timeout)
-        return waiter
 
     def _timed_out(self, timeout: float) -> None:
         self._timer = None
@@ -85,8 +105,7 @@ class Connection(asyncio.Protocol):
             self._timer = None
         if waiter is not None:
             self.reusable = False
-            if not waiter.done():
-                waiter.set_exception(exc)
+            waiter(None, exc)
 
     def _finish(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -97,8 +116,7 @@ class Connection(asyncio.Protocol):
             self._timer = None
         keep = self.reusable and not self.closed and self.parser.should_keep_alive()
         resp = Response(self.parser.get_status_code(), self._reason, self._headers, b"".join(self._body), keep)
-        if not waiter.done():
-            waiter.set_result(resp)
+        waiter(resp, None)
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:  # bytes nobody asked for: the connection is out of sync
@@ -145,7 +163,9 @@ class Upstream:
         self._idle: list[tuple[Connection, float]] = []
         self.retired = False
 
-    def _take(self, now: float) -> Connection | None:
+    def take(self) -> Connection | None:
+        """An idle keep-alive connection young enough to reuse, or None."""
+        now = time.monotonic()
         while self._idle:
             conn, since = self._idle.pop()
             if not conn.closed and now - since < UPSTREAM_IDLE_S:
@@ -169,13 +189,13 @@ class Upstream:
         be dead before answering is replaced by a fresh one once, within the same deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        conn = self._take(loop.time())
+        conn = self.take()
         while True:
             fresh = conn is None
             if conn is None:
                 conn = await self._connect(deadline - loop.time())
             try:
-                resp = await conn.request(data, max(0.001, deadline - loop.time()), head)
+                resp = await conn.wait(data, max(0.001, deadline - loop.time()), head)
             except UpstreamError as exc:
                 conn.close()
                 if exc.stale and not fresh:
@@ -185,11 +205,15 @@ class Upstream:
             except asyncio.CancelledError:
                 conn.close()
                 raise
-            if resp.keep_alive and not self.retired and len(self._idle) < MAX_IDLE_PER_UPSTREAM:
-                self._idle.append((conn, loop.time()))
-            else:
-                conn.close()
+            self.release(conn, resp)
             return resp
+
+    def release(self, conn: Connection, resp: Response) -> None:
+        """After a complete response: keep the connection for reuse when it may be kept."""
+        if resp.keep_alive and not self.retired and len(self._idle) < MAX_IDLE_PER_UPSTREAM:
+            self._idle.append((conn, time.monotonic()))
+        else:
+            conn.close()
 
     def retire(self) -> None:
         """No longer configured: close idle connections; those in flight close when done."""

@@ -62,7 +62,7 @@ class Response:
 class Request:
     """A client's request, buffered (so a failed canary attempt can be replayed on stable)."""
 
-    __slots__ = ("_data", "_lengths", "body", "headers", "keep_alive", "method", "reject", "target")
+    __slots__ = ("_data", "_lengths", "body", "canary", "headers", "keep_alive", "method", "reject", "target")
 
     def __init__(
         self,
@@ -82,6 +82,7 @@ class Request:
         self.reject = reject
         self._lengths: tuple[int, ...] | None = None
         self._data: bytes | None = None
+        self.canary: bool | None = None  # the split's decision, once taken
 
     def lengths(self) -> tuple[int, ...]:
         """Character lengths of the texts in the body (for input-drift telemetry), parsed once."""
