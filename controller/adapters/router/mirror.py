@@ -21,15 +21,18 @@ class Mirrors:
         self.recorder = recorder
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(self, route: Route, req: wire.Request, stable: telemetry.Answer | None) -> None:
+    def spawn(self, route: Route, req: wire.Request, stable: fallback.Attempt) -> None:
+        """Copy ``req`` to the canary; ``stable``: the attempt whose answer the client got."""
         if len(self.tasks) >= MAX_IN_FLIGHT:
             return
         task = asyncio.get_running_loop().create_task(self._mirror(route, req, stable))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _mirror(self, route: Route, req: wire.Request, stable: telemetry.Answer | None) -> None:
+    async def _mirror(self, route: Route, req: wire.Request, served: fallback.Attempt) -> None:
         assert route.canary is not None
+        ok = served.resp is not None and 200 <= served.resp.status < 300 and served.resp.body
+        stable = telemetry.answer(served.resp.body) if ok and served.resp is not None else None
         tried = await fallback.attempt(route.canary, req.encode(HEADER), req, route.timeout)
         answer = self.recorder.leg(req, fallback.Leg(route.canary_rev, "canary", tried), mirrored=True)
         if stable is not None and stable.labels and answer is not None and answer.labels:

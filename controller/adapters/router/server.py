@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -110,6 +111,7 @@ class Router:
     async def serve(self, req: wire.Request, out: ClientConn) -> None:
         """Answer one request on ``out``, then record what happened."""
         if admin.is_admin(req.target):
+            self.recorder.flush()
             out.send(await admin.answer(req, self.routes, self.telemetry, self.counters))
             return
         route = self.routes.current
@@ -122,11 +124,10 @@ class Router:
     def _answer(self, route: Route, req: wire.Request, out: ClientConn, legs: tuple[fallback.Leg, ...]) -> None:
         """Send the last leg's answer, record every leg, mirror what stable alone served."""
         out.send(legs[-1].answer)
-        said = None
         for leg in legs:
-            said = self.recorder.leg(req, leg)
+            self.recorder.later(req, leg)
         if not req.canary and split.mirrored(route.split, random.random):
-            self.mirrors.spawn(route, req, said)
+            self.mirrors.spawn(route, req, legs[-1].tried)
 
     async def close(self, *, grace: float = 5.0) -> None:
         """Let requests in flight finish (up to ``grace`` seconds), then drop every connection."""
@@ -138,6 +139,7 @@ class Router:
         while any(c.busy for c in self.clients) and loop.time() < deadline:
             await asyncio.sleep(0.01)
         self.mirrors.cancel()
+        self.recorder.flush()
         for c in list(self.clients):
             c.close()
         for up in self.routes.upstreams.values():
@@ -154,6 +156,8 @@ async def run(*, host: str, port: int, system: str, state: Path | None, stop: as
     """Serve until ``stop`` is set, then drain and close."""
     router = Router(system, state=state)
     router.load()
+    gc.collect()
+    gc.freeze()  # what startup allocated is never garbage: later collections need not walk it
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=2048)
     bound = server.sockets[0].getsockname()[1] if server.sockets else port
