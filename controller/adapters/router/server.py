@@ -74,7 +74,11 @@ class Router:
             except Exception:
                 out.failed()
 
-        conn.request(req.encode(), route.timeout, req.method == b"HEAD", done)
+        try:
+            conn.request(req.encode(), route.timeout, req.method == b"HEAD", done)
+        except Exception:  # a transport closing under us: the slow path connects afresh
+            conn.close()
+            return False
         return True
 
     def _fast_done(

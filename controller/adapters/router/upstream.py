@@ -82,6 +82,7 @@ class Connection(asyncio.Protocol):
 
     def request(self, data: bytes, timeout: float, head: bool, done: Done) -> None:
         assert self.transport is not None
+        self.transport.write(data)  # first: should it raise, this connection owes nobody an answer
         self._waiter = done
         self._got = self._headers_done = self._framed = False
         self._head = head
@@ -89,7 +90,6 @@ class Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._size = 0
-        self.transport.write(data)
         self._timer = self.loop.call_later(timeout, self._timed_out, timeout)
 
     def _timed_out(self, timeout: float) -> None:
