@@ -60,4 +60,4 @@ bench: $(STAMP) system-deps k8s-bins ## benchmarks, side by side; results in ben
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins check crd test test-fast demo bench clean
+.PHONY: help venv system-deps k8s-bins check crd test test-fast demo demo-digits bench clean

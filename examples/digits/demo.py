@@ -74,7 +74,13 @@ def script(d: Demo) -> None:
 
     bodies.write_text(json.dumps([{"image": img.tolist()} for img in load_digits().images[-300:]]))
     d.spawn([MODSHIP, "up"], "controller.log")
-    d.wait("the controller to start", lambda: (d.home / "controller.json").exists())
+    d.wait(
+        "the controller to start",
+        lambda: (
+            (d.home / "controller.json").exists()
+            and subprocess.run([MODSHIP, "status", "none"], env=d.env, capture_output=True).returncode == 3
+        ),
+    )
     d.run("deploy", str(HERE / "system.yaml"), "--rollout", str(HERE / "rollout.yaml"), "--port", str(d.port))
     d.wait("the stable revision to serve", lambda: _answers(f"http://127.0.0.1:{d.port}/predict", bodies))
     report_file = d.home / "load.json"
