@@ -22,11 +22,11 @@ import numpy as np
 
 from controller.compose.revision import Lock, PinnedModule
 from controller.errors import ModshipError
-from controller.pipeline import cache, flags, kernels, values
+from controller.pipeline import batching, cache, flags, kernels, values
 from controller.pipeline.telemetry import NullTelemetry, Telemetry
 from controller.registry import digests
 from controller.spec.modules import Role
-from controller.spec.system import Step, Trigger
+from controller.spec.system import Batching, Step, Trigger
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -99,7 +99,7 @@ class Pipeline:
             if verify:
                 digests.verify(root, m.files, what=ref)
             loaded[ref] = kernels.load(root, m.manifest)
-        return cls(lock, loaded, **kw)
+        return cls(lock, batched(lock, loaded), **kw)
 
     def _plan(self, s: Step, loaded: dict[str, kernels.Kernel]) -> _Step:
         module = self.lock.module(s.module)
@@ -376,6 +376,23 @@ def _repeat(v: Any, n: int) -> Any:
     if arr.dtype.kind in "fiub":
         return np.repeat(arr[None, ...].astype(np.float32 if arr.dtype.kind == "f" else arr.dtype), n, axis=0)
     return [v] * n
+
+
+def batched(lock: Lock, loaded: dict[str, kernels.Kernel]) -> dict[str, kernels.Kernel]:
+    """Kernels of batchable modules wrapped in an adaptive batcher (one per module version, shared
+    by the steps that use it), unless a step turns batching off."""
+    out = dict(loaded)
+    settings: dict[str, Batching] = {}
+    off: set[str] = set()
+    for s in lock.system.spec.steps:
+        if s.batching is not None and not s.batching.enabled:
+            off.add(s.module)
+        settings.setdefault(s.module, s.batching or Batching())
+    for ref, kernel in loaded.items():
+        if lock.module(ref).manifest.runtime.batchable and ref not in off:
+            b = settings.get(ref, Batching())
+            out[ref] = batching.Batcher(kernel, max_batch=b.max_batch_size, max_latency_ms=b.max_latency_ms)
+    return out
 
 
 def _order(lock: Lock) -> list[str]:
