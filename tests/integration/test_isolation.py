@@ -1,0 +1,166 @@
+"""Isolated steps against real worker processes: the four crashes of a module inside a request fail
+that step only (its fallback answers, the worker restarts, the failure is counted); inline, the same
+crash takes the process down; workers never outlive the service."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.pipeline.engine import BadRequest, Pipeline
+from controller.pipeline.isolation import ProcessKernel
+from tests.support.isolated import Recorder, guard, pick, pipeline
+from tests.support.services import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+RATE = 0.5
+REASONS = {"segfault": "worker_crashed", "exit": "worker_crashed", "oom": "worker_oom", "hang": "worker_timeout"}
+BAD, GOOD = pick("shaky", RATE, crashing=True), pick("shaky", RATE, crashing=False)
+
+
+def faulty(tmp: Path, crash: str, *, isolation: str | None = None, **kw: Any) -> Pipeline:
+    """One step running ``shaky@1`` (experimental: isolated by default) that crashes on half of its
+    inputs, with ``steady@1`` as its fallback for errors and timeouts."""
+    manifests = {
+        "shaky@1": guard("shaky", stability="experimental", faults={"crash": crash, "crashRate": RATE}),
+        "steady@1": guard("steady"),
+    }
+    step: dict[str, Any] = {
+        "name": "guard",
+        "module": "shaky@1",
+        "inputs": {"text": "input.text"},
+        "fallback": {"module": "steady@1", "timeoutMs": 2000},
+        "limits": {"memoryMb": 512, "cpuSeconds": 5},
+    }
+    if isolation:
+        step["isolation"] = isolation
+    return pipeline(tmp, manifests, [step], **kw)
+
+
+def worker(pipe: Pipeline, step: str = "guard") -> ProcessKernel:
+    kernel = next(st.kernel for st in pipe.steps if st.spec.name == step)
+    assert isinstance(kernel, ProcessKernel)
+    return kernel
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.parametrize("crash", list(REASONS))
+def test_a_crash_inside_a_request_fails_that_step_only(tmp_path: Path, crash: str) -> None:
+    rec = Recorder()
+    pipe = faulty(tmp_path, crash, telemetry=rec)
+    try:
+        first = worker(pipe).pid
+        assert first is not None and alive(first)
+        assert pipe.predict({"text": GOOD}).fallbacks == []
+
+        out = pipe.predict({"text": BAD})
+        reason = "timeout" if crash == "hang" else "error"
+        assert out.fallbacks == [{"step": "guard", "reason": reason, "used": "steady@1"}]
+        assert out.outputs == {"text": [BAD]}  # the fallback answered
+        assert ("error", "guard", "shaky@1", REASONS[crash]) in rec.events
+        assert ("fallback", "guard", "shaky@1", reason) in rec.events
+        assert not alive(first)
+
+        # the worker was restarted: a later request is answered by the isolated module again
+        wait_until(lambda: pipe.predict({"text": GOOD}).fallbacks == [], timeout=60, what="a restarted worker")
+        assert worker(pipe).pid not in (None, first)
+        assert rec.events.count(("error", "guard", "shaky@1", REASONS[crash])) == 1
+    finally:
+        pipe.close()
+
+
+def test_the_same_segfault_inline_takes_the_process_down(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from tests.integration.test_isolation import faulty
+        pipe = faulty(Path({str(tmp_path)!r}), "segfault", isolation="inline")
+        pipe.predict({{"text": {GOOD!r}}})
+        print("answered", flush=True)
+        pipe.predict({{"text": {BAD!r}}})
+        print("survived", flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGSEGV, proc.stderr.decode()[-2000:]
+    assert proc.stdout.split() == [b"answered"]
+
+
+def test_module_errors_and_guard_rejections_travel_back_without_a_restart(tmp_path: Path) -> None:
+    manifests = {
+        "picky@1": guard("picky", stability="experimental", params={"deny_patterns": ["forbidden"]}),
+        "flaky@1": guard("flaky", stability="experimental", faults={"errorRate": 1.0}),
+        "steady@1": guard("steady"),
+    }
+    steps = [
+        {"name": "picky", "module": "picky@1", "inputs": {"text": "input.text"}},
+        {"name": "flaky", "module": "flaky@1", "inputs": {"text": "picky.text"}, "fallback": {"module": "steady@1"}},
+    ]
+    rec = Recorder()
+    pipe = pipeline(tmp_path, manifests, steps, telemetry=rec)
+    try:
+        pids = (worker(pipe, "picky").pid, worker(pipe, "flaky").pid)
+        with pytest.raises(BadRequest, match="denied pattern"):
+            pipe.predict({"text": "a forbidden word"})
+        out = pipe.predict({"text": "fine words"})
+        assert out.fallbacks == [{"step": "flaky", "reason": "error", "used": "steady@1"}]
+        assert ("error", "flaky", "flaky@1", "exception") in rec.events
+        assert (worker(pipe, "picky").pid, worker(pipe, "flaky").pid) == pids  # no restart
+    finally:
+        pipe.close()
+
+
+def test_concurrent_calls_are_serialised_and_each_gets_its_own_answer(tmp_path: Path) -> None:
+    pipe = pipeline(
+        tmp_path,
+        {"g@1": guard("g")},
+        [{"name": "g", "module": "g@1", "inputs": {"text": "input.text"}, "isolation": "process"}],
+    )
+    try:
+        texts = [f"text {i}" for i in range(200)]
+        with cf.ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda t: pipe.predict({"text": [t, t + "!"]}).outputs["text"], texts))
+        assert outs == [[t, t + "!"] for t in texts]
+    finally:
+        pipe.close()
+
+
+def test_workers_stop_with_the_pipeline_and_die_with_the_service(tmp_path: Path) -> None:
+    pipe = faulty(tmp_path / "closed", "exit")
+    pid = worker(pipe).pid
+    assert pid is not None and alive(pid)
+    pipe.close()
+    assert not alive(pid)
+
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from tests.integration.test_isolation import faulty, worker
+        pipe = faulty(Path({str(tmp_path / "killed")!r}), "exit")
+        print(worker(pipe).pid, flush=True)
+        sys.stdin.read()
+    """)
+    service = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert service.stdout is not None
+        pid = int(service.stdout.readline())
+        assert alive(pid)
+        os.kill(service.pid, signal.SIGKILL)  # no chance to clean up: the kernel must do it
+        service.wait(timeout=10)
+        wait_until(lambda: not alive(pid), timeout=10, what=f"worker {pid} gone")
+    finally:
+        service.kill()
+        service.wait()
