@@ -17,7 +17,7 @@ import pytest
 
 from controller.pipeline.engine import BadRequest, Pipeline
 from controller.pipeline.isolation import ProcessKernel
-from tests.support.isolated import Recorder, guard, pick, pipeline
+from tests.support.isolated import Recorder, alive, guard, pick, pipeline
 from tests.support.services import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,14 +49,6 @@ def worker(pipe: Pipeline, step: str = "guard") -> ProcessKernel:
     kernel = next(st.kernel for st in pipe.steps if st.spec.name == step)
     assert isinstance(kernel, ProcessKernel)
     return kernel
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.mark.parametrize("crash", list(REASONS))

@@ -32,6 +32,15 @@ def guard(name: str, *, stability: str = "stable", **runtime: Any) -> dict[str, 
     return m
 
 
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, waiting for a parent to reap it, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
 def pick(salt: str, rate: float, *, crashing: bool, texts: Iterable[str] = TEXTS) -> str:
     """An input on which a module named ``salt`` with ``crashRate: rate`` crashes (or does not)."""
     return next(t for t in texts if (faults.draw({"text": [t]}, salt + ":crash") < rate) is crashing)
