@@ -1,4 +1,4 @@
-"""(f) What process isolation costs per step: the example topic head (``softmax-linear``) called
+"""(e) What process isolation costs per step: the example topic head (``softmax-linear``) called
 inline and through its isolated worker (``pipeline.isolation.ProcessKernel``), side by side.
 
 The worker is the one a step with ``isolation: process`` gets; the call is the one the engine makes

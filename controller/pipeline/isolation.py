@@ -253,7 +253,7 @@ class ProcessKernel:
         delay = backoff(self._failures)
         self._retry_at = time.monotonic() + delay
         log.warning("%s: isolated worker failed (%s: %s); restart in %.1fs", self.manifest.name, exc.reason, exc, delay)
-        if delay == 0 and not self._closed:
+        if delay == 0 and w.ready and not self._closed:  # a module that did not load waits for a call
             with contextlib.suppress(OSError):
                 self._worker = self._spawn()
         return exc

@@ -21,7 +21,7 @@ import numpy as np
 
 PREFIX = struct.Struct("<II")
 MAX_HEADER = 64 << 20
-MAX_BODY = 1 << 30
+MAX_BODY = 256 << 20
 MAX_DIMS = 8
 ALIGN = 16
 # byte-order-explicit dtype strings a worker may send; object, string and void dtypes never travel

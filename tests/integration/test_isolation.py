@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from controller.pipeline.engine import BadRequest, Pipeline
-from controller.pipeline.isolation import ProcessKernel
+from controller.pipeline.isolation import ProcessKernel, WorkerUnavailable
 from tests.support.isolated import Recorder, alive, guard, pick, pipeline
 from tests.support.services import wait_until
 
@@ -156,3 +156,31 @@ def test_workers_stop_with_the_pipeline_and_die_with_the_service(tmp_path: Path)
     finally:
         service.kill()
         service.wait()
+
+
+def test_repeated_crashes_back_off_and_calls_meanwhile_fail_fast(tmp_path: Path) -> None:
+    manifests = {
+        "doomed@1": guard("doomed", stability="experimental", faults={"crash": "exit"}),  # every input
+        "steady@1": guard("steady"),
+    }
+    step = {"name": "g", "module": "doomed@1", "inputs": {"text": "input.text"}, "fallback": {"module": "steady@1"}}
+    rec = Recorder()
+    pipe = pipeline(tmp_path, manifests, [step], telemetry=rec)
+    try:
+        for _ in range(2):  # the first failure restarts at once; the restarted worker crashes too
+            assert pipe.predict({"text": "hello"}).fallbacks[0]["used"] == "steady@1"
+        assert worker(pipe, "g").pid is None  # backing off: no worker for now
+        out = pipe.predict({"text": "hello"})
+        assert out.fallbacks == [{"step": "g", "reason": "error", "used": "steady@1"}]
+        errors = [e[3] for e in rec.events if e[0] == "error"]
+        assert errors == ["worker_crashed", "worker_crashed", "worker_unavailable"]
+    finally:
+        pipe.close()
+
+
+def test_a_module_that_does_not_load_in_its_worker_stops_the_load(tmp_path: Path) -> None:
+    broken = guard("broken", stability="experimental")
+    broken["runtime"] = {"kind": "softmax-linear", "files": {"weights": "missing.npz"}}
+    step = {"name": "g", "module": "broken@1", "inputs": {"text": "input.text"}}
+    with pytest.raises(WorkerUnavailable, match=r"broken: the isolated worker did not start: .*missing\.npz"):
+        pipeline(tmp_path, {"broken@1": broken}, [step])
