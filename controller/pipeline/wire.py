@@ -2,7 +2,8 @@
 
 A message is ``<u32 header length><u32 body length>``, a JSON header, then a body of raw array
 buffers. Port values travel as ``{"json": [...]}`` (strings, lists, numbers) or as
-``{"dtype": "<f4", "shape": [...], "offset": n}`` pointing into the body. Nothing is ever
+``{"dtype": "<f4", "shape": [...], "offset": n}`` pointing into the body, and tables
+(``values.Table``) as ``{"table": {column: value}, "rows": n}``. Nothing is ever
 unpickled or evaluated: decoding only accepts plain numeric dtypes, checks every shape and offset
 against the body, and caps sizes, so a hostile worker can at worst send a wrong answer.
 """
@@ -18,6 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from controller.pipeline import values
 
 PREFIX = struct.Struct("<II")
 MAX_HEADER = 64 << 20
@@ -44,26 +47,29 @@ def _plain(value: Any) -> Any:
 
 def encode(header: Mapping[str, Any], ports: Mapping[str, Any] | None = None) -> list[bytes | memoryview]:
     """The buffers of one message (send them in order); numeric arrays travel as raw bytes."""
-    specs: dict[str, Any] = {}
     buffers: list[memoryview] = []
-    size = 0
-    for name, value in (ports or {}).items():
-        arr = value if isinstance(value, np.ndarray) else None
-        if arr is None or arr.ndim == 0 or arr.dtype.newbyteorder("<").str not in DTYPES:
-            specs[name] = {"json": value}
-            continue
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        pad = -size % ALIGN
-        if pad:
-            buffers.append(memoryview(bytes(pad)))
-            size += pad
-        specs[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": size}
-        buffers.append(arr.data.cast("B"))
-        size += arr.nbytes
+    specs = {name: _spec(value, buffers) for name, value in (ports or {}).items()}
+    size = sum(len(b) for b in buffers)
     head = json.dumps({**header, "ports": specs}, default=_plain, allow_nan=True).encode()
     if len(head) > MAX_HEADER or size > MAX_BODY:
         raise WireError(f"message too large ({len(head)} header bytes, {size} body bytes)")
     return [PREFIX.pack(len(head), size) + head, *buffers]
+
+
+def _spec(value: Any, buffers: list[memoryview]) -> dict[str, Any]:
+    """How one value travels; its raw bytes (if any) are appended to ``buffers``."""
+    if isinstance(value, values.Table):
+        return {"table": {c: _spec(v, buffers) for c, v in value.columns.items()}, "rows": value.rows}
+    arr = value if isinstance(value, np.ndarray) else None
+    if arr is None or arr.ndim == 0 or arr.dtype.newbyteorder("<").str not in DTYPES:
+        return {"json": value}
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    size = sum(len(b) for b in buffers)
+    if size % ALIGN:
+        buffers.append(memoryview(bytes(-size % ALIGN)))
+        size += len(buffers[-1])
+    buffers.append(arr.data.cast("B"))
+    return {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": size}
 
 
 def send(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
@@ -111,9 +117,17 @@ def receive(sock: socket.socket, deadline: float | None = None) -> tuple[dict[st
     return header, {str(k): _port(str(k), v, body) for k, v in specs.items()}
 
 
-def _port(name: str, spec: Any, body: bytearray) -> Any:
+def _port(name: str, spec: Any, body: bytearray, *, nested: bool = False) -> Any:
     if not isinstance(spec, dict):
         raise WireError(f"port {name!r}: not an object")
+    if "table" in spec and not nested:
+        cols, rows = spec["table"], spec.get("rows")
+        if not isinstance(cols, dict) or type(rows) is not int or rows < 0:
+            raise WireError(f"port {name!r}: a table needs columns and a row count")
+        table = {str(c): _port(f"{name}.{c}", v, body, nested=True) for c, v in cols.items()}
+        if any(len(v) != rows for v in table.values()):
+            raise WireError(f"port {name!r}: every column must have {rows} rows")
+        return values.Table(table, rows)
     if "json" in spec:
         if not isinstance(spec["json"], list):
             raise WireError(f"port {name!r}: a value must be a list (batch first)")

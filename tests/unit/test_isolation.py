@@ -18,7 +18,7 @@ import pytest
 
 from controller.compose import revision
 from controller.errors import SpecError
-from controller.pipeline import faults, isolation, wire, worker
+from controller.pipeline import faults, isolation, values, wire, worker
 from controller.pipeline.errors import KernelError
 from controller.spec import system as system_spec
 from controller.spec.modules import ModuleManifest
@@ -58,6 +58,18 @@ def test_ports_round_trip_as_json_and_raw_buffers(channel: tuple[socket.socket, 
     assert got["ids"].dtype == np.dtype("<i8") and got["ids"].tolist() == [0, 1, 2, 3, 4]
     assert got["nested"] == [[1, 2.5], [3.0, None]]
     assert got["strings"] == ["a", "b"]
+
+
+def test_tables_travel_column_by_column(channel: tuple[socket.socket, socket.socket]) -> None:
+    a, b = channel
+    table = values.Table({"age": np.array([31.0, np.nan]), "city": ["Oslo", None]}, 2)
+    wire.send(a, wire.encode({}, {"rows": table}))
+    _, got = wire.receive(b)
+    assert isinstance(got["rows"], values.Table) and got["rows"].rows == 2
+    assert got["rows"]["city"] == ["Oslo", None] and np.array_equal(got["rows"]["age"], table["age"], equal_nan=True)
+    a.sendall(raw({"ports": {"t": {"table": {"x": {"json": [1, 2, 3]}}, "rows": 2}}}))
+    with pytest.raises(wire.WireError, match="every column must have 2 rows"):
+        wire.receive(b)
 
 
 def test_a_large_batch_travels_in_pieces(channel: tuple[socket.socket, socket.socket]) -> None:
