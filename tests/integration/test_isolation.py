@@ -17,6 +17,7 @@ import pytest
 
 from controller.pipeline.engine import BadRequest, Pipeline
 from controller.pipeline.isolation import ProcessKernel, WorkerUnavailable
+from tests.support import modules
 from tests.support.isolated import Recorder, alive, guard, pick, pipeline
 from tests.support.services import wait_until
 
@@ -184,3 +185,47 @@ def test_a_module_that_does_not_load_in_its_worker_stops_the_load(tmp_path: Path
     step = {"name": "g", "module": "broken@1", "inputs": {"text": "input.text"}}
     with pytest.raises(WorkerUnavailable, match=r"broken: the isolated worker did not start: .*missing\.npz"):
         pipeline(tmp_path, {"broken@1": broken}, [step])
+
+
+COMPONENT = '''
+import ctypes
+
+import numpy as np
+
+
+class Risky:
+    """Third-party code with a native bug on some inputs."""
+
+    def __init__(self, root, params):
+        self.prefix = params["prefix"]
+
+    def __call__(self, batch):
+        texts = batch["text"]
+        if any("segv" in t for t in texts):
+            ctypes.string_at(0)
+        return {"text": [self.prefix + t for t in texts], "length": np.array([len(t) for t in texts], np.float32)}
+'''
+
+
+def test_an_untrusted_python_component_that_segfaults_fails_its_step_only(tmp_path: Path) -> None:
+    ports = {"text": modules.port("string"), "length": modules.port("float32", [-1])}
+    risky = modules.manifest("risky", "guard", {"text": modules.port("string")}, ports, kind="python")
+    risky["runtime"].update(entrypoint="component.py:Risky", params={"prefix": "> "})
+    step = {
+        "name": "risky",
+        "module": "risky@1",
+        "inputs": {"text": "input.text"},
+        "isolation": "process",  # a stable module, isolated because the step says so
+        "fallback": {"default": {"text": "unavailable", "length": 0.0}},
+    }
+    rec = Recorder()
+    files = {"risky@1": {"component.py": COMPONENT}}
+    pipe = pipeline(tmp_path, {"risky@1": risky}, [step], files=files, telemetry=rec)
+    try:
+        assert pipe.predict({"text": ["ab", "cde"]}).outputs == {"text": ["> ab", "> cde"], "length": [2.0, 3.0]}
+        out = pipe.predict({"text": "please segv"})
+        assert out.outputs == {"text": ["unavailable"], "length": [0.0]}
+        assert ("error", "risky", "risky@1", "worker_crashed") in rec.events
+        wait_until(lambda: pipe.predict({"text": "fine"}).outputs["text"] == ["> fine"], timeout=60, what="restart")
+    finally:
+        pipe.close()

@@ -46,13 +46,23 @@ def pick(salt: str, rate: float, *, crashing: bool, texts: Iterable[str] = TEXTS
     return next(t for t in texts if (faults.draw({"text": [t]}, salt + ":crash") < rate) is crashing)
 
 
-def pipeline(root: Path, manifests: dict[str, dict[str, Any]], steps: list[dict[str, Any]], **kw: Any) -> Pipeline:
-    """Write the module directories under ``root``, lock the system and load it (digests verified)."""
+def pipeline(
+    root: Path,
+    manifests: dict[str, dict[str, Any]],
+    steps: list[dict[str, Any]],
+    *,
+    files: dict[str, dict[str, str]] | None = None,
+    **kw: Any,
+) -> Pipeline:
+    """Write the module directories under ``root`` (``module.yaml`` and ``files[ref]``), lock the
+    system and load it (digests verified)."""
     resolved = {}
     for ref, m in manifests.items():
         d = module_dir(root, ref)
         d.mkdir(parents=True, exist_ok=True)
         (d / "module.yaml").write_text(yaml.safe_dump(m))
+        for name, text in (files or {}).get(ref, {}).items():
+            (d / name).write_text(text)
         files = digests.manifest(d)
         name, version = ref.split("@")
         resolved[ref] = ModuleVersion(
