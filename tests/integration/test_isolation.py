@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,11 +204,13 @@ class Risky:
         texts = batch["text"]
         if any("segv" in t for t in texts):
             ctypes.string_at(0)
+        while any("spin" in t for t in texts):
+            pass
         return {"text": [self.prefix + t for t in texts], "length": np.array([len(t) for t in texts], np.float32)}
 '''
 
 
-def test_an_untrusted_python_component_that_segfaults_fails_its_step_only(tmp_path: Path) -> None:
+def test_an_untrusted_python_component_that_segfaults_or_spins_fails_its_step_only(tmp_path: Path) -> None:
     ports = {"text": modules.port("string"), "length": modules.port("float32", [-1])}
     risky = modules.manifest("risky", "guard", {"text": modules.port("string")}, ports, kind="python")
     risky["runtime"].update(entrypoint="component.py:Risky", params={"prefix": "> "})
@@ -216,7 +219,8 @@ def test_an_untrusted_python_component_that_segfaults_fails_its_step_only(tmp_pa
         "module": "risky@1",
         "inputs": {"text": "input.text"},
         "isolation": "process",  # a stable module, isolated because the step says so
-        "fallback": {"default": {"text": "unavailable", "length": 0.0}},
+        "limits": {"cpuSeconds": 1},
+        "fallback": {"default": {"text": "unavailable", "length": 0.0}, "timeoutMs": 60_000},
     }
     rec = Recorder()
     files = {"risky@1": {"component.py": COMPONENT}}
@@ -227,5 +231,11 @@ def test_an_untrusted_python_component_that_segfaults_fails_its_step_only(tmp_pa
         assert out.outputs == {"text": ["unavailable"], "length": [0.0]}
         assert ("error", "risky", "risky@1", "worker_crashed") in rec.events
         wait_until(lambda: pipe.predict({"text": "fine"}).outputs["text"] == ["> fine"], timeout=60, what="restart")
+
+        started = time.monotonic()  # a busy loop: stopped by the CPU-time limit, long before the deadline
+        out = pipe.predict({"text": "spin forever"})
+        assert out.fallbacks == [{"step": "risky", "reason": "timeout", "used": "default"}]
+        assert ("error", "risky", "risky@1", "worker_timeout") in rec.events
+        assert time.monotonic() - started < 30
     finally:
         pipe.close()
