@@ -44,13 +44,31 @@ def adopt(
     out: Path | None = None,
 ) -> modules.Registered | None:
     """Make ``source`` a module version (or, with ``out``, only write the module directory)."""
+    try:
+        return _adopt(registry, models, source, name=name, role=role, overlay=overlay, out=out)
+    except SpecError as exc:  # name what the user gave, not the staging directory
+        raise SpecError(exc.reason, field=exc.field, source=f"adopting {source}") from None
+
+
+def _adopt(
+    registry: ports.Registry | Callable[[], ports.Registry],
+    models: ports.ModelSource,
+    source: str,
+    *,
+    name: str,
+    role: str,
+    overlay: dict[str, Any] | None,
+    out: Path | None,
+) -> modules.Registered | None:
     with tempfile.TemporaryDirectory(prefix="modship-adopt-") as tmp:
         root = Path(tmp) / "module"
         root.mkdir()
         info = models.download(source, root / MODEL_DIR)
-        manifest = _manifest(info, source=source, name=name, role=role, overlay=overlay or {})
-        (root / bundles.MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
-        _write_golden(root, info)
+        doc, tolerance = _manifest(info, source=source, name=name, role=role, overlay=overlay or {})
+        (root / bundles.MANIFEST).write_text(yaml.safe_dump(doc, sort_keys=False))
+        if _write_golden(root, info):
+            doc["golden"] = {"file": GOLDEN, "tolerance": tolerance}
+            (root / bundles.MANIFEST).write_text(yaml.safe_dump(doc, sort_keys=False))
         if out is not None:
             if out.exists():
                 raise SpecError(f"{out} exists: choose a new directory", field="--out")
@@ -60,7 +78,10 @@ def adopt(
         return modules.register(registry, [root])[0]
 
 
-def _manifest(info: ports.ModelInfo, *, source: str, name: str, role: str, overlay: dict[str, Any]) -> dict[str, Any]:
+def _manifest(
+    info: ports.ModelInfo, *, source: str, name: str, role: str, overlay: dict[str, Any]
+) -> tuple[dict[str, Any], float]:
+    """The module manifest (wire form) and the golden tolerance to use."""
     if info.signature is None and "contract" not in overlay:
         raise SpecError(
             "the model has no signature: declare contract.inputs and contract.outputs in the overlay",
@@ -90,19 +111,17 @@ def _manifest(info: ports.ModelInfo, *, source: str, name: str, role: str, overl
         "contract": contract,
         "metadata": metadata,
     }
-    if info.example is not None:
-        doc["golden"] = {"file": GOLDEN, "tolerance": golden.get("tolerance", 1e-6)}
     if extra:
         raise SpecError(f"unknown overlay field {sorted(extra)[0]!r}", field="overlay")
     parse.to_model(ModuleManifest, doc, source="adopted module")  # one clear line for a bad overlay
-    return doc
+    return doc, float(golden.get("tolerance", 1e-6))
 
 
-def _write_golden(root: Path, info: ports.ModelInfo) -> None:
+def _write_golden(root: Path, info: ports.ModelInfo) -> bool:
     """Golden examples from the model's saved input example: what it answers now is what it must
-    keep answering wherever this version is loaded."""
+    keep answering wherever this version is loaded. False when the model saved no example."""
     if info.example is None:
-        return
+        return False
     manifest = bundles.load(root).manifest
     if len(manifest.contract.inputs) != 1:
         raise SpecError("the input example fits no single input port: give golden examples yourself", field="golden")
@@ -114,9 +133,10 @@ def _write_golden(root: Path, info: ports.ModelInfo) -> None:
     got = kernels.load(root, manifest, faults=False)(batch)
     doc = {
         "inputs": {port: values.encode(batch[port])},
-        "outputs": {p: values.encode(v) for p, v in got.items()},
+        "outputs": {p: values.encode(v, digits=None) for p, v in got.items()},
     }
     (root / GOLDEN).write_text(json.dumps(doc))
+    return True
 
 
 def read_overlay(path: Path | None) -> dict[str, Any]:

@@ -144,12 +144,15 @@ def _table(name: str, columns: Mapping[str, Column], raw: Any) -> Table:
     return Table(out, len(records))
 
 
-def encode(value: Any) -> Any:
-    """The JSON form of a batch value (floats rounded to 6 digits)."""
+def encode(value: Any, *, digits: int | None = 6) -> Any:
+    """The JSON form of a batch value (floats rounded to ``digits``; None keeps full precision)."""
     if isinstance(value, Table):
         return value.records()
     if isinstance(value, np.ndarray):
-        return value.astype(np.float64).round(6).tolist() if value.dtype.kind == "f" else value.tolist()
+        if value.dtype.kind != "f":
+            return value.tolist()
+        wide = value.astype(np.float64)
+        return (wide if digits is None else wide.round(digits)).tolist()
     return list(value)
 
 
