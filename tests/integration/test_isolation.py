@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from controller.pipeline.engine import BadRequest, Pipeline
+from controller.pipeline.engine import BadRequest, Pipeline, module_dir
 from controller.pipeline.isolation import ProcessKernel, WorkerUnavailable
 from tests.support import modules
 from tests.support.isolated import Recorder, alive, guard, pick, pipeline
@@ -239,3 +240,23 @@ def test_an_untrusted_python_component_that_segfaults_or_spins_fails_its_step_on
         assert time.monotonic() - started < 30
     finally:
         pipe.close()
+
+
+@pytest.mark.parametrize("rows", [1, 32])
+def test_an_isolated_head_answers_exactly_as_inline(tmp_path: Path, rows: int) -> None:
+    head = modules.head_manifest("topic-head")
+    step = {"name": "head", "module": "topic-head@1", "inputs": {"embedding": "input.embedding"}}
+    doc = {"embedding": {"dtype": "float32", "shape": [-1, 384]}}
+    x = np.random.default_rng(rows).normal(size=(rows, 384)).astype(np.float32).tolist()
+    outs = []
+    for mode in ("inline", "process"):
+        root = tmp_path / mode
+        modules.write(module_dir(root, "topic-head@1"), head)
+        pipe = pipeline(root, {"topic-head@1": head}, [{**step, "isolation": mode}], spec={"input": doc})
+        try:
+            assert isinstance(pipe.steps[0].kernel, ProcessKernel) is (mode == "process")
+            outs.append(pipe.predict({"embedding": x}))
+        finally:
+            pipe.close()
+    assert outs[0].outputs == outs[1].outputs and outs[0].prediction == outs[1].prediction
+    assert len(outs[1].outputs["probs"]) == rows

@@ -52,10 +52,11 @@ def pipeline(
     steps: list[dict[str, Any]],
     *,
     files: dict[str, dict[str, str]] | None = None,
+    spec: dict[str, Any] | None = None,
     **kw: Any,
 ) -> Pipeline:
     """Write the module directories under ``root`` (``module.yaml`` and ``files[ref]``), lock the
-    system and load it (digests verified)."""
+    system (``spec``: more of its spec) and load it (digests verified)."""
     resolved = {}
     for ref, m in manifests.items():
         d = module_dir(root, ref)
@@ -73,7 +74,7 @@ def pipeline(
             files=files,
             source=str(d),
         )
-    system = system_spec.from_document(modules.system_doc(steps))
+    system = system_spec.from_document(modules.system_doc(steps, **(spec or {})))
     lock = revision.pin(system, {ref: resolved[ref] for ref in revision.refs_of(system)})
     return Pipeline.load(lock, root, **kw)
 
