@@ -51,10 +51,13 @@ test-fast: $(STAMP) ## unit tests only (no real services)
 demo: $(STAMP) ## the main job end to end on the embedded default
 	$(BIN)/python examples/demo.py
 
+demo-digits: $(STAMP) ## bring your own modules: images, with adopted MLflow models, ONNX and a python component
+	$(BIN)/python examples/digits/demo.py
+
 bench: $(STAMP) system-deps k8s-bins ## benchmarks, side by side; results in bench/results.json
 	$(BIN)/python -m bench
 
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins check crd test test-fast demo bench clean
+.PHONY: help venv system-deps k8s-bins check crd test test-fast demo demo-digits bench clean

@@ -24,19 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime as dt
-import heapq
 import logging
 import os
 import socket
 import sys
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
+<<<<<<< HEAD
 from controller import backoff, ports
 from controller.adapters import kubernetes as k8s
 from controller.adapters.kubernetes_store import Entry, EventRecorder, KubernetesStore, Notes, RolloutCache, wire_spec
@@ -489,6 +484,17 @@ class LeaseElector:
 
 
 # -- kopf ----------------------------------------------------------------------------------------------
+=======
+from controller.adapters.kube import api as kube_api
+from controller.adapters.kube import caches
+from controller.adapters.kube.lease import LeaseElector
+from controller.apply.scheduler import Scheduler
+from controller.entrypoints.operator_cycle import Key, Operator, Options
+from controller.errors import ModshipError
+
+log = logging.getLogger("modship.operator")
+GROUP, VERSION = kube_api.GROUP_VERSION.split("/")
+>>>>>>> main
 
 
 def _settings(opts: Options) -> Any:
@@ -513,7 +519,7 @@ def _settings(opts: Options) -> Any:
     return s
 
 
-def _wire(registry: Any, op: Operator, scheduler: Scheduler, api: Any, namespace: str) -> None:
+def _wire(registry: Any, op: Operator, scheduler: Scheduler[Key], api: Any, namespace: str) -> None:
     import kopf
 
     @kopf.on.login(registry=registry)
@@ -555,7 +561,7 @@ def _wire(registry: Any, op: Operator, scheduler: Scheduler, api: Any, namespace
             op.shared.index.drop(ns, meta["name"])
             changed = True
         else:
-            changed = op.shared.index.put(ns, meta["name"], k8s.deployment_state(obj))
+            changed = op.shared.index.put(ns, meta["name"], caches.deployment_state(obj))
         if changed and owner and (ns, owner) in op.cache:
             scheduler.wake((ns, owner))
 
@@ -564,8 +570,8 @@ async def serve(opts: Options, *, stop: asyncio.Event | None = None) -> None:
     import kopf
 
     api: Any
-    api, default_ns = k8s.connect(opts.kubeconfig, opts.context, pool=opts.workers + 4)
-    kube = k8s.Kube(api)
+    api, default_ns = kube_api.connect(opts.kubeconfig, opts.context, pool=opts.workers + 4)
+    kube = kube_api.Kube(api)
     op = Operator(kube, opts)
     elector: LeaseElector
 
@@ -575,7 +581,7 @@ async def serve(opts: Options, *, stop: asyncio.Event | None = None) -> None:
             for key in op.cache.keys():  # noqa: SIM118 (a copy: the watch adds keys meanwhile)
                 scheduler.wake(key)
 
-    scheduler = Scheduler(op.reconcile, workers=opts.workers, gate=lambda: elector.leader)
+    scheduler: Scheduler[Key] = Scheduler(op.reconcile, workers=opts.workers, gate=lambda: elector.leader)
     lease_ns = opts.lease_namespace or (opts.namespaces[0] if opts.namespaces else default_ns)
     elector = LeaseElector(
         kube,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import uvloop
 
-from controller.adapters import router
+from controller.adapters.router import server
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await router.run(host=args.host, port=args.port, system=args.system, state=args.state, stop=stop)
+    await server.run(host=args.host, port=args.port, system=args.system, state=args.state, stop=stop)
 
 
 def main(argv: list[str] | None = None) -> int:

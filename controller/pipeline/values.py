@@ -13,6 +13,7 @@ against the port (shape, finite values, range, required columns): every refusal 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +47,20 @@ class Table(Mapping[str, Any]):
         return pd.DataFrame({k: v for k, v in self.columns.items()})
 
     def records(self) -> list[dict[str, Any]]:
-        cols = {k: v.tolist() if isinstance(v, np.ndarray) else list(v) for k, v in self.columns.items()}
+        """One mapping per row; a missing number (NaN) is None, as it came in."""
+        cols = {k: _plain(v) for k, v in self.columns.items()}
         return [{k: cols[k][i] for k in cols} for i in range(self.rows)]
+
+
+def _plain(column: Any) -> list[Any]:
+    if isinstance(column, np.ndarray):
+        items = column.tolist()
+        return (
+            [None if isinstance(x, float) and math.isnan(x) else x for x in items]
+            if column.dtype.kind == "f"
+            else items
+        )
+    return list(column)
 
 
 def size(value: Any) -> int:
@@ -87,7 +100,7 @@ def _tensor(name: str, port: Port, raw: Any) -> np.ndarray:
         raise ValueError(f"input {name!r} is empty")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"input {name!r} holds NaN or infinity")
-    _in_range(name, port.range, arr)
+    _in_range(f"input {name!r}", port.range, arr)
     return arr
 
 
@@ -98,11 +111,9 @@ def _bools(raw: Any) -> np.ndarray:
     return arr
 
 
-def _in_range(name: str, rng: tuple[float, float] | None, arr: np.ndarray) -> None:
+def _in_range(what: str, rng: tuple[float, float] | None, arr: np.ndarray) -> None:
     if rng is not None and arr.size and (arr.min() < rng[0] or arr.max() > rng[1]):
-        raise ValueError(
-            f"input {name!r} has values in [{arr.min():g}, {arr.max():g}], outside the contract range {list(rng)}"
-        )
+        raise ValueError(f"{what} has values in [{arr.min():g}, {arr.max():g}], outside the contract range {list(rng)}")
 
 
 def _table(name: str, columns: Mapping[str, Column], raw: Any) -> Table:
@@ -139,7 +150,7 @@ def _table(name: str, columns: Mapping[str, Column], raw: Any) -> Table:
         present = arr[~np.isnan(arr)] if arr.dtype.kind == "f" else arr
         if arr.dtype.kind == "f" and np.isinf(present).any():
             raise ValueError(f"input {name!r} column {c!r} holds infinity")
-        _in_range(f"{name}.{c}", spec.range, present)
+        _in_range(f"input {name!r} column {c!r}", spec.range, present)
         out[c] = arr
     return Table(out, len(records))
 

@@ -89,6 +89,30 @@ class Cache(Spec):
     ttl_seconds: float | None = Field(default=None, gt=0)
 
 
+class Batching(Spec):
+    """How a step whose module is ``batchable`` shares model calls between concurrent requests."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="rows per model call at most")
+    max_latency_ms: float = Field(
+        default=0.0, ge=0, le=1000, description="wait this long for company when the model is idle (0: never wait)"
+    )
+
+
+class Isolation(enum.StrEnum):
+    """Where a step's module runs: in the service process, or in a worker process of its own."""
+
+    INLINE = "inline"
+    PROCESS = "process"
+
+
+class Limits(Spec):
+    """Resource limits of an isolated step's worker process (see ``pipeline.isolation``)."""
+
+    memory_mb: int = Field(default=2048, ge=64, description="memory of the worker (RLIMIT_DATA), MiB")
+    cpu_seconds: float = Field(default=30.0, gt=0, description="CPU time one call may use (RLIMIT_CPU)")
+
+
 class Input(Spec):
     """Where a step input comes from: ``input.<field>`` or ``<step>.<port>``, optionally adapted."""
 
@@ -123,6 +147,13 @@ class Step(Spec):
     cache: Cache | None = None
     flag: str | None = Field(default=None, description="run only when this feature flag is on")
     timeout_ms: float | None = Field(default=None, gt=0)
+    batching: Batching | None = Field(
+        default=None, description="adaptive batching; on by default when the module is batchable"
+    )
+    isolation: Isolation | None = Field(
+        default=None, description="inline or process (default: process for experimental modules, else inline)"
+    )
+    limits: Limits | None = Field(default=None, description="limits of the isolated worker (default: Limits())")
 
     _module = field_validator("module")(lambda cls, v: _ref(v))
 

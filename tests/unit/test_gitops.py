@@ -134,13 +134,13 @@ def test_render_traffic_skeletons(tmp_path: Path, traffic: str, route_file: str,
 def test_route_skeletons_are_what_the_operator_writes_at_rest(tmp_path: Path) -> None:
     """The operator rewrites the router object: the rendered skeleton must be something it accepts,
     and at rest (no canary) exactly what it would write, so Argo CD sees no diff between rollouts."""
-    from controller.adapters import kubernetes as k8s
+    from controller.adapters.kube import gateway, istio, names, nginx, traffic
 
-    system, idle, canary = "topic-classifier", k8s.Split("r1", None), k8s.Split("r1", "r2", 20.0)
+    system, idle, canary = "topic-classifier", traffic.Split("r1", None), traffic.Split("r1", "r2", 20.0)
     render_example(tmp_path / "gw", "--traffic", "gateway-api")
     rules = load(tmp_path / "gw" / "httproute.yaml")["spec"]["rules"]
-    assert k8s.gateway_rules(rules, system=system, split=idle, port=3000, mirror_percent=True) == rules
-    split = k8s.gateway_rules(rules, system=system, split=canary, port=3000, mirror_percent=True)
+    assert gateway.gateway_rules(rules, system=system, split=idle, port=3000, mirror_percent=True) == rules
+    split = gateway.gateway_rules(rules, system=system, split=canary, port=3000, mirror_percent=True)
     assert split is not None
     assert [(b["name"], b["weight"]) for b in split[0]["backendRefs"]] == [
         (f"{system}-stable", 80),
@@ -149,13 +149,13 @@ def test_route_skeletons_are_what_the_operator_writes_at_rest(tmp_path: Path) ->
 
     render_example(tmp_path / "istio", "--traffic", "istio")
     http = load(tmp_path / "istio" / "virtualservice.yaml")["spec"]["http"]
-    assert k8s.istio_http(http, system=system, split=idle) == http
-    split = k8s.istio_http(http, system=system, split=canary)
+    assert istio.istio_http(http, system=system, split=idle) == http
+    split = istio.istio_http(http, system=system, split=canary)
     assert split is not None and [d["weight"] for d in split[0]["route"]] == [80, 20]
 
     render_example(tmp_path / "nginx", "--traffic", "nginx", "--host", "topics.example.com")
     ingress = load(tmp_path / "nginx" / "ingress.yaml")
-    twin = k8s.nginx_canary(ingress, system=system, split=canary, owner=k8s.Owner(system, "ml", "uid-1"))
+    twin = nginx.nginx_canary(ingress, system=system, split=canary, owner=names.Owner(system, "ml", "uid-1"))
     assert twin["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {
         "name": f"{system}-canary",
         "port": {"number": 3000},
