@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 from controller import ports
-from controller.adapters import kubernetes as k8s
-from controller.adapters.kubernetes_store import CONTROLS, TOGGLES, entry_of
+from controller.adapters.kube import api as k8s
+from controller.adapters.kube.rollouts import CONTROLS, TOGGLES, entry_of
 from controller.errors import NotFound, SpecError
 from controller.spec import control
 

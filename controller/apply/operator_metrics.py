@@ -10,7 +10,7 @@ from controller.plan import analysis
 from controller.plan import rollout as machine
 from controller.plan.actions import Event
 from controller.plan.observations import Observations
-from controller.plan.status import Phase, RolloutStatus
+from controller.plan.status import RolloutStatus
 from controller.spec.rollout import Rollout
 
 Key = tuple[str, str]  # (namespace, name)
@@ -73,7 +73,7 @@ class Metrics:
     ) -> None:
         """After a cycle: its measurements (as ``plan.analysis`` judged them), the new weight and phase."""
         after = d.status
-        in_flight = after.canary is not None and after.phase in (Phase.PROGRESSING, Phase.PAUSED)
+        in_flight = after.in_flight
         self.show(key, after.phase.value, after.traffic.weight if in_flight else 0.0)
         windows = machine.windows(r, s, now)
         for check, sample in obs.samples.items():

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from controller import ports
+from controller import backoff, ports
 from controller.adapters.kube import api as kube_api
 from controller.adapters.kube import caches, cleanup
 from controller.adapters.kube.events import EventRecorder
@@ -181,7 +181,7 @@ class Operator:
                 kind = next(c.__name__ for c in type(exc).__mro__ if c.__module__ == "controller.errors")
                 store.notes["Ready"] = (False, kind, message)
                 store.sync(key[1])
-        return min(30.0, max(0.2, delay) * 2.0 ** min(n - 1, 5))
+        return backoff.delay(n, first=max(0.2, delay), cap=30.0, doublings=5)
 
 
 def _metrics_note(r: Rollout) -> Notes:

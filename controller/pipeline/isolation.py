@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller import backoff as backoffs
 from controller.pipeline import wire, worker
 from controller.pipeline.errors import Batch, GuardRejected, KernelError
 from controller.spec.modules import ModuleManifest, Stability
@@ -84,7 +85,7 @@ def reason(exc: BaseException) -> str | None:
 
 def backoff(failures: int) -> float:
     """Seconds before the next start after ``failures`` consecutive failures: 0, then doubling, capped."""
-    return 0.0 if failures <= 1 else min(BACKOFF_BASE_S * 2 ** (failures - 2), BACKOFF_MAX_S)
+    return backoffs.delay(failures - 1, first=BACKOFF_BASE_S, cap=BACKOFF_MAX_S)
 
 
 def failure(returncode: int | None, limits: Limits) -> WorkerFailed:

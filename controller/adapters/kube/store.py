@@ -164,7 +164,7 @@ class KubernetesStore:
 
 
 def _summary(s: RolloutStatus) -> Json:
-    in_flight = s.canary is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED)
+    in_flight = s.in_flight
     doc: Json = {
         "phase": s.phase.value,
         "reason": s.reason,
@@ -183,7 +183,7 @@ def _summary(s: RolloutStatus) -> Json:
 
 
 def _base(s: RolloutStatus) -> Notes:
-    in_flight = s.canary is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED)
+    in_flight = s.in_flight
     return {
         "Ready": (True, "Reconciled", "the operator acts on the current spec"),
         "Progressing": (in_flight, s.reason or s.phase.value, s.message or s.phase.value),

@@ -15,7 +15,7 @@ from controller.adapters.kube.api import KINDS, Json, Kube, Resource
 from controller.adapters.kube.caches import Applied, Shared
 from controller.adapters.kube.names import Owner
 from controller.errors import Unavailable
-from controller.plan.status import Phase, RolloutStatus
+from controller.plan.status import RolloutStatus
 
 Note = tuple[bool, str, str]  # (ok, reason, message) of a status condition
 Notes = dict[str, Note]  # condition type -> note
@@ -33,7 +33,7 @@ class Split:
 
     @classmethod
     def of(cls, s: RolloutStatus) -> Split:
-        in_flight = s.canary is not None and s.phase in (Phase.PROGRESSING, Phase.PAUSED)
+        in_flight = s.in_flight
         if not in_flight:
             return cls(s.stable, None)
         return cls(s.stable, s.canary, s.traffic.weight, s.traffic.header_route, s.traffic.mirror)

@@ -6,7 +6,6 @@ keep it, so a swap never moves a request in flight), and ``Routes``, which valid
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import orjson
 import pydantic
 
+from controller import atomic
 from controller.adapters.router import split, wire
 from controller.adapters.router.upstream import Upstream
 from controller.plan import telemetry
@@ -98,13 +98,7 @@ class Routes:
     def _persist(self, config: RouterConfig) -> None:
         if self.state is None:
             return
-        self.state.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            f.write(orjson.dumps(config.wire(), option=orjson.OPT_INDENT_2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state)
+        atomic.write_bytes(self.state, orjson.dumps(config.wire(), option=orjson.OPT_INDENT_2))
 
     def apply(self, config: RouterConfig) -> None:
         wanted = {u.url: u for u in (config.stable, config.canary) if u is not None}
