@@ -226,7 +226,7 @@ def _ports(schema: Any, column_port: str, tensor_default: str) -> dict[str, Port
         return out
     cols = {}
     for spec in schema.inputs:
-        t = _MLFLOW_TYPES.get(str(spec.type))
+        t = _MLFLOW_TYPES.get(getattr(spec.type, "name", str(spec.type)))
         if t is None:
             raise SpecError(f"column {spec.name!r} has type {spec.type}, which modship cannot carry", field="contract")
         if spec.name is None:

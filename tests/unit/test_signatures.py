@@ -76,3 +76,29 @@ def test_requirements_files_are_read_and_bad_lines_named() -> None:
         "mlflow",
         "numpy==2.4.6",
     ]
+
+
+def test_an_mlflow_signature_becomes_a_contract() -> None:
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
+
+    from controller.pipeline import runtimes
+
+    columns = Schema([ColSpec(DataType.double, "alcohol"), ColSpec(DataType.string, "city", required=False)])
+    proba = Schema([TensorSpec(np.dtype("float64"), (-1, 3))])
+    c = runtimes.derive_contract(ModelSignature(inputs=columns, outputs=proba)).dump()
+    assert c["inputs"] == {
+        "features": {
+            "dtype": "table",
+            "shape": [-1],
+            "columns": {
+                "alcohol": {"dtype": "float64", "required": True},
+                "city": {"dtype": "string", "required": False},
+            },
+        }
+    }
+    assert c["outputs"] == {"output": {"dtype": "float64", "shape": [-1, 3]}}
+    tensors = Schema([TensorSpec(np.dtype("float32"), (-1, 8, 8), "image")])
+    c = runtimes.derive_contract(ModelSignature(inputs=tensors, outputs=proba)).dump()
+    assert c["inputs"] == {"image": {"dtype": "float32", "shape": [-1, 8, 8]}}
