@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from controller.adapters.atomic import write_atomic
 from controller.compose import revision as revisions
 from controller.compose.revision import Lock
 from controller.errors import Conflict, NotFound
@@ -35,16 +36,6 @@ from controller.plan.observations import Controls
 from controller.plan.status import RolloutStatus
 from controller.spec import rollout as rollout_spec
 from controller.spec.rollout import Rollout
-
-
-def write_atomic(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,219 @@
+"""One unit of processes (a revision's ``bentoml serve`` tree, or a router) that cannot be orphaned.
+
+    python -m controller.adapters.supervisor --record FILE [--grace S] -- COMMAND...
+
+Why a supervisor: ``bentoml serve`` starts its workers in sessions of their own, so process groups
+and sessions do not reach them, and when the server dies its workers are re-parented to PID 1 and
+live on. This small process (standard library only, ~10 MB) sits between the controller and the
+unit's main process and
+
+- marks itself a *child subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``): every process below it
+  that loses its parent is re-parented to the supervisor, never to PID 1, so "the unit" is exactly
+  the supervisor's descendants, found by walking ``/proc``;
+- gives its direct child ``PR_SET_PDEATHSIG = SIGKILL``: if the supervisor itself is killed,
+  the main process goes with it;
+- watches the tree (SIGCHLD, and a scan of ``/proc`` every 0.2 s): when its main process or any
+  process that had lived for a second dies, that is a crash. It records which one died and how
+  (exit status or signal: reaped itself, or read from the zombie's ``/proc`` entry before its
+  parent reaps it), stops every survivor (SIGTERM, then SIGKILL after ``--grace``) and exits 1.
+  Restarting is the controller's decision (backoff, crash-loop limits);
+- on SIGTERM/SIGINT/SIGHUP stops the whole tree the same way and exits 0;
+- keeps ``--record`` (JSON, written atomically) up to date: its own ``pid`` and ``start`` (so a
+  controller restarted after SIGKILL adopts it by identity, not by a reusable pid), every member
+  with its start time, and at the end the ``exit`` outcome. Should the supervisor itself be
+  SIGKILLed, the controller stops the members listed there (and whatever runs below them).
+
+Cgroups would give the same membership without polling, but creating and delegating them needs
+root or a systemd delegation that a user's machine does not offer; the subreaper works for any
+user on Linux >= 3.4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.adapters import proctree
+from controller.adapters.atomic import write_atomic
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+POLL = 0.2
+SETTLE = 1.0  # a process that lived this long belongs to the unit: its death is a crash
+STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+WATCHED = {signal.SIGCHLD, *STOPS}
+
+
+def prctl(option: int, arg: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}, {arg}): {os.strerror(err)}")
+
+
+@dataclass
+class Member:
+    pid: int
+    start: int
+    cmd: str
+    seen: float  # when the supervisor first saw it (monotonic)
+    main: bool = False
+
+
+class Supervisor:
+    def __init__(self, record: Path, cmd: list[str], *, grace: float) -> None:
+        self.record, self.cmd, self.grace = record, cmd, grace
+        self.pid = os.getpid()
+        self.start = proctree.start_of(self.pid) or 0
+        self.started = time.time()
+        self.members: dict[int, Member] = {}
+        self.statuses: dict[int, int] = {}  # wait statuses: reaped, or read from a zombie
+        self.exit: dict[str, Any] | None = None
+
+    def run(self) -> int:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+        self.save()  # identity first: a controller killed right now still finds us
+        parent = self.pid
+
+        def child_setup() -> None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # the supervisor died before the line above
+                os._exit(1)
+
+        main = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, preexec_fn=child_setup)  # noqa: PLW1509 (one thread)
+        self.members[main.pid] = Member(main.pid, proctree.start_of(main.pid) or 0, _cmd(self.cmd), 0.0, main=True)
+        self.save()
+        while True:
+            info = signal.sigtimedwait(WATCHED, POLL)
+            if info is not None and info.si_signo in STOPS:
+                self.exit = {"reason": "stopped", "signal": signal.Signals(info.si_signo).name}
+                break
+            crash = self.observe()
+            if crash is not None:
+                self.exit = crash
+                break
+        self.stop_tree()
+        self.exit["at"] = time.time()
+        self.members.clear()
+        self.save()
+        return 1 if self.exit["reason"] == "crashed" else 0
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.statuses[pid] = status
+
+    def observe(self) -> dict[str, Any] | None:
+        """Reap, scan the tree, record newcomers; a crash (which process, how) or None."""
+        self.reap()
+        now = time.monotonic()
+        tree = proctree.descendants([self.pid])
+        changed = False
+        for pid, st in tree.items():
+            m = self.members.get(pid)
+            if st.dead:
+                if m is not None and m.start == st.start:
+                    self.statuses.setdefault(pid, st.exit_code)
+            elif m is None or m.start != st.start:
+                self.members[pid] = Member(pid, st.start, proctree.cmdline(pid), now)
+                changed = True
+            elif now - m.seen < SETTLE:
+                m.cmd = proctree.cmdline(pid) or m.cmd  # right after fork it still shows the parent's
+        crashes: list[tuple[int, dict[str, Any]]] = []
+        for pid, m in list(self.members.items()):
+            now_st = tree.get(pid)
+            if now_st is not None and not now_st.dead and now_st.start == m.start:
+                continue
+            del self.members[pid]
+            changed = True
+            status = self.statuses.pop(pid, None)
+            failed = status is not None and status != 0
+            if m.main or failed or (now - m.seen >= SETTLE):
+                how = proctree.describe(status)
+                # several may go at once (a worker and the process waiting for it): name the likely cause
+                rank = 0 if how["signal"] else 1 if failed else 2 if m.main else 3
+                who = {"pid": pid, "cmd": m.cmd, "main": m.main}
+                crashes.append((rank, {"reason": "crashed", "process": who, **how}))
+        crash = min(crashes, key=lambda c: c[0])[1] if crashes else None
+        if changed:
+            self.save()
+        return crash
+
+    def stop_tree(self) -> None:
+        """SIGTERM every descendant (newcomers too), SIGKILL after the grace period, until none lives."""
+        deadline = time.monotonic() + self.grace
+        told: set[tuple[int, int]] = set()
+        while True:
+            self.reap()
+            living = {p: s for p, s in proctree.descendants([self.pid]).items() if not s.dead}
+            if not living:
+                return
+            late = time.monotonic() >= deadline
+            for pid, st in living.items():
+                if late or (pid, st.start) not in told:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL if late else signal.SIGTERM)
+                    told.add((pid, st.start))
+            signal.sigtimedwait({signal.SIGCHLD}, 0.05)
+
+    def save(self) -> None:
+        doc = {
+            "pid": self.pid,
+            "start": self.start,
+            "started": self.started,
+            "command": self.cmd,
+            "members": [asdict(m) for m in self.members.values()],
+            "exit": self.exit,
+        }
+        write_atomic(self.record, json.dumps(doc))
+
+
+def _cmd(argv: list[str]) -> str:
+    return " ".join(argv)[:240]
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def command(record: Path, cmd: list[str], *, grace: float = 10.0) -> list[str]:
+    """The command line that runs ``cmd`` under a supervisor writing ``record``."""
+    return [sys.executable, "-m", "controller.adapters.supervisor", "--record", str(record), "--grace", f"{grace:g}",
+            "--", *cmd]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="modship-supervisor", description=__doc__.splitlines()[0])
+    p.add_argument("--record", type=Path, required=True, help="JSON file: identity, members, exit outcome")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    args = p.parse_args(argv)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        p.error("give the command to run after --")
+    return Supervisor(args.record, cmd, grace=args.grace).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
