@@ -71,8 +71,8 @@ class Crash:
 class Units:
     """Start, watch and stop supervised units; ``units_dir`` holds their record files."""
 
-    def __init__(self, units_dir: Path) -> None:
-        self.dir = units_dir
+    def __init__(self, units_dir: Path, *, grace: float = GRACE) -> None:
+        self.dir, self.grace = units_dir, grace
         self.dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # supervisors this controller started
 
@@ -81,7 +81,7 @@ class Units:
         record = self.dir / f"{name}-{uuid.uuid4().hex[:8]}.json"
         with log.open("ab") as logf:
             proc = subprocess.Popen(
-                supervisor.command(record, cmd, grace=GRACE),
+                supervisor.command(record, cmd, grace=self.grace),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -106,7 +106,7 @@ class Units:
             if self.running(p):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE + MARGIN
+        deadline = time.monotonic() + self.grace + MARGIN
         while time.monotonic() < deadline and any(self.running(p) for p in units):
             time.sleep(0.05)
         for p in units:
@@ -124,7 +124,7 @@ class Units:
         if rec is None:
             self._forget(p)
             return None
-        leftovers = self._leftovers(rec, grace=GRACE)
+        leftovers = self._leftovers(rec, grace=self.grace)
         end = rec.get("exit") or {}
         if end.get("reason") == "crashed":
             who = end.get("process") or {}
@@ -166,9 +166,9 @@ class Units:
             rec = supervisor.read_record(path) or {}
             pid, start = int(rec.get("pid", 0)), int(rec.get("start", 0))
             if pid and proctree.same(pid, start):
-                proctree.terminate({pid: start}, grace=GRACE + MARGIN)
+                proctree.terminate({pid: start}, grace=self.grace + MARGIN)
                 stopped += 1
-            stopped += self._leftovers(rec, grace=GRACE)
+            stopped += self._leftovers(rec, grace=self.grace)
             path.unlink(missing_ok=True)
         return stopped
 
