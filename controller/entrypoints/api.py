@@ -11,6 +11,7 @@ patch the Rollout resource instead).
     POST   /v1/systems/{name}/toggle        {"flag": str, "enabled": bool, "percent": float}
     GET    /v1/systems/{name}/history       revisions and outcomes
     GET    /v1/systems/{name}/events        the timeline
+    GET    /metrics                         the local runtime's processes, memory and crashes
 
 Errors are ``{"error": message, "exitCode": n}`` with 400 (bad input), 404, 409, 503 or 500.
 """
@@ -23,12 +24,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controller.apply import promotion
 from controller.apply.local_controller import LocalController
-from controller.entrypoints import views
+from controller.entrypoints import runtime_metrics, views
 from controller.errors import Conflict, ModshipError, NotFound, SpecError, Unavailable
 from controller.spec import system as system_spec
 
@@ -198,6 +199,12 @@ def app(c: LocalController) -> Starlette:
         Route("/v1/systems/{name}/events", handler(events), methods=["GET"]),
         Route("/v1/healthz", handler(lambda n, b, q: {"ok": True}), methods=["GET"]),
     ]
+
+    async def metrics(request: Request) -> Response:
+        body = await anyio.to_thread.run_sync(lambda: runtime_metrics.render(c))
+        return Response(body, media_type=runtime_metrics.CONTENT_TYPE)
+
+    routes.append(Route("/metrics", metrics, methods=["GET"]))
     for verb in ("pause", "resume", "abort", "retry", "rollback"):
         routes.append(Route(f"/v1/systems/{{name}}/{verb}", handler(command(verb)), methods=["POST"]))
     return Starlette(routes=routes)

@@ -297,7 +297,22 @@ def render(d: dict[str, Any]) -> Group:
         + (f", header route {d['headerRoute']}" if d["headerRoute"] else "")
     )
     notes = [Text(f"⚠ {line}", style="yellow") for line in d.get("drift") or views.drift(d)]
-    return Group(head, weight, *notes, revs, steps, checks)
+    return Group(head, weight, *notes, *_processes(d), revs, steps, checks)
+
+
+def _processes(d: dict[str, Any]) -> list[Text]:
+    """One line on the runtime's processes, and one per unit that crashed (which process, how, how often)."""
+    p = d.get("processes")
+    if not p:
+        return []
+    lines = [Text(f"processes {p['processes']}, memory {p['rssBytes'] / 2**20:.0f} MiB", style="dim")]
+    for unit, c in sorted(p["crashes"].items()):
+        last = c.get("last") or {}
+        how = f"killed by {last['signal']}" if last.get("signal") else f"exit status {last.get('exitCode', '?')}"
+        by = ", ".join(f"{k} {v}" for k, v in sorted(c["byProcess"].items()))
+        text = f"⚠ {unit} crashed {c['count']} times ({by}); last: {last.get('process')} pid {last.get('pid')} {how}"
+        lines.append(Text(text, style="yellow"))
+    return lines
 
 
 def _fmt(m: dict[str, Any]) -> str:

@@ -116,6 +116,7 @@ def status(c: LocalController, name: str) -> dict[str, Any]:
         "traffic": traffic,
         "router": f"http://127.0.0.1:{port}" if port else None,
         "managed": m is not None,
+        "processes": m.runtime.report() if m is not None else None,  # units, memory, crashes
         "history": [{"revision": h.revision, "outcome": h.outcome, "at": h.at, "reason": h.reason} for h in s.history],
     }
     doc["drift"] = drift(doc)
