@@ -48,7 +48,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import cache, composed, k8s_operator, load, results, rollback, router, setup
+from bench import cache, composed, k8s_operator, load, results, rollback, router, setup, soak
 
 Benchmark = Callable[[setup.Workspace, load.Load], dict[str, Any]]
 
@@ -59,6 +59,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "router": router.run,
     "rollback": rollback.run,
     "operator": lambda ws, cfg: k8s_operator.run(),
+    "soak": soak.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 TOOLS = {"wrk": "wrk", "nginx": "nginx"}  # binary -> Debian package

@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class LocalRuntime:
         self.procs: dict[str, Proc] = {}
         self.router: Proc | None = None
         self.crashes: dict[str, dict[str, Any]] = {}  # unit -> {"count", "byProcess", "last"}
+        self._watch: local_units.ExitWatch | None = None
         self._adopt()
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -88,6 +90,9 @@ class LocalRuntime:
         if stray:
             log.warning("%s: stopped %d process(es) of units no record named", self.system, stray)
         self._persist()
+
+    def _units(self) -> list[Proc]:
+        return [*list(self.procs.values()), *([self.router] if self.router else [])]
 
     def _persist(self) -> None:
         data: dict[str, Any] = {
@@ -184,7 +189,7 @@ class LocalRuntime:
 
     def stop_all(self) -> None:
         """Stop every revision and the router together (``modship down``)."""
-        units = [*self.procs.values(), *([self.router] if self.router else [])]
+        units = self._units()
         self.procs.clear()
         self.router = None
         self.units.stop(units)
@@ -288,7 +293,7 @@ class LocalRuntime:
 
     def report(self) -> dict[str, Any]:
         """Every running unit's processes and memory, and the crashes of every unit since deploy."""
-        units = [*self.procs.values(), *([self.router] if self.router else [])]
+        units = self._units()
         out: dict[str, Any] = {}
         for p in units:
             count, rss = local_units.usage([p])
@@ -297,7 +302,13 @@ class LocalRuntime:
         count, rss = local_units.usage(units)
         return {"units": out, "processes": count, "rssBytes": rss, "crashes": self.crashes}
 
+    def watch(self, on_exit: Callable[[], None]) -> None:
+        """Have ``on_exit`` called (from a thread) when a unit ends, to restart it without delay."""
+        self._watch = local_units.ExitWatch(self._units, on_exit)
+
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self._http.close()
 
 

@@ -122,4 +122,7 @@ def terminate(pids: dict[int, int], *, grace: float) -> list[int]:
     for pid in killed:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0  # SIGKILL is not instantaneous either
+    while time.monotonic() < deadline and any(same(p, pids[p]) for p in killed):
+        time.sleep(0.02)
     return killed
