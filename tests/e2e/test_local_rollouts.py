@@ -201,7 +201,7 @@ def test_a_killed_canary_loses_no_client_request(stack: dict[str, Any]) -> None:
     assert f"{canary} crashed" in table and "SIGKILL" in table
     url = json.loads((cli.home / "controller.json").read_text())["url"]
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
-    assert f'modship_runtime_crashes_total{{system="topic-classifier",unit="{canary}",process="server"}}' in metrics
+    assert f'modship_runtime_crashes_total{{process="server",system="topic-classifier",unit="{canary}"}}' in metrics
     wait_steady(cli)
 
 
