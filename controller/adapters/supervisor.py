@@ -48,7 +48,8 @@ from controller.adapters.atomic import write_atomic
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-POLL = 0.2
+POLL = 0.2  # known members are checked this often (a few reads of /proc/PID/stat)
+FULL_SCAN = 2.0  # the whole of /proc is walked for newcomers this often, and on every SIGCHLD
 SETTLE = 1.0  # a process that lived this long belongs to the unit: its death is a crash
 STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 WATCHED = {signal.SIGCHLD, *STOPS}
@@ -79,6 +80,7 @@ class Supervisor:
         self.members: dict[int, Member] = {}
         self.statuses: dict[int, int] = {}  # wait statuses: reaped, or read from a zombie
         self.exit: dict[str, Any] | None = None
+        self.scanned = 0.0
 
     def run(self) -> int:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -100,7 +102,7 @@ class Supervisor:
             if info is not None and info.si_signo in STOPS:
                 self.exit = {"reason": "stopped", "signal": signal.Signals(info.si_signo).name}
                 break
-            crash = self.observe()
+            crash = self.observe(full=info is not None or time.monotonic() - self.scanned >= FULL_SCAN)
             if crash is not None:
                 self.exit = crash
                 break
@@ -120,11 +122,16 @@ class Supervisor:
                 return
             self.statuses[pid] = status
 
-    def observe(self) -> dict[str, Any] | None:
-        """Reap, scan the tree, record newcomers; a crash (which process, how) or None."""
+    def observe(self, *, full: bool = True) -> dict[str, Any] | None:
+        """Reap, look at the members (and, on a ``full`` scan, record newcomers); a crash (which
+        process, how) or None."""
         self.reap()
         now = time.monotonic()
-        tree = proctree.descendants([self.pid])
+        if full:
+            tree = proctree.descendants([self.pid])
+            self.scanned = now
+        else:
+            tree = {pid: st for pid in self.members if (st := proctree.read(pid)) is not None}
         changed = False
         for pid, st in tree.items():
             m = self.members.get(pid)
