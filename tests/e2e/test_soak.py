@@ -20,7 +20,7 @@ from tests.support.services import free_port, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak]
 REPO = Path(__file__).resolve().parents[2]
-CRASHES = int(os.environ.get("MODSHIP_SOAK_CRASHES", "8"))
+CRASHES = int(os.environ.get("MODSHIP_SOAK_CRASHES", "5"))
 
 
 @pytest.fixture(scope="module")
