@@ -102,8 +102,11 @@ class LocalRuntime:
         }
         write_atomic(self.run_dir / "runtime.json", json.dumps(data, indent=1))
 
-    def _spawn(self, unit: str, cmd: list[str], env: dict[str, str], *, port: int, restarts: list[float]) -> Proc:
-        pid, start, record = self.units.spawn(unit, cmd, env, self.run_dir / f"{unit}.log")
+    def _spawn(
+        self, unit: str, cmd: list[str], env: dict[str, str], *, port: int, restarts: list[float], hold: bool = False
+    ) -> Proc:
+        listen = f"127.0.0.1:{port}" if hold else None
+        pid, start, record = self.units.spawn(unit, cmd, env, self.run_dir / f"{unit}.log", listen=listen)
         return Proc(unit, pid, port, time.time(), restarts, start=start, record=record)
 
     def _collect(self, p: Proc) -> None:
@@ -112,7 +115,7 @@ class LocalRuntime:
         if crash is not None:
             self._report(crash)
 
-    def _report(self, c: Crash) -> None:
+    def _report(self, c: Crash, *, restarted: str = "restarting") -> None:
         entry = self.crashes.setdefault(c.unit, {"count": 0, "byProcess": {}, "last": None})
         entry["count"] += 1
         entry["byProcess"][c.process] = entry["byProcess"].get(c.process, 0) + 1
@@ -120,7 +123,7 @@ class LocalRuntime:
         what = "the router" if c.unit == "router" else f"revision {c.unit}"
         pid = f" (pid {c.pid})" if c.pid else ""
         left = f"; stopped {c.leftovers} process(es) it left behind" if c.leftovers else ""
-        msg = f"{what}: {c.process}{pid} {c.how}{left}; crash {entry['count']}, restarting"
+        msg = f"{what}: {c.process}{pid} {c.how}{left}; crash {entry['count']}, {restarted}"
         log.warning("%s: %s", self.system, msg)
         self.store.append_event(self.system, Event("ProcessCrashed", msg, warning=True), now=c.at)
         self._persist()
@@ -142,7 +145,8 @@ class LocalRuntime:
             "--state",
             str(self.run_dir / "router.json"),
         ]
-        self.router = self._spawn("router", cmd, dict(os.environ), port=self.router_port, restarts=[])
+        # the supervisor holds the router's socket and restarts it in place: clients wait, not fail
+        self.router = self._spawn("router", cmd, dict(os.environ), port=self.router_port, restarts=[], hold=True)
         self._persist()
 
     def router_ready(self) -> bool:
@@ -262,6 +266,9 @@ class LocalRuntime:
             self._collect(self.router)
             self.router = None
             self.ensure_router()
+        for p in self._units():
+            for crash in self.units.restarted(p):
+                self._report(crash, restarted="restarted in place")
 
     # -- flags ---------------------------------------------------------------------------------------
     def _flags_path(self, revision: str) -> Path:

@@ -40,6 +40,7 @@ class Proc:
     next_start: float = 0.0  # backoff: not before this time (monotonic clock of this controller)
     start: int = 0  # the supervisor's start time in clock ticks (0: unknown, a pid-only identity)
     record: str = ""  # the supervisor's record file
+    reported: int = 0  # crashes its supervisor survived (restart mode) that were reported already
 
     @property
     def url(self) -> str:
@@ -79,12 +80,16 @@ class Units:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # supervisors this controller started
 
-    def spawn(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, int, str]:
-        """Start ``cmd`` as unit ``name``; returns the supervisor's pid, start time and record path."""
+    def spawn(
+        self, name: str, cmd: list[str], env: dict[str, str], log: Path, *, listen: str | None = None
+    ) -> tuple[int, int, str]:
+        """Start ``cmd`` as unit ``name``; returns the supervisor's pid, start time and record path.
+        With ``listen`` (HOST:PORT) the supervisor holds that listening socket and restarts its main
+        process in place after a crash (the router: clients wait in the backlog meanwhile)."""
         record = self.dir / f"{name}-{uuid.uuid4().hex[:8]}.json"
         with log.open("ab") as logf:
             proc = subprocess.Popen(
-                supervisor.command(record, cmd, grace=self.grace),
+                supervisor.command(record, cmd, grace=self.grace, restart=listen is not None, listen=listen),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -130,15 +135,23 @@ class Units:
         leftovers = self._leftovers(rec, grace=self.grace)
         end = rec.get("exit") or {}
         if end.get("reason") == "crashed":
-            who = end.get("process") or {}
-            crash = Crash(p.revision, _name(p.revision, who), who.get("pid"), end.get("exitCode"), end.get("signal"),
-                          float(end.get("at") or time.time()), leftovers)  # fmt: skip
+            crash = _crash(p.revision, end, leftovers)
         else:  # the supervisor itself was killed, or stopped by someone else
             sig = end.get("signal") or (signal.Signals(-status).name if status is not None and status < 0 else None)
             code = status if status is not None and status >= 0 else None
             crash = Crash(p.revision, "supervisor", p.pid, code, sig, time.time(), leftovers)
         self._forget(p)
         return crash
+
+    def restarted(self, p: Proc) -> list[Crash]:
+        """Crashes a running unit's supervisor survived by restarting in place, not reported yet."""
+        rec = supervisor.read_record(Path(p.record)) if p.record else None
+        count = int((rec or {}).get("crashCount", 0))
+        if count <= p.reported:
+            return []
+        fresh = (rec or {}).get("crashes", [])[-(count - p.reported) :]
+        p.reported = count
+        return [_crash(p.revision, c, 0) for c in fresh]
 
     def _leftovers(self, rec: dict[str, Any] | None, *, grace: float) -> int:
         """Stop members of a record that outlived their supervisor, and everything below them."""
@@ -193,6 +206,13 @@ def usage(units: list[Proc]) -> tuple[int, int]:
     tree = {**{r: procs[r] for r in roots}, **proctree.descendants(roots, procs)}
     living = [s for s in tree.values() if not s.dead]
     return len(living), sum(s.rss for s in living)
+
+
+def _crash(unit: str, end: dict[str, Any], leftovers: int) -> Crash:
+    """A crash from a supervisor's record."""
+    who = end.get("process") or {}
+    at = float(end.get("at") or time.time())
+    return Crash(unit, _name(unit, who), who.get("pid"), end.get("exitCode"), end.get("signal"), at, leftovers)
 
 
 def _name(unit: str, member: dict[str, Any]) -> str:

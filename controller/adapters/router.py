@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import random
+import socket
 import time
 from collections import deque
 from http import HTTPStatus
@@ -906,12 +907,17 @@ class ClientConn(asyncio.Protocol):
             self.last_active = time.monotonic()
 
 
-async def run(*, host: str, port: int, system: str, state: Path | None, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set, then drain and close."""
+async def run(
+    *, host: str, port: int, system: str, state: Path | None, stop: asyncio.Event, sock: socket.socket | None = None
+) -> None:
+    """Serve until ``stop`` is set, then drain and close; on ``sock`` (already listening) if given."""
     router = Router(system, state=state)
     router.load()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=2048)
+    if sock is not None:
+        server = await loop.create_server(lambda: ClientConn(router), sock=sock, backlog=2048)
+    else:
+        server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=2048)
     bound = server.sockets[0].getsockname()[1] if server.sockets else port
     log.info(
         "modship router for %s on http://%s:%d (generation %d, state %s)",

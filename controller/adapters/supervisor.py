@@ -1,6 +1,6 @@
 """One unit of processes (a revision's ``bentoml serve`` tree, or a router) that cannot be orphaned.
 
-    python -m controller.adapters.supervisor --record FILE [--grace S] -- COMMAND...
+    python -m controller.adapters.supervisor --record FILE [--grace S] [--restart] [--listen HOST:PORT] -- COMMAND...
 
 Why a supervisor: ``bentoml serve`` starts its workers in sessions of their own, so process groups
 and sessions do not reach them, and when the server dies its workers are re-parented to PID 1 and
@@ -17,6 +17,10 @@ unit's main process and
   (exit status or signal: reaped itself, or read from the zombie's ``/proc`` entry before its
   parent reaps it), stops every survivor (SIGTERM, then SIGKILL after ``--grace``) and exits 1.
   Restarting is the controller's decision (backoff, crash-loop limits);
+- with ``--restart`` (the router) it instead starts the main process again in place (backing off
+  when crashes come fast) and lists the crashes it survived in the record; with ``--listen`` it
+  holds that listening socket and hands it down (``MODSHIP_LISTEN_FD``), so clients connecting
+  while the router restarts wait in the backlog instead of being refused;
 - on SIGTERM/SIGINT/SIGHUP stops the whole tree the same way and exits 0;
 - keeps ``--record`` (JSON, written atomically) up to date: its own ``pid`` and ``start`` (so a
   controller restarted after SIGKILL adopts it by identity, not by a reusable pid), every member
@@ -36,6 +40,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,21 +77,50 @@ class Member:
 
 
 class Supervisor:
-    def __init__(self, record: Path, cmd: list[str], *, grace: float) -> None:
-        self.record, self.cmd, self.grace = record, cmd, grace
+    def __init__(
+        self, record: Path, cmd: list[str], *, grace: float, restart: bool = False, listen: str | None = None
+    ) -> None:
+        self.record, self.cmd, self.grace, self.restart = record, cmd, grace, restart
         self.pid = os.getpid()
         self.start = proctree.start_of(self.pid) or 0
         self.started = time.time()
         self.members: dict[int, Member] = {}
         self.statuses: dict[int, int] = {}  # wait statuses: reaped, or read from a zombie
         self.exit: dict[str, Any] | None = None
+        self.crashes: list[dict[str, Any]] = []  # restart mode: crashes survived, most recent last
+        self.crash_count = 0
         self.scanned = 0.0
+        self.sock = _listen(listen) if listen else None
 
     def run(self) -> int:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
         self.save()  # identity first: a controller killed right now still finds us
+        while True:
+            self.spawn()
+            stop = self.watch()
+            self.stop_tree()
+            if stop is not None or not self.restart:
+                break
+            assert self.exit is not None
+            self.exit["at"] = time.time()
+            self.crash_count += 1
+            self.crashes = [*self.crashes, self.exit][-20:]
+            self.exit = None
+            self.members.clear()
+            self.save()
+            if self.backoff():
+                break
+        assert self.exit is not None
+        self.exit["at"] = time.time()
+        self.members.clear()
+        self.save()
+        return 1 if self.exit["reason"] == "crashed" else 0
+
+    def spawn(self) -> None:
         parent = self.pid
+        fds = (self.sock.fileno(),) if self.sock is not None else ()
+        env = dict(os.environ, **({"MODSHIP_LISTEN_FD": str(fds[0])} if fds else {}))
 
         def child_setup() -> None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
@@ -94,23 +128,36 @@ class Supervisor:
             if os.getppid() != parent:  # the supervisor died before the line above
                 os._exit(1)
 
-        main = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, preexec_fn=child_setup)  # noqa: PLW1509 (one thread)
+        main = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, env=env, pass_fds=fds, preexec_fn=child_setup)  # noqa: PLW1509 (one thread)
         self.members[main.pid] = Member(main.pid, proctree.start_of(main.pid) or 0, _cmd(self.cmd), 0.0, main=True)
         self.save()
+
+    def watch(self) -> str | None:
+        """Until a crash (``self.exit`` says which) or a stop signal (its name is returned)."""
         while True:
             info = signal.sigtimedwait(WATCHED, POLL)
             if info is not None and info.si_signo in STOPS:
-                self.exit = {"reason": "stopped", "signal": signal.Signals(info.si_signo).name}
-                break
+                name = signal.Signals(info.si_signo).name
+                self.exit = {"reason": "stopped", "signal": name}
+                return name
             crash = self.observe(full=info is not None or time.monotonic() - self.scanned >= FULL_SCAN)
             if crash is not None:
                 self.exit = crash
-                break
-        self.stop_tree()
-        self.exit["at"] = time.time()
-        self.members.clear()
-        self.save()
-        return 1 if self.exit["reason"] == "crashed" else 0
+                return None
+
+    def backoff(self) -> bool:
+        """Restart mode: wait before the next start (longer when crashes come fast); True if told
+        to stop meanwhile."""
+        recent = [c for c in self.crashes if time.time() - c["at"] < 30.0]
+        delay = 0.0 if len(recent) <= 1 else min(10.0, 0.25 * 2 ** len(recent))
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            info = signal.sigtimedwait(WATCHED, left)
+            if info is not None and info.si_signo in STOPS:
+                self.exit = {"reason": "stopped", "signal": signal.Signals(info.si_signo).name}
+                return True
+            self.reap()
+        return False
 
     def reap(self) -> None:
         while True:
@@ -188,6 +235,8 @@ class Supervisor:
             "command": self.cmd,
             "members": [asdict(m) for m in self.members.values()],
             "exit": self.exit,
+            "crashCount": self.crash_count,
+            "crashes": self.crashes,
         }
         write_atomic(self.record, json.dumps(doc))
 
@@ -204,22 +253,40 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def command(record: Path, cmd: list[str], *, grace: float = 10.0) -> list[str]:
+def command(
+    record: Path, cmd: list[str], *, grace: float = 10.0, restart: bool = False, listen: str | None = None
+) -> list[str]:
     """The command line that runs ``cmd`` under a supervisor writing ``record``."""
-    return [sys.executable, "-m", "controller.adapters.supervisor", "--record", str(record), "--grace", f"{grace:g}",
-            "--", *cmd]  # fmt: skip
+    opts = ["--record", str(record), "--grace", f"{grace:g}", *(["--restart"] if restart else [])]
+    opts += ["--listen", listen] if listen else []
+    return [sys.executable, "-m", "controller.adapters.supervisor", *opts, "--", *cmd]
+
+
+def _listen(address: str) -> socket.socket:
+    """A listening TCP socket the supervisor keeps across restarts of its main process, so clients
+    connecting meanwhile wait in the backlog instead of being refused."""
+    host, _, port = address.rpartition(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="modship-supervisor", description=__doc__.splitlines()[0])
     p.add_argument("--record", type=Path, required=True, help="JSON file: identity, members, exit outcome")
     p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
+    p.add_argument("--restart", action="store_true", help="restart the main process in place after a crash")
+    p.add_argument("--listen", metavar="HOST:PORT", help="hold this listening socket; the main process gets its fd "
+                   "in MODSHIP_LISTEN_FD")  # fmt: skip
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     args = p.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         p.error("give the command to run after --")
-    return Supervisor(args.record, cmd, grace=args.grace).run()
+    return Supervisor(args.record, cmd, grace=args.grace, restart=args.restart, listen=args.listen).run()
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from controller.adapters import proctree, supervisor
 from controller.adapters.local_units import Proc, Units
-from tests.support.services import wait_until
+from tests.support.services import free_port, http_ok, wait_until
 
 WORKER = "import os, time; os.setsid(); time.sleep(600)"
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
@@ -101,3 +102,23 @@ def test_a_restarted_controller_adopts_by_identity_and_stops_units_no_record_nam
     assert living(stray_pids) == [] and sorted(living(pids)) == sorted(int(k[1:]) for k in pids if k[0] == "#")
     again.stop([p])
     assert living(pids) == []
+
+
+def test_a_killed_router_is_restarted_in_place_and_clients_wait_instead_of_failing(
+    units: Units, tmp_path: Path
+) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "controller.entrypoints.router", "--port", str(port), "--system", "s"]
+    pid, st, record = units.spawn("router", cmd, dict(os.environ), tmp_path / "router.log", listen=f"127.0.0.1:{port}")
+    p = Proc("router", pid, port, time.time(), [], start=st, record=record)
+    health = f"http://127.0.0.1:{port}/-/modship/healthz"
+    wait_until(lambda: http_ok(health), timeout=30, what="the router")
+    first = {m["process"]: m["pid"] for m in units.members(p)}["router"]
+    os.kill(first, signal.SIGKILL)
+    r = httpx.get(health, timeout=30)  # connects at once: the supervisor's socket queues it until the new router
+    assert r.status_code == 200
+    assert units.running(p)
+    (crash,) = units.restarted(p)
+    assert (crash.process, crash.pid, crash.signal) == ("router", first, "SIGKILL")
+    assert units.restarted(p) == [] and p.reported == 1
+    units.stop([p])
