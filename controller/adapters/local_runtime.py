@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -61,6 +62,7 @@ class LocalRuntime:
         self.router: Proc | None = None
         self.crashes: dict[str, dict[str, Any]] = {}  # unit -> {"count", "byProcess", "last"}
         self._watch: local_units.ExitWatch | None = None
+        self._crash_lock = threading.Lock()  # the API thread reads crashes while the loop counts them
         self._adopt()
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -100,7 +102,9 @@ class LocalRuntime:
             "router": asdict(self.router) if self.router else None,
             "crashes": self.crashes,
         }
-        write_atomic(self.run_dir / "runtime.json", json.dumps(data, indent=1))
+        with self._crash_lock:
+            text = json.dumps(data, indent=1)
+        write_atomic(self.run_dir / "runtime.json", text)
 
     def _spawn(
         self, unit: str, cmd: list[str], env: dict[str, str], *, port: int, restarts: list[float], hold: bool = False
@@ -116,10 +120,11 @@ class LocalRuntime:
             self._report(crash)
 
     def _report(self, c: Crash, *, restarted: str = "restarting") -> None:
-        entry = self.crashes.setdefault(c.unit, {"count": 0, "byProcess": {}, "last": None})
-        entry["count"] += 1
-        entry["byProcess"][c.process] = entry["byProcess"].get(c.process, 0) + 1
-        entry["last"] = c.dump()
+        with self._crash_lock:
+            entry = self.crashes.setdefault(c.unit, {"count": 0, "byProcess": {}, "last": None})
+            entry["count"] += 1
+            entry["byProcess"][c.process] = entry["byProcess"].get(c.process, 0) + 1
+            entry["last"] = c.dump()
         what = "the router" if c.unit == "router" else f"revision {c.unit}"
         pid = f" (pid {c.pid})" if c.pid else ""
         left = f"; stopped {c.leftovers} process(es) it left behind" if c.leftovers else ""
@@ -307,7 +312,9 @@ class LocalRuntime:
             out[p.revision] = {"supervisor": p.pid, "processes": count, "rssBytes": rss,
                                "members": self.units.members(p)}  # fmt: skip
         count, rss = local_units.usage(units)
-        return {"units": out, "processes": count, "rssBytes": rss, "crashes": self.crashes}
+        with self._crash_lock:
+            crashes = json.loads(json.dumps(self.crashes))
+        return {"units": out, "processes": count, "rssBytes": rss, "crashes": crashes}
 
     def watch(self, on_exit: Callable[[], None]) -> None:
         """Have ``on_exit`` called (from a thread) when a unit ends, to restart it without delay."""
