@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from controller.adapters import proctree
 from tests.conftest import Cli
-from tests.support.local import Controller, Load, status
+from tests.support.local import Controller, Load
 from tests.support.services import http_ok, wait_until
 
 KINDS = ("server", "worker", "router", "controller")
@@ -48,6 +50,11 @@ class Soak:
     recovery_s: list[float] = field(default_factory=list)
 
     # -- what runs -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """``status -o json`` straight from the controller's API (polled often: no CLI process each time)."""
+        url = json.loads((self.cli.home / "controller.json").read_text())["url"]
+        return dict(httpx.get(f"{url}/v1/systems/{SYSTEM}", timeout=10).json())
+
     def runtime(self) -> dict[str, Any]:
         path = self.cli.home / "systems" / SYSTEM / "run" / "runtime.json"
         return dict(json.loads(path.read_text()))
@@ -70,15 +77,15 @@ class Soak:
         return count, rss
 
     def members(self, unit: str) -> dict[str, int]:
-        units = status(self.cli, SYSTEM)["processes"]["units"]
+        units = self.status()["processes"]["units"]
         return {m["process"]: m["pid"] for m in (units.get(unit) or {}).get("members", [])}
 
     def canary(self) -> str | None:
-        s = status(self.cli, SYSTEM)
+        s = self.status()
         if s["phase"] == "Aborted":  # the controller saw a crash loop: retry, as a person would
             self.cli.ok("retry", SYSTEM)
             self.retries += 1
-            wait_until(lambda: status(self.cli, SYSTEM)["phase"] != "Aborted", timeout=60, what="the retry taken")
+            wait_until(lambda: self.status()["phase"] != "Aborted", timeout=60, what="the retry taken")
             return None
         return (s.get("canary") or {}).get("revision") if s["weight"] > 0 else None
 
@@ -121,7 +128,7 @@ class Soak:
         self.failed[kind] += self.load.stats().get("failed", 0) - before
 
     def _crashes(self, unit: str) -> int:
-        return int((status(self.cli, SYSTEM)["processes"]["crashes"].get(unit) or {}).get("count", 0))
+        return int((self.status()["processes"]["crashes"].get(unit) or {}).get("count", 0))
 
     def run(self, crashes: int) -> dict[str, Any]:
         """``crashes`` rounds (every kind at least once when there are enough); the figures."""
