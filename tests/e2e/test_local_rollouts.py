@@ -182,8 +182,12 @@ def test_a_killed_canary_loses_no_client_request(stack: dict[str, Any]) -> None:
     wait_steady(cli)
     before = load.stats()
     cli.ok("promote", "topic-classifier", "topic-head@1", timeout=600)
-    wait_until(lambda: status(cli, "topic-classifier")["weight"] >= 20, timeout=180, what="canary taking traffic")
-    canary = status(cli, "topic-classifier")["canary"]["revision"]
+    s = wait_until(
+        lambda: (x := status(cli, "topic-classifier"))["weight"] >= 20 and x, timeout=180, what="canary taking traffic"
+    )
+    cli.ok("pause", "topic-classifier")  # the canary must still be one when it is killed
+    canary = s["canary"]["revision"]
+    assert status(cli, "topic-classifier")["canary"]["revision"] == canary
     members = wait_until(lambda: unit_members(cli, canary), timeout=60, what="the canary's server and worker")
     old = {pid: proctree.start_of(pid) or 0 for pid in members.values()}
     os.kill(members["server"], signal.SIGKILL)  # the worker lives in a session of its own
@@ -202,6 +206,7 @@ def test_a_killed_canary_loses_no_client_request(stack: dict[str, Any]) -> None:
     url = json.loads((cli.home / "controller.json").read_text())["url"]
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert f'modship_runtime_crashes_total{{process="server",system="topic-classifier",unit="{canary}"}}' in metrics
+    cli.ok("resume", "topic-classifier")
     wait_steady(cli)
 
 
