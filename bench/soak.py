@@ -37,7 +37,7 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         wait_until(lambda: status(cli, soak.SYSTEM)["traffic"] or None, timeout=180, what="stable serving")
         load_gen = Load(f"http://127.0.0.1:{port}", tmp / "load.json").start()
         cli.ok("promote", soak.SYSTEM, "topic-head@2", timeout=600)
-        f = soak.Soak(cli, controller, load_gen).run(CRASHES)
+        f = soak.Soak(cli, controller, load_gen, progress=tmp / "progress.json").run(CRASHES)
     finally:
         if load_gen is not None:
             load_gen.stop()

@@ -48,6 +48,7 @@ class Soak:
     failed: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     recovery_s: list[float] = field(default_factory=list)
+    progress: Path | None = None  # figures so far, rewritten after every round (long runs)
 
     # -- what runs -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -141,6 +142,10 @@ class Soak:
         self.rng.shuffle(order)
         for kind in order:
             self.crash(kind)
+            if self.progress is not None:
+                done = {"kills": dict(self.kills), "failedByKill": dict(self.failed), "usage": self.usage(),
+                        "retries": self.retries, "recoveryS": _spread(self.recovery_s)}  # fmt: skip
+                self.progress.write_text(json.dumps(done))
         self.steady()
         count1, rss1 = wait_until(lambda: self._settled(count0), timeout=120, what="the process count back")
         stats = self.load.stats()
