@@ -192,10 +192,11 @@ class Units:
         """The unit's processes now: the supervisor and everything below it."""
         out = [{"pid": p.pid, "process": "supervisor"}]
         rec = supervisor.read_record(Path(p.record)) if p.record else None
-        names = {int(m["pid"]): _name(p.revision, m) for m in (rec or {}).get("members") or []}
+        main = {int(m["pid"]) for m in (rec or {}).get("members") or [] if m.get("main")}
         for pid, s in sorted(proctree.descendants([p.pid]).items()):
-            if not s.dead:
-                out.append({"pid": pid, "process": names.get(pid) or _name(p.revision, {"cmd": proctree.cmdline(pid)})})
+            if not s.dead:  # named from what it runs now (a record may have seen it before its exec)
+                member = {"cmd": proctree.cmdline(pid), "main": pid in main if main else s.ppid == p.pid}
+                out.append({"pid": pid, "process": _name(p.revision, member)})
         return out
 
 

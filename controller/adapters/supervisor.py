@@ -188,8 +188,9 @@ class Supervisor:
             elif m is None or m.start != st.start:
                 self.members[pid] = Member(pid, st.start, proctree.cmdline(pid), now)
                 changed = True
-            elif now - m.seen < SETTLE:
-                m.cmd = proctree.cmdline(pid) or m.cmd  # right after fork it still shows the parent's
+            elif full or now - m.seen < SETTLE:  # between fork and exec it still shows its parent's
+                cmd = proctree.cmdline(pid) or m.cmd
+                changed, m.cmd = changed or cmd != m.cmd, cmd
         crashes: list[tuple[int, dict[str, Any]]] = []
         for pid, m in list(self.members.items()):
             now_st = tree.get(pid)
