@@ -39,6 +39,9 @@ check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+crd: $(STAMP) ## regenerate the chart's Rollout CRD from the pydantic models (a unit test checks it)
+	$(BIN)/python tools/crd.py
+
 test: $(STAMP) system-deps k8s-bins ## everything CI runs (unit, adapters against real services, end to end)
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -48,10 +51,13 @@ test-fast: $(STAMP) ## unit tests only (no real services)
 demo: $(STAMP) ## the main job end to end on the embedded default
 	$(BIN)/python examples/demo.py
 
+demo-digits: $(STAMP) ## bring your own modules: images, with adopted MLflow models, ONNX and a python component
+	$(BIN)/python examples/digits/demo.py
+
 bench: $(STAMP) system-deps k8s-bins ## benchmarks, side by side; results in bench/results.json
 	$(BIN)/python -m bench
 
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins check test test-fast demo bench clean
+.PHONY: help venv system-deps k8s-bins check crd test test-fast demo demo-digits bench clean

@@ -4,6 +4,11 @@ other processes took from the shared machine during a run.
 Server CPU per request barely moves when the machine is busy, unlike latency and throughput, so it
 is reported next to them; the foreign CPU (host busy time minus this benchmark's own process tree,
 in cores) says how far a run's timings can be trusted.
+
+The processes under test are measured to the nanosecond (each live thread's run time from
+``/proc/PID/task/TID/schedstat``), plus what exited threads and reaped children used, in clock ticks:
+a proxy spends a fraction of a millisecond per request, and a run of a few dozen requests on a busy
+machine would otherwise round to zero or to one 10 ms tick.
 """
 
 from __future__ import annotations
@@ -31,6 +36,22 @@ def _stats() -> dict[int, tuple[int, float]]:
     return out
 
 
+def _precise(pid: int, ticks: float) -> float:
+    """CPU seconds of ``pid``: its live threads to the nanosecond; exited threads and reaped
+    children from ``ticks`` (what ``_stats`` read) minus the live threads' ticks."""
+    live_ns, live_ticks = 0, 0
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with open(f"{task.path}/schedstat", "rb") as f:
+                live_ns += int(f.read().split()[0])
+            with open(f"{task.path}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            live_ticks += int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):  # exited meanwhile, or no schedstat: ticks only
+        return ticks
+    return live_ns / 1e9 + max(0.0, ticks - live_ticks / TICK)
+
+
 def tree_cpu(roots: Iterable[int], stats: dict[int, tuple[int, float]] | None = None) -> float:
     """CPU seconds used so far by ``roots`` and all their live descendants (and reaped children)."""
     stats = _stats() if stats is None else stats
@@ -43,7 +64,7 @@ def tree_cpu(roots: Iterable[int], stats: dict[int, tuple[int, float]] | None = 
         if pid in seen:
             continue
         seen.add(pid)
-        total += stats[pid][1]
+        total += _precise(pid, stats[pid][1])
         todo.extend(children.get(pid, []))
     return total
 

@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from controller.plan.actions import SetTraffic
 from controller.plan.observations import Controls, Health, QueryContext, Sample
@@ -59,6 +60,26 @@ class ModuleLabels(Protocol):
 
 class Registry(ModuleCatalog, ModuleStore, ModuleLabels, Protocol):
     """The module registry: MLflow's Model Registry, or memory."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a downloaded MLflow model folder says about itself."""
+
+    path: Path
+    signature: Any  # mlflow.models.ModelSignature | None
+    example: Any  # the saved input example as JSON-able data (records, a tensor), or None
+    run_id: str | None
+    flavors: tuple[str, ...]
+
+
+class ModelSource(Protocol):
+    """Models a team already has (MLflow): the way in for ``module adopt``."""
+
+    def download(self, uri: str, dest: Path) -> ModelInfo:
+        """Copy the model at ``uri`` (models:/, runs:/, an artifact URI or a local folder) into the new
+        folder ``dest`` and describe it. NotFound when it does not exist; SpecError when it is no model."""
+        ...
 
 
 class MetricsSource(Protocol):

@@ -45,8 +45,8 @@ SYSTEM = "topic-classifier"
 
 
 class Demo:
-    def __init__(self, home: Path, port: int) -> None:
-        self.home, self.port = home, port
+    def __init__(self, home: Path, port: int, system: str = SYSTEM) -> None:
+        self.home, self.port, self.system = home, port, system
         self.env = {k: v for k, v in os.environ.items() if k not in ("MODSHIP_REGISTRY", "MLFLOW_TRACKING_URI")}
         self.env.update(MODSHIP_HOME=str(home), COLUMNS="110", BENTOML_DO_NOT_TRACK="true", PYTHONPATH=str(REPO))
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -91,10 +91,10 @@ class Demo:
 
     def rollout(self, title: str, *modules: str, force: bool = False) -> int:
         console.print(Rule(title))
-        self.run("promote", SYSTEM, *modules, *(["--force"] if force else []))
+        self.run("promote", self.system, *modules, *(["--force"] if force else []))
         started = time.monotonic()
-        code = self.run("status", SYSTEM, "--wait", "--timeout", "240", check=False, show=True).returncode
-        s = self.json("status", SYSTEM)
+        code = self.run("status", self.system, "--wait", "--timeout", "240", check=False, show=True).returncode
+        s = self.json("status", self.system)
         verdict = {0: "[green]promoted[/]", 1: "[red]rolled back[/]", 2: "[yellow]timed out[/]"}[code]
         console.print(
             f"→ {verdict} in {time.monotonic() - started:.0f}s ({s['reason']}); "

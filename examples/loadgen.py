@@ -3,8 +3,9 @@
     python examples/loadgen.py --url http://127.0.0.1:8080 --rate 40 [--duration 60] [--report FILE]
 
 Sends ``--rate`` requests per second (``--concurrency`` in flight at most), each a text from the
-BBC News test split, and counts answers by status and by the revision that answered. SIGTERM or
-SIGINT stops it; the report (JSON) is written every second and at the end.
+BBC News test split (or one of the JSON request bodies listed in ``--bodies FILE``), and counts
+answers by status and by the revision that answered. SIGTERM or SIGINT stops it; the report (JSON)
+is written every second and at the end.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--duration", type=float, default=0.0, help="seconds (0: until stopped)")
     ap.add_argument("--report", type=Path)
+    ap.add_argument("--bodies", type=Path, help="a JSON list of request bodies to send instead of texts")
     args = ap.parse_args()
-    pool = texts()
+    pool = json.loads(args.bodies.read_text()) if args.bodies else [{"text": t} for t in texts()]
     rng = random.Random(7)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -56,7 +58,7 @@ async def main() -> None:
         async with sem:
             try:
                 r = await client.post(
-                    "/predict", json={"text": rng.choice(pool)}, headers={"x-user-id": str(rng.randrange(10_000))}
+                    "/predict", json=rng.choice(pool), headers={"x-user-id": str(rng.randrange(10_000))}
                 )
                 codes[str(r.status_code)] += 1
                 by_rev[r.headers.get("x-modship-revision", "?")] += 1

@@ -21,6 +21,7 @@ from controller.compose.revision import Lock
 from controller.errors import ModshipError, SpecError
 from controller.pipeline import serving
 from controller.pipeline.engine import module_dir
+from controller.registry import requirements
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
@@ -70,7 +71,7 @@ def build(lock: Lock, modules: dict[str, Path], *, bentoml_home: Path) -> str:
             "description": f"modship system {lock.name}, revision {lock.revision}",
             "labels": lock.labels(),
             "include": ["service.py", serving.LOCK_FILE, f"{serving.MODULES_DIR}/**"],
-            "python": {"lock_packages": False},
+            "python": _python(lock),
         }
         (ctx / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
         bentoml_home.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,16 @@ def build(lock: Lock, modules: dict[str, Path], *, bentoml_home: Path) -> str:
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ModshipError(f"bentoml build failed for {tag(lock)}: {detail[0]}")
     return tag(lock)
+
+
+def _python(lock: Lock) -> dict[str, object]:
+    """The Bento's Python section: the union of its modules' requirements (not locked: builds are
+    offline; a container build installs them)."""
+    needs = [(ref, r) for ref, m in lock.modules.items() for r in m.manifest.runtime.requirements]
+    section: dict[str, object] = {"lock_packages": False}
+    if needs:
+        section["packages"] = requirements.union(needs)
+    return section
 
 
 def _link_tree(src: Path, dest: Path) -> None:

@@ -28,3 +28,10 @@ def registry(cfg: settings.Settings) -> ports.Registry:
         cfg.home.mkdir(parents=True, exist_ok=True)
         artifacts = cfg.artifacts
     return MlflowRegistry(cfg.registry_uri, artifacts=artifacts)
+
+
+def model_source(tracking_uri: str | None) -> ports.ModelSource:
+    """Where ``module adopt`` finds models: MLflow at ``tracking_uri``."""
+    from controller.adapters.mlflow_models import MlflowModels
+
+    return MlflowModels(tracking_uri)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller import ports
-from controller.errors import IntegrityError
+from controller.errors import IntegrityError, SpecError
+from controller.pipeline import kernels
 from controller.registry import bundle as bundles
 from controller.registry import compat, digests
 from controller.registry.versions import ModuleVersion
@@ -27,8 +28,11 @@ def register(
     registry: ports.Registry | Callable[[], ports.Registry], dirs: list[Path], *, skip_existing: bool = False
 ) -> list[Registered]:
     """Validate every directory first (bad input registers nothing, and fails before any backend is
-    contacted), then register each."""
+    contacted), then register each. Register means it works: each module is loaded and its golden
+    examples run before anything is written."""
     loaded = [bundles.load(d) for d in dirs]
+    for b in loaded:
+        probe(b)
     if callable(registry):
         registry = registry()
     out = []
@@ -40,6 +44,18 @@ def register(
                 continue
         out.append(Registered(registry.register(b), skipped=False))
     return out
+
+
+def probe(b: bundles.Bundle) -> None:
+    """Load the module (faults left out) and run its golden examples; SpecError names what fails."""
+    source = str(b.root / bundles.MANIFEST)
+    try:
+        kernel = kernels.load(b.root, b.manifest, faults=False)
+        failures = kernels.golden_failures(b.root, b.manifest, kernel)
+    except SpecError as exc:
+        raise SpecError(exc.reason, field=exc.field, source=source) from None
+    if failures:
+        raise SpecError("; ".join(failures), field="golden.file", source=source)
 
 
 def _existing(registry: ports.Registry, b: bundles.Bundle) -> ModuleVersion | None:

@@ -9,7 +9,11 @@ from controller import ports
 from controller.apply import execute, observe
 from controller.plan import rollout as machine
 from controller.plan.actions import Event, SetAliases
-from controller.spec.rollout import Provider
+from controller.plan.observations import Observations
+from controller.plan.status import RolloutStatus
+from controller.spec.rollout import Provider, Rollout
+
+BeforeSave = Callable[[Rollout, RolloutStatus, Observations, machine.Decision], None]
 
 
 def reconcile_once(
@@ -22,11 +26,17 @@ def reconcile_once(
     record: Callable[[Event], None] = lambda e: None,
     aliases: Callable[[SetAliases], None] | None = None,
     reference: Callable[[str], dict[str, Any] | None] = lambda rev: None,
+    before_save: BeforeSave | None = None,
 ) -> machine.Decision:
+    """One cycle. ``before_save`` sees the rollout, the status before, the observations and the
+    decision once its runtime actions are done and before the status is saved (the operator stages
+    the cycle's Events into the status it saves, and measures the cycle)."""
     r, s, controls = store.load(system)
     obs = observe.observe(r, s, controls, target=target, sources=sources, now=now, reference=reference)
     decision = machine.step(r, s, obs, now)
     execute.runtime(decision.actions, target)
+    if before_save is not None:
+        before_save(r, s, obs, decision)
     if decision.status != s:
         store.save(system, decision.status)
     execute.after_save(decision.actions, record=record, aliases=aliases)

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from controller.registry import compat
+from controller.registry import compat, requirements
 from controller.registry.versions import ModuleVersion
 from controller.spec.modules import Port, Role, Stability
 from controller.spec.system import Fallback, Step, System
@@ -22,7 +22,8 @@ Resolver = Callable[[str], "ModuleVersion | str"]
 class Violation:
     """One broken rule. ``kind`` says what kind: ``compat`` (types or meaning on an edge or a
     fallback: the only kind ``--force`` may override), ``policy`` (deprecation, stability),
-    ``spec`` (references, wiring, roles) or ``integrity`` (digests)."""
+    ``spec`` (references, wiring, roles), ``integrity`` (digests) or ``requirements`` (two
+    modules need versions of one package that cannot be installed together)."""
 
     step: str
     field: str
@@ -141,7 +142,19 @@ def check(system: System, resolve: Resolver, *, today: dt.date) -> Report:
                 )
         if s.fallback is not None:
             violations.extend(_fallback(s, i, mv, s.fallback, get=get, system=system, modules=modules))
+    violations.extend(_requirements(system, resolved))
     return Report(resolved=resolved, edges=tuple(edges), violations=tuple(violations))
+
+
+def _requirements(system: System, resolved: dict[str, ModuleVersion]) -> list[Violation]:
+    """Requirement conflicts between the modules of the system, each naming both modules."""
+    needs = [(mv.ref, r) for mv in resolved.values() for r in mv.manifest.runtime.requirements]
+    steps = {ref: s.name for s in system.spec.steps for ref in [s.module]}
+    out = []
+    for c in requirements.conflicts(needs):
+        ref = next((r for r, mv in resolved.items() if mv.ref == c.first[0]), "")
+        out.append(Violation(steps.get(ref, ""), "runtime.requirements", str(c), "requirements"))
+    return out
 
 
 def _through_adapter(out: Port, ad: ModuleVersion, consumer: Port) -> list[compat.Problem]:

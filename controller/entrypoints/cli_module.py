@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from controller.adapters import factory
+from controller.apply import adopt as adopt_case
 from controller.apply import modules
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import Format, console, emit
@@ -45,6 +47,64 @@ def register(
             console.print(f"{verb} [bold]{r['name']}@{r['version']}[/] ({r['role']}) {r['digest'][:23]}...")
 
     emit(data, output, render)
+
+
+@app.command()
+def adopt(
+    ctx: typer.Context,
+    source: Annotated[
+        str, typer.Argument(help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN/PATH or a model folder")
+    ],
+    name: Annotated[str, typer.Option("--name", help="the module's name in modship")],
+    role: Annotated[str, typer.Option("--role", help="encoder, adapter, head, evaluator, guard or transform")] = "head",
+    overlay: Annotated[
+        Path | None, typer.Option("--overlay", help="a partial module.yaml: meaning (labels, space, ranges), metadata")
+    ] = None,
+    labels: Annotated[str | None, typer.Option(help="comma-separated label set of the only output port")] = None,
+    space: Annotated[str | None, typer.Option(help="embedding space id of the only output port")] = None,
+    license: Annotated[str | None, typer.Option("--license", help="metadata.license")] = None,
+    owner: Annotated[list[str] | None, typer.Option("--owner", help="metadata.owners (repeat)")] = None,
+    stability: Annotated[str | None, typer.Option(help="stable or experimental")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--from", help="MLflow tracking URI the model is in (default: the registry's)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write the module directory here instead of registering")
+    ] = None,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Adopt an MLflow model (any flavour that loads as pyfunc) as a module version: contract from its
+    signature plus your overlay, requirements from requirements.txt, golden examples from its input
+    example; loaded and checked before anything is registered."""
+    c = _ctx(ctx)
+    doc = adopt_case.read_overlay(overlay)
+    flags = {"license": license, "owners": owner, "stability": stability}
+    metadata = dict(doc.get("metadata") or {})
+    metadata.update({k: v for k, v in flags.items() if v})
+    doc["metadata"] = metadata
+    if labels is not None or space is not None:
+        doc["contract"] = _only_output(doc.get("contract") or {}, labels=labels, space=space)
+    models = factory.model_source(tracking_uri or c.settings.registry_uri)
+    done = adopt_case.adopt(lambda: c.registry, models, source, name=name, role=role, overlay=doc, out=out)
+    if done is None:
+        console.print(f"wrote the module directory {out} (register it with `modship module register {out}`)")
+        return
+    data = dict(_summary(done.version), skipped=False)
+    emit(
+        data, output, lambda r: console.print(f"adopted {source} as [bold]{r['name']}@{r['version']}[/] ({r['role']})")
+    )
+
+
+def _only_output(contract: dict[str, Any], *, labels: str | None, space: str | None) -> dict[str, Any]:
+    """--labels / --space apply to the only output port; the port name is known after derivation."""
+    outputs = dict(contract.get("outputs") or {})
+    meaning: dict[str, Any] = {}
+    if labels is not None:
+        meaning["labels"] = [x.strip() for x in labels.split(",") if x.strip()]
+    if space is not None:
+        meaning["space"] = space
+    outputs["*"] = {**outputs.get("*", {}), **meaning}
+    return {**contract, "outputs": outputs}
 
 
 @app.command("list")
@@ -190,7 +250,8 @@ def _render_show(mv: ModuleVersion) -> None:
         ("role", m.role.value),
         ("aliases", ", ".join(mv.aliases) or "-"),
         ("description", md.description or "-"),
-        ("runtime", m.runtime.kind),
+        ("runtime", m.runtime.kind + (f" ({m.runtime.entrypoint})" if m.runtime.entrypoint else "")),
+        ("requirements", ", ".join(m.runtime.requirements) or "-"),
         ("digest", mv.digest),
         ("source", mv.source),
         ("created", mv.created.isoformat(timespec="seconds") if mv.created else "-"),

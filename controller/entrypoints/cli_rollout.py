@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import typer
-import yaml
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
@@ -168,10 +167,12 @@ def promote(
 ) -> None:
     """Roll out new module versions as one canary revision (grouped), or --full to finish one."""
     if gitops is not None:
-        from controller.entrypoints import cli_gitops
+        from controller.apply import gitops as in_git
 
         obj: Context = ctx.obj
-        done = cli_gitops.promote_in_tree(obj, gitops, system, modules or [], spec=spec, force=force)
+        done = in_git.promote_in_tree(
+            obj.registry, gitops, system, modules or [], spec=spec, force=force, cache=obj.settings.module_cache
+        )
         emit(done, output, lambda d: console.print(f"{d['file']}: {system} -> {d['revision']} (commit and push it)"))
         return
     body: dict[str, Any] = {"modules": modules or [], "full": full, "force": force}
@@ -212,15 +213,13 @@ def status(
     client = _client(ctx, context, namespace)
     path = f"/v1/systems/{system}"
     if gitops is not None:
-        from controller.entrypoints import cli_gitops
+        from controller.apply import gitops as in_git
 
         d = client.call("GET", path)
         if hasattr(client, "_get"):  # Kubernetes: the live Rollout against Git, field by field
-            d["drift"] = [*views.drift(d), *cli_gitops.drift(gitops, client._get(system))]
+            d["drift"] = [*views.drift(d), *in_git.drift(gitops, client._get(system))]
         else:
-            want = (yaml.safe_load(cli_gitops.find_rollout(gitops, system).read_text()).get("spec") or {}).get(
-                "revision"
-            )
+            want = in_git.wanted_revision(gitops, system)
             runs = (d.get("stable") or {}).get("revision")
             d["drift"] = views.drift(d) + ([f"Git asks for {want}, {runs} serves"] if want and want != runs else [])
         emit(d, output, lambda x: console.print(render(x)))

@@ -24,8 +24,8 @@ import re
 import time
 from typing import Any
 
-from controller.adapters import kubernetes as k8s
-from controller.adapters.kubernetes_store import CONTROLS, TOGGLES, entry_of
+from controller.adapters.kube import api as k8s
+from controller.adapters.kube.rollouts import CONTROLS, TOGGLES, entry_of
 from controller.entrypoints import views
 from controller.errors import ModshipError, NotFound, SpecError
 from controller.plan.status import Phase, RolloutStatus

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import uvloop
 
-from controller.adapters import router
+from controller.adapters.router import server
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sock = socket.socket(fileno=args.fd) if args.fd else None
-    await router.run(host=args.host, port=args.port, system=args.system, state=args.state, stop=stop, sock=sock)
+    await server.run(host=args.host, port=args.port, system=args.system, state=args.state, stop=stop, sock=sock)
 
 
 def main(argv: list[str] | None = None) -> int:

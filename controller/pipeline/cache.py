@@ -11,21 +11,30 @@ from typing import Any
 
 import numpy as np
 
+from controller.pipeline.values import Table
+
 
 def key(digest: str, inputs: Mapping[str, Any]) -> str:
     h = hashlib.blake2b(digest.encode(), digest_size=20)
     for name in sorted(inputs):
         h.update(name.encode())
-        value = inputs[name]
-        if isinstance(value, np.ndarray):
-            h.update(f"{value.dtype}{value.shape}".encode())
-            h.update(np.ascontiguousarray(value).tobytes())
-        else:
-            for item in value:
-                b = item.encode() if isinstance(item, str) else repr(item).encode()
-                h.update(len(b).to_bytes(4, "little"))
-                h.update(b)
+        _update(h, inputs[name])
     return h.hexdigest()
+
+
+def _update(h: Any, value: Any) -> None:
+    if isinstance(value, np.ndarray):
+        h.update(f"{value.dtype}{value.shape}".encode())
+        h.update(np.ascontiguousarray(value).tobytes() if value.dtype != object else repr(value.tolist()).encode())
+    elif isinstance(value, Table):
+        for col in sorted(value.columns):
+            h.update(b"\0column:" + col.encode())
+            _update(h, value.columns[col])
+    else:
+        for item in value:
+            b = item.encode() if isinstance(item, str) else repr(item).encode()
+            h.update(len(b).to_bytes(4, "little"))
+            h.update(b)
 
 
 class LRU:

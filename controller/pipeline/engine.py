@@ -22,11 +22,11 @@ import numpy as np
 
 from controller.compose.revision import Lock, PinnedModule
 from controller.errors import ModshipError
-from controller.pipeline import cache, flags, kernels
+from controller.pipeline import batching, cache, flags, kernels, values
 from controller.pipeline.telemetry import NullTelemetry, Telemetry
 from controller.registry import digests
 from controller.spec.modules import Role
-from controller.spec.system import Step, Trigger
+from controller.spec.system import Batching, Step, Trigger
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -99,7 +99,7 @@ class Pipeline:
             if verify:
                 digests.verify(root, m.files, what=ref)
             loaded[ref] = kernels.load(root, m.manifest)
-        return cls(lock, loaded, **kw)
+        return cls(lock, batched(lock, loaded), **kw)
 
     def _plan(self, s: Step, loaded: dict[str, kernels.Kernel]) -> _Step:
         module = self.lock.module(s.module)
@@ -146,33 +146,37 @@ class Pipeline:
         return outcome
 
     def _guard_input(self, inputs: Mapping[str, Any], chars: list[int]) -> dict[str, Any]:
+        """Every system input decoded and checked against its port: text through the text guard,
+        tensors for shape, finite values and range, tables for required columns and types."""
         g = self.body.guards.input
+        unknown = sorted(set(inputs) - set(self.body.input))
+        if unknown:
+            raise BadRequest(f"unknown input {unknown[0]!r} (expected {sorted(self.body.input)})")
         batch: dict[str, Any] = {}
         size = None
         for name, port in self.body.input.items():
             if name not in inputs:
                 raise BadRequest(f"missing input {name!r}")
-            value = inputs[name]
-            values = value if isinstance(value, list) else [value]
-            if not values:
+            raw = inputs[name]
+            if isinstance(raw, list) and not raw:
                 raise BadRequest(f"input {name!r} is empty")
-            if len(values) > g.max_batch:
-                raise BadRequest(f"input {name!r} has {len(values)} items; the limit is {g.max_batch}")
-            if size is not None and len(values) != size:
+            try:
+                value = values.decode(name, port, raw)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            n = values.size(value)
+            if n > g.max_batch:
+                raise BadRequest(f"input {name!r} has {n} items; the limit is {g.max_batch}")
+            if size is not None and n != size:
                 raise BadRequest("inputs have different batch sizes")
-            size = len(values)
+            size = n
             if port.dtype == "string":
-                values = [self._check_text(name, v, chars) for v in values]
-            batch[name] = values
-        unknown = sorted(set(inputs) - set(self.body.input))
-        if unknown:
-            raise BadRequest(f"unknown input {unknown[0]!r} (expected {sorted(self.body.input)})")
+                value = [self._check_text(name, v, chars) for v in value]
+            batch[name] = value
         return batch
 
     def _check_text(self, name: str, value: Any, chars: list[int]) -> str:
         g = self.body.guards.input
-        if not isinstance(value, str):
-            raise BadRequest(f"input {name!r} must be text, got {type(value).__name__}")
         v: str = value
         if g.normalize_unicode:
             v = unicodedata.normalize("NFC", v)
@@ -276,7 +280,7 @@ class Pipeline:
         self.telemetry.fallback(s.name, st.module.ref, reason)
         info.update(fallback=reason)
         if fb.default is not None:
-            n = len(next(iter(inputs.values())))
+            n = values.size(next(iter(inputs.values())))
             out = {p: _repeat(v, n) for p, v in fb.default.items()}
             outcome.fallbacks.append({"step": s.name, "reason": reason, "used": "default"})
             return out, st.module.ref, info
@@ -335,10 +339,10 @@ class Pipeline:
         out = {}
         limit = self.body.guards.output.max_chars
         for k, v in outputs.items():
-            if isinstance(v, np.ndarray):
-                out[k] = v.astype(np.float64).round(6).tolist() if v.dtype.kind == "f" else v.tolist()
-            else:
+            if isinstance(v, list):
                 out[k] = [self._clean(x, limit) if isinstance(x, str) else x for x in v]
+            else:
+                out[k] = values.encode(v)
         return out
 
     def _clean(self, text: str, limit: int | None) -> str:
@@ -372,6 +376,23 @@ def _repeat(v: Any, n: int) -> Any:
     if arr.dtype.kind in "fiub":
         return np.repeat(arr[None, ...].astype(np.float32 if arr.dtype.kind == "f" else arr.dtype), n, axis=0)
     return [v] * n
+
+
+def batched(lock: Lock, loaded: dict[str, kernels.Kernel]) -> dict[str, kernels.Kernel]:
+    """Kernels of batchable modules wrapped in an adaptive batcher (one per module version, shared
+    by the steps that use it), unless a step turns batching off."""
+    out = dict(loaded)
+    settings: dict[str, Batching] = {}
+    off: set[str] = set()
+    for s in lock.system.spec.steps:
+        if s.batching is not None and not s.batching.enabled:
+            off.add(s.module)
+        settings.setdefault(s.module, s.batching or Batching())
+    for ref, kernel in loaded.items():
+        if lock.module(ref).manifest.runtime.batchable and ref not in off:
+            b = settings.get(ref, Batching())
+            out[ref] = batching.Batcher(kernel, max_batch=b.max_batch_size, max_latency_ms=b.max_latency_ms)
+    return out
 
 
 def _order(lock: Lock) -> list[str]:

@@ -2,38 +2,26 @@
 
 A kernel is loaded from a verified module directory and maps a batch of named inputs to a batch of
 named outputs (``{port: list | ndarray}``, batch first). Kernels hold no global state; faults from
-``runtime.faults`` (chaos testing) are injected around them by ``Faulty``.
+``runtime.faults`` (chaos testing) are injected around them by ``faults.wrap``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
-import time
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from controller.errors import SpecError
+from controller.pipeline import faults as faults_
+from controller.pipeline import runtimes, values
+from controller.pipeline.errors import Batch, GuardRejected, Kernel, KernelError
 from controller.spec.modules import ModuleManifest
 
-Batch = Mapping[str, Any]
-
-
-class Kernel(Protocol):
-    def __call__(self, batch: Batch) -> dict[str, Any]: ...
-
-
-class KernelError(RuntimeError):
-    """A module failed on an input (counts as a step error; may trigger a fallback)."""
-
-
-class GuardRejected(KernelError):
-    """A guard refused an input; a client error when it guards the system's input."""
+__all__ = ["KINDS", "Batch", "GuardRejected", "Kernel", "KernelError", "golden_failures", "load"]
 
 
 def _one(ports: Mapping[str, Any]) -> str:
@@ -179,36 +167,17 @@ class TextGuard:
         return text
 
 
-class Faulty:
-    """Wraps a kernel with deliberate faults (``runtime.faults``): an error rate and a delay.
-    Deterministic per input so that the same request fails the same way (reproducible tests)."""
-
-    def __init__(self, inner: Kernel, *, error_rate: float, delay_ms: float, salt: str, after_s: float = 0.0) -> None:
-        self.inner, self.error_rate, self.delay_s, self.salt = inner, error_rate, delay_ms / 1000, salt
-        self.active_from = time.monotonic() + after_s
-
-    def __call__(self, batch: Batch) -> dict[str, Any]:
-        if time.monotonic() < self.active_from:
-            return self.inner(batch)
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.error_rate and self._draw(batch) < self.error_rate:
-            raise KernelError("injected fault (runtime.faults.errorRate)")
-        return self.inner(batch)
-
-    def _draw(self, batch: Batch) -> float:
-        key = repr(sorted((k, repr(v)[:2000]) for k, v in batch.items())) + self.salt
-        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-        return random.Random(seed).random()
-
-
 KINDS: dict[str, Callable[[Path, ModuleManifest], Kernel]] = {
     "onnx-text-encoder": OnnxTextEncoder,
     "linear": Linear,
     "softmax-linear": SoftmaxLinear,
     "confidence-evaluator": ConfidenceEvaluator,
     "text-guard": TextGuard,
+    "onnx": runtimes.OnnxGraph,
+    "mlflow": runtimes.MlflowModel,
+    "python": runtimes.PythonComponent,
 }
+_NEEDS = {"onnx": ("model",), "mlflow": ("model",), "onnx-text-encoder": ("model", "tokenizer")}
 
 
 def load(root: Path, manifest: ModuleManifest, *, faults: bool = True) -> Kernel:
@@ -223,8 +192,59 @@ def load(root: Path, manifest: ModuleManifest, *, faults: bool = True) -> Kernel
             f"unknown runtime kind {manifest.runtime.kind!r} (known: {', '.join(sorted(KINDS))})",
             field="runtime.kind",
         )
-    kernel = factory(root, manifest)
-    f = manifest.runtime.faults
-    if faults and f and (f.error_rate or f.delay_ms):
-        return Faulty(kernel, error_rate=f.error_rate, delay_ms=f.delay_ms, salt=manifest.name, after_s=f.after_seconds)
-    return kernel
+    for name in _NEEDS.get(manifest.runtime.kind, ()):
+        if name not in manifest.runtime.files:
+            raise SpecError(f"runtime kind {manifest.runtime.kind!r} needs files.{name}", field="runtime.files")
+    if manifest.runtime.kind == "python" and not manifest.runtime.entrypoint:
+        raise SpecError("runtime kind 'python' needs entrypoint: FILE.py:ClassName", field="runtime.entrypoint")
+    try:
+        kernel = factory(root, manifest)
+    except SpecError:
+        raise
+    except Exception as exc:  # weights that do not load: a bad module, named as such
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise SpecError(f"the module does not load: {type(exc).__name__}: {detail}", field="runtime") from None
+    return faults_.wrap(kernel, manifest) if faults else kernel
+
+
+def golden_failures(root: Path, manifest: ModuleManifest, kernel: Kernel | None = None) -> list[str]:
+    """Run the module's golden inputs; every output outside tolerance, as a readable line."""
+    import json
+
+    g = manifest.golden
+    if g is None:
+        return []
+    try:
+        doc = json.loads((root / g.file).read_text())
+        batch = {p: values.decode(p, manifest.contract.inputs[p], v) for p, v in doc["inputs"].items()}
+        expected = doc["outputs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"{g.file} is not a golden file ({{inputs: ..., outputs: ...}} matching the contract): {exc}"]
+    try:
+        got = (kernel or load(root, manifest, faults=False))(batch)
+    except SpecError:
+        raise
+    except Exception as exc:
+        return [f"golden inputs raised {type(exc).__name__}: {exc}"]
+    failures = []
+    for port, want in expected.items():
+        if port not in got:
+            failures.append(f"golden output {port!r} was not produced")
+            continue
+        failures += _differs(port, values.encode(got[port]), want, g.tolerance)
+    return failures
+
+
+def _differs(port: str, got: Any, want: Any, tolerance: float) -> list[str]:
+    try:
+        a, b = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    except (TypeError, ValueError):
+        if got == want:
+            return []
+        return [f"golden output {port!r} differs: got {str(got)[:80]}, expected {str(want)[:80]}"]
+    if a.shape != b.shape:
+        return [f"golden output {port!r} has shape {list(a.shape)}, expected {list(b.shape)}"]
+    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+    if not diff <= tolerance:
+        return [f"golden output {port!r} differs by {diff:.3g} (tolerance {tolerance:g})"]
+    return []

@@ -13,11 +13,13 @@ from controller.spec.modules import Contract, Port
 # Safe widenings a consumer accepts without loss.
 _WIDENS: dict[str, frozenset[str]] = {
     "float32": frozenset({"float32"}),
-    "float64": frozenset({"float32", "float64"}),
-    "int64": frozenset({"int32", "int64"}),
-    "int32": frozenset({"int32"}),
+    "float64": frozenset({"float32", "float64", "int32", "uint8"}),
+    "int64": frozenset({"int32", "int64", "uint8"}),
+    "int32": frozenset({"int32", "uint8"}),
     "string": frozenset({"string"}),
     "bool": frozenset({"bool"}),
+    "uint8": frozenset({"uint8"}),
+    "table": frozenset({"table"}),
 }
 
 
@@ -47,6 +49,8 @@ def _types(out: Port, inp: Port) -> list[Problem]:
     problems = []
     if out.dtype not in _WIDENS[inp.dtype]:
         problems.append(Problem("dtype", f"produces {out.dtype}, consumer accepts {inp.dtype}"))
+    elif out.columns is not None and inp.columns is not None:
+        problems.extend(_columns(out, inp))
     if out.shape and inp.shape:
         if len(out.shape) != len(inp.shape):
             problems.append(Problem("shape", f"rank {len(out.shape)} {list(out.shape)} vs {list(inp.shape)}"))
@@ -54,6 +58,30 @@ def _types(out: Port, inp: Port) -> list[Problem]:
             for i, (a, b) in enumerate(zip(out.shape, inp.shape, strict=True)):
                 if a != b and -1 not in (a, b):
                     problems.append(Problem("shape", f"dimension {i} is {a}, consumer expects {b}"))
+    return problems
+
+
+def _columns(out: Port, inp: Port) -> list[Problem]:
+    """A table edge: every column the consumer requires is produced, with a type it accepts."""
+    assert out.columns is not None and inp.columns is not None
+    problems = []
+    for name, want in inp.columns.items():
+        got = out.columns.get(name)
+        if got is None:
+            if want.required:
+                problems.append(Problem(f"columns.{name}", "required column is not produced"))
+            continue
+        if got.dtype not in _WIDENS[want.dtype]:
+            problems.append(Problem(f"columns.{name}", f"produces {got.dtype}, consumer accepts {want.dtype}"))
+        if want.range is not None and (
+            got.range is None or got.range[0] < want.range[0] or got.range[1] > want.range[1]
+        ):
+            problems.append(
+                Problem(
+                    f"columns.{name}",
+                    f"values in {list(got.range) if got.range else 'any range'} exceed the accepted {list(want.range)}",
+                )
+            )
     return problems
 
 

@@ -26,6 +26,7 @@ class Role(enum.StrEnum):
     HEAD = "head"
     EVALUATOR = "evaluator"
     GUARD = "guard"
+    TRANSFORM = "transform"  # pre- or post-processing: resizing, scaling, feature extraction
 
 
 class Stability(enum.StrEnum):
@@ -33,18 +34,30 @@ class Stability(enum.StrEnum):
     EXPERIMENTAL = "experimental"
 
 
-DType = Literal["string", "float32", "float64", "int32", "int64", "bool"]
+ScalarDType = Literal["string", "float32", "float64", "int32", "int64", "uint8", "bool"]
+DType = Literal["string", "float32", "float64", "int32", "int64", "uint8", "bool", "table"]
+
+
+class Column(Spec):
+    """One column of a ``table`` port: its type and, optionally, its value range."""
+
+    dtype: ScalarDType
+    range: tuple[float, float] | None = Field(default=None, description="closed value range [lo, hi]")
+    required: bool = Field(default=True, description="a request without this column is refused")
+    description: str | None = None
 
 
 class Port(Spec):
     """One named input or output of a module: its type, shape and meaning.
 
     ``shape`` uses -1 for a free dimension (the batch). Meaning fields are optional; a consumer
-    that states one requires the producer to state the same (see ``registry.compat``).
+    that states one requires the producer to state the same (see ``registry.compat``). A ``table``
+    port carries records with named, typed ``columns`` (one row per batch item).
     """
 
     dtype: DType
     shape: tuple[int, ...] = ()
+    columns: dict[str, Column] | None = Field(default=None, description="the columns of a table port")
     space: str | None = Field(default=None, description="embedding space id, e.g. 'all-minilm-l6-v2'")
     tokenizer: str | None = Field(default=None, description="tokenizer hash, 'sha256:...'")
     labels: tuple[str, ...] | None = Field(default=None, description="label set, in output order")
@@ -77,6 +90,16 @@ class Port(Spec):
         return rng
 
     @model_validator(mode="after")
+    def _table_columns(self) -> Port:
+        if self.dtype == "table" and not self.columns:
+            raise ValueError("a table port needs its columns")
+        if self.dtype != "table" and self.columns is not None:
+            raise ValueError(f"columns are for table ports, not {self.dtype}")
+        if self.dtype == "table" and len(self.shape) > 1:
+            raise ValueError("a table port has one dimension (its rows): use shape [-1] or omit it")
+        return self
+
+    @model_validator(mode="after")
     def _labels_fit_shape(self) -> Port:
         if self.labels is not None and self.shape and self.shape[-1] not in (-1, len(self.labels)):
             raise ValueError(f"{len(self.labels)} labels do not fit the last dimension {self.shape[-1]} of shape")
@@ -92,6 +115,7 @@ class Contract(Spec):
 
 
 class Provenance(Spec):
+    origin: str | None = Field(default=None, description="where the artifact came from: models:/..., runs:/..., a path")
     source_run: str | None = None
     training_data: str | None = None
     parents: tuple[str, ...] = ()
@@ -138,12 +162,43 @@ class Faults(Spec):
 
 
 class Runtime(Spec):
-    """How modship runs the module: a kernel kind, its files and parameters."""
+    """How modship runs the module: a kernel kind, its files and parameters.
+
+    ``files`` name files or folders inside the module directory (an MLflow model is a folder).
+    ``entrypoint`` is a ``python`` component, ``FILE.py:ClassName``. ``requirements`` are the
+    Python packages the module needs (PEP 508); a system's modules must not conflict on them and
+    the built Bento lists their union. ``batchable`` says that row *i* of every output depends on
+    row *i* of the inputs only, so concurrent requests may share one call.
+    """
 
     kind: str = Field(min_length=1)
     files: dict[str, str] = {}
     params: dict[str, Any] = {}
+    entrypoint: str | None = None
+    requirements: tuple[str, ...] = ()
+    batchable: bool = False
     faults: Faults | None = None
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            path, sep, name = v.partition(":")
+            if not sep or not path.endswith(".py") or not name.isidentifier():
+                raise ValueError(f"{v!r} is not FILE.py:ClassName")
+        return v
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        for r in v:
+            try:
+                Requirement(r)
+            except InvalidRequirement as exc:
+                raise ValueError(f"requirement {r!r} is not valid: {exc}") from None
+        return v
 
 
 class Golden(Spec):
@@ -173,6 +228,8 @@ class ModuleManifest(Spec):
     def files(self) -> list[str]:
         """Files the manifest names (relative to the module directory)."""
         named = list(self.runtime.files.values())
+        if self.runtime.entrypoint:
+            named.append(self.runtime.entrypoint.partition(":")[0])
         if self.metadata.input_statistics:
             named.append(self.metadata.input_statistics)
         if self.golden:

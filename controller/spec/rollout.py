@@ -27,7 +27,7 @@ import enum
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from controller.errors import SpecError
 from controller.spec import parse
@@ -54,7 +54,11 @@ def seconds(value: Any) -> float:
     raise ValueError(f"{value!r} is not a duration: use e.g. '500ms', '30s', '5m', '1h' or seconds")
 
 
-Duration = Annotated[float, BeforeValidator(seconds)]
+# On the wire a duration is a number of seconds or a string like "30s": the CRD's int-or-string.
+Duration = Annotated[float, BeforeValidator(seconds), WithJsonSchema({"x-kubernetes-int-or-string": True})]
+# Constraints only the CRD states (the API server checks them; the models check the same things their
+# own way): see controller/spec/crd.py.
+_ONE_KEY = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
 
 
 class Provider(enum.StrEnum):
@@ -82,6 +86,8 @@ class Threshold(Spec):
     """The range a measurement must stay in. With ``relativeTo: stable``, bounds apply to
     canary - stable (e.g. ``max: 0.01`` = at most 1 point worse than stable)."""
 
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
     min: float | None = None
     max: float | None = None
     relative_to: Literal["stable"] | None = None
@@ -96,7 +102,7 @@ class Threshold(Spec):
 
 
 class Check(Spec):
-    name: str
+    name: str = Field(json_schema_extra={"minLength": 1})
     provider: Provider = Provider.BUILTIN
     metric: BuiltinMetric | None = None
     query: str | None = Field(default=None, description="PromQL template for provider prometheus")
@@ -150,6 +156,8 @@ class SetMirror(Spec):
 
 class CanaryStep(Spec):
     """Exactly one of: setWeight, pause, analysis, setFlag, setHeaderRoute, setMirror."""
+
+    model_config = _ONE_KEY
 
     set_weight: float | None = Field(default=None, ge=0, le=100)
     pause: Pause | None = None
@@ -213,7 +221,7 @@ class Workload(Spec):
     """Kubernetes: how a revision runs. The image is ``{image}:{revision}`` unless ``image`` holds
     ``{revision}`` (e.g. ``registry.example.com/topic:{revision}``)."""
 
-    image: str = Field(min_length=1)
+    image: str = Field(min_length=1, description="repository, or a template holding {revision}")
     replicas: int = Field(default=2, ge=1, le=1000)
     port: int = Field(default=3000, ge=1, le=65535)
     resources: dict[str, dict[str, str]] = Field(default_factory=dict)
@@ -239,6 +247,8 @@ class Nginx(Spec):
 class TrafficRouting(Spec):
     """Kubernetes: which router splits traffic (one of them; none: replica ratios)."""
 
+    model_config = ConfigDict(json_schema_extra={"maxProperties": 1})
+
     gateway_api: GatewayAPI | None = Field(default=None, alias="gatewayAPI")
     istio: Istio | None = None
     nginx: Nginx | None = None
@@ -255,16 +265,23 @@ class AnalysisChecks(Spec):
 
 
 class RolloutBody(Spec):
-    system: str
-    revision: str | None = Field(default=None, description="the revision to roll out (set by promote)")
-    modules: tuple[str, ...] = Field(default=(), description="module versions this revision changes")
+    system: str = Field(
+        description="the System this rollout delivers",
+        json_schema_extra={"pattern": "^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$"},
+    )
+    revision: str | None = Field(
+        default=None,
+        description="the revision to roll out (set by `modship promote`)",
+        json_schema_extra={"pattern": "^r[0-9a-f]{12}$"},
+    )
+    modules: tuple[str, ...] = Field(default=(), description="module versions this revision changes (grouped rollouts)")
     paused: bool = False
     strategy: Strategy
     analysis: AnalysisChecks = AnalysisChecks()
     policies: Policies = Policies()
-    prometheus: str | None = Field(default=None, description="Prometheus URL for provider prometheus")
-    workload: Workload | None = Field(default=None, description="Kubernetes only")
-    traffic_routing: TrafficRouting | None = Field(default=None, description="Kubernetes only")
+    prometheus: str | None = Field(default=None, description="Prometheus URL for checks with provider prometheus")
+    workload: Workload | None = None  # Kubernetes only
+    traffic_routing: TrafficRouting | None = None  # Kubernetes only
 
 
 class Rollout(Spec):

@@ -89,6 +89,16 @@ class Cache(Spec):
     ttl_seconds: float | None = Field(default=None, gt=0)
 
 
+class Batching(Spec):
+    """How a step whose module is ``batchable`` shares model calls between concurrent requests."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="rows per model call at most")
+    max_latency_ms: float = Field(
+        default=0.0, ge=0, le=1000, description="wait this long for company when the model is idle (0: never wait)"
+    )
+
+
 class Input(Spec):
     """Where a step input comes from: ``input.<field>`` or ``<step>.<port>``, optionally adapted."""
 
@@ -123,6 +133,9 @@ class Step(Spec):
     cache: Cache | None = None
     flag: str | None = Field(default=None, description="run only when this feature flag is on")
     timeout_ms: float | None = Field(default=None, gt=0)
+    batching: Batching | None = Field(
+        default=None, description="adaptive batching; on by default when the module is batchable"
+    )
 
     _module = field_validator("module")(lambda cls, v: _ref(v))
 

@@ -25,6 +25,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from controller.apply import gitops
 from controller.entrypoints import cli_gitops
 from tests.support.k8senv import ControlPlane
 
@@ -625,7 +626,7 @@ def test_drift_against_the_live_rollout(control_plane: ControlPlane, installed: 
         "--traffic",
         "gateway-api",
     )
-    cli_gitops.promote_gitops(tmp_path, "topic-classifier", new, ["text-encoder@2"])
+    gitops.promote_gitops(tmp_path, "topic-classifier", new, ["text-encoder@2"])
     cp.kubectl("apply", "--server-side", "-f", str(tmp_path / "rollout.yaml"))
 
     def live() -> dict[str, Any]:
@@ -649,7 +650,7 @@ def test_drift_against_the_live_rollout(control_plane: ControlPlane, installed: 
         )
 
     set_status(phase="Promoted", stableRevision=new, reason="Completed")
-    assert cli_gitops.drift(tmp_path, live()) == []  # server-side fields (uid, managedFields...) are not drift
+    assert gitops.drift(tmp_path, live()) == []  # server-side fields (uid, managedFields...) are not drift
     set_status(
         phase="Aborted",
         stableRevision=old,
@@ -660,7 +661,7 @@ def test_drift_against_the_live_rollout(control_plane: ControlPlane, installed: 
     cp.kubectl(
         "patch", "rollouts.modship.dev", "topic-classifier", "-n", ns, "--type=merge", "-p", '{"spec":{"paused":true}}'
     )
-    assert cli_gitops.drift(tmp_path, live()) == [
+    assert gitops.drift(tmp_path, live()) == [
         "spec.paused: Git has (unset), the cluster has true",
         f"Git asks for {new}, the cluster runs {old} after an automatic rollback "
         "(reason AnalysisFailed: step 4 analysis failed)",

@@ -59,6 +59,7 @@ class Load:
     url: str
     report: Path
     rate: float = 30.0
+    bodies: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None)
 
     def start(self) -> Load:
@@ -72,6 +73,7 @@ class Load:
                 str(self.rate),
                 "--report",
                 str(self.report),
+                *(["--bodies", str(self.bodies)] if self.bodies else []),
             ],
             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
             start_new_session=True,

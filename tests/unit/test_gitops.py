@@ -12,11 +12,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from controller.apply import gitops
 from controller.compose import revision, validate
 from controller.entrypoints import cli_gitops
 from controller.errors import SpecError
 from controller.spec import rollout as rollouts
 from controller.spec import system as system_spec
+from controller.spec import wire
 from tests.support import modules
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +79,7 @@ def test_render_writes_every_object_and_a_kustomization_listing_them(tmp_path: P
     assert set(kinds) == {"Rollout", "ConfigMap", "HTTPRoute"}  # the operator creates the Services
 
     cr = kinds["Rollout"]
-    parsed = cli_gitops.parse_rollout(cr)  # the rendered CR is a valid Rollout spec
+    parsed = wire.parse_rollout(cr)  # the rendered CR is a valid Rollout spec
     assert parsed.spec.workload is not None and parsed.spec.workload.image == IMAGE
     assert cr["spec"]["trafficRouting"] == {"gatewayAPI": {"httpRoute": "topics"}}
     # durations stay human strings (the CRD types them int-or-string), weights stay integers
@@ -132,13 +134,13 @@ def test_render_traffic_skeletons(tmp_path: Path, traffic: str, route_file: str,
 def test_route_skeletons_are_what_the_operator_writes_at_rest(tmp_path: Path) -> None:
     """The operator rewrites the router object: the rendered skeleton must be something it accepts,
     and at rest (no canary) exactly what it would write, so Argo CD sees no diff between rollouts."""
-    from controller.adapters import kubernetes as k8s
+    from controller.adapters.kube import gateway, istio, names, nginx, traffic
 
-    system, idle, canary = "topic-classifier", k8s.Split("r1", None), k8s.Split("r1", "r2", 20.0)
+    system, idle, canary = "topic-classifier", traffic.Split("r1", None), traffic.Split("r1", "r2", 20.0)
     render_example(tmp_path / "gw", "--traffic", "gateway-api")
     rules = load(tmp_path / "gw" / "httproute.yaml")["spec"]["rules"]
-    assert k8s.gateway_rules(rules, system=system, split=idle, port=3000, mirror_percent=True) == rules
-    split = k8s.gateway_rules(rules, system=system, split=canary, port=3000, mirror_percent=True)
+    assert gateway.gateway_rules(rules, system=system, split=idle, port=3000, mirror_percent=True) == rules
+    split = gateway.gateway_rules(rules, system=system, split=canary, port=3000, mirror_percent=True)
     assert split is not None
     assert [(b["name"], b["weight"]) for b in split[0]["backendRefs"]] == [
         (f"{system}-stable", 80),
@@ -147,13 +149,13 @@ def test_route_skeletons_are_what_the_operator_writes_at_rest(tmp_path: Path) ->
 
     render_example(tmp_path / "istio", "--traffic", "istio")
     http = load(tmp_path / "istio" / "virtualservice.yaml")["spec"]["http"]
-    assert k8s.istio_http(http, system=system, split=idle) == http
-    split = k8s.istio_http(http, system=system, split=canary)
+    assert istio.istio_http(http, system=system, split=idle) == http
+    split = istio.istio_http(http, system=system, split=canary)
     assert split is not None and [d["weight"] for d in split[0]["route"]] == [80, 20]
 
     render_example(tmp_path / "nginx", "--traffic", "nginx", "--host", "topics.example.com")
     ingress = load(tmp_path / "nginx" / "ingress.yaml")
-    twin = k8s.nginx_canary(ingress, system=system, split=canary, owner=k8s.Owner(system, "ml", "uid-1"))
+    twin = nginx.nginx_canary(ingress, system=system, split=canary, owner=names.Owner(system, "ml", "uid-1"))
     assert twin["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {
         "name": f"{system}-canary",
         "port": {"number": 3000},
@@ -208,7 +210,7 @@ def test_render_keeps_the_wire_spelling_of_traffic_routing(tmp_path: Path) -> No
     spec = load(tmp_path / "out" / "rollout.yaml")["spec"]
     assert spec["trafficRouting"] == {"gatewayAPI": {"httpRoute": "topics"}}
     assert spec["workload"] == {"image": IMAGE, "replicas": 3}
-    assert cli_gitops.parse_rollout(load(tmp_path / "out" / "rollout.yaml")).spec.traffic_routing is not None
+    assert wire.parse_rollout(load(tmp_path / "out" / "rollout.yaml")).spec.traffic_routing is not None
 
 
 @pytest.mark.parametrize(
@@ -269,7 +271,7 @@ def changed_lines(before: str, after: str) -> tuple[list[str], list[str]]:
 def test_promote_gitops_inserts_only_the_revision_fields(tmp_path: Path) -> None:
     render_example(tmp_path, "--traffic", "gateway-api")
     before = {name: data.decode() for name, data in files(tmp_path).items()}
-    path = cli_gitops.promote_gitops(tmp_path, "topic-classifier", REV, ["text-encoder@2", "text-adapter@1"])
+    path = gitops.promote_gitops(tmp_path, "topic-classifier", REV, ["text-encoder@2", "text-adapter@1"])
     assert path == tmp_path / "rollout.yaml"
     after = path.read_text()
     removed, added = changed_lines(before["rollout.yaml"], after)
@@ -282,7 +284,7 @@ def test_promote_gitops_inserts_only_the_revision_fields(tmp_path: Path) -> None
         n: d for n, d in before.items() if n != "rollout.yaml"
     }
     # promoting again replaces the values in place
-    cli_gitops.promote_gitops(tmp_path, "topic-classifier", OLD, ["text-encoder@3"])
+    gitops.promote_gitops(tmp_path, "topic-classifier", OLD, ["text-encoder@3"])
     removed, added = changed_lines(after, path.read_text())
     assert removed == [f"  revision: {REV}", "  modules: [text-encoder@2, text-adapter@1]"]
     assert added == [f"  revision: {OLD}", "  modules: [text-encoder@3]"]
@@ -291,13 +293,13 @@ def test_promote_gitops_inserts_only_the_revision_fields(tmp_path: Path) -> None
 def test_promote_gitops_keeps_comments_and_block_style(tmp_path: Path) -> None:
     path = tmp_path / "rollout.yaml"
     path.write_text(HAND_WRITTEN)
-    cli_gitops.promote_gitops(tmp_path, "topic-classifier", REV, ["text-encoder@2", "text-adapter@1", "topic-head@1"])
+    gitops.promote_gitops(tmp_path, "topic-classifier", REV, ["text-encoder@2", "text-adapter@1", "topic-head@1"])
     expected = HAND_WRITTEN.replace("revision: r111111111111 ", f"revision: {REV} ").replace(
         "  - text-encoder@1\n  - topic-head@1\n", "  - text-encoder@2\n  - text-adapter@1\n  - topic-head@1\n"
     )
     assert path.read_text() == expected
     # to no modules at all: the block sequence becomes []
-    cli_gitops.promote_gitops(tmp_path, "topic-classifier", OLD, [])
+    gitops.promote_gitops(tmp_path, "topic-classifier", OLD, [])
     text = path.read_text()
     assert "  modules: []\n  workload:" in text
     assert text.startswith("# Our canary for topics") and "# a fifth of the traffic first" in text
@@ -310,7 +312,7 @@ def test_promote_gitops_rewrites_a_flow_style_spec(tmp_path: Path) -> None:
     path = tmp_path / "topic-classifier" / "rollout.yaml"
     path.parent.mkdir()
     path.write_text(yaml.safe_dump(doc, default_flow_style=True))
-    assert cli_gitops.promote_gitops(tmp_path, "topic-classifier", REV, ["text-encoder@2"]) == path
+    assert gitops.promote_gitops(tmp_path, "topic-classifier", REV, ["text-encoder@2"]) == path
     edited = load(path)
     assert edited["spec"] == {**doc["spec"], "revision": REV, "modules": ["text-encoder@2"]}
     assert rollouts.from_document(edited).spec.revision == REV
@@ -335,7 +337,7 @@ def test_promote_gitops_refuses(
     if content is not None:
         path.write_text(content)
     with pytest.raises(SpecError, match=match):
-        cli_gitops.promote_gitops(tmp_path, system, revision, modules)
+        gitops.promote_gitops(tmp_path, system, revision, modules)
     if content is not None:
         assert path.read_text() == content  # nothing half-written
 
@@ -346,7 +348,7 @@ def test_promote_gitops_refuses(
 @pytest.fixture
 def git_dir(tmp_path: Path) -> Path:
     render_example(tmp_path, "--namespace", "ml")
-    cli_gitops.promote_gitops(tmp_path, "topic-classifier", REV, ["text-encoder@2"])
+    gitops.promote_gitops(tmp_path, "topic-classifier", REV, ["text-encoder@2"])
     return tmp_path
 
 
@@ -358,9 +360,9 @@ def live(git_dir: Path, **status: Any) -> dict[str, Any]:
 
 
 def test_no_drift_while_in_sync_or_on_the_way(git_dir: Path) -> None:
-    assert cli_gitops.drift(git_dir, live(git_dir, phase="Promoted", stableRevision=REV)) == []
+    assert gitops.drift(git_dir, live(git_dir, phase="Promoted", stableRevision=REV)) == []
     progressing = live(git_dir, phase="Progressing", stableRevision=OLD, canaryRevision=REV, step=2)
-    assert cli_gitops.drift(git_dir, progressing) == []
+    assert gitops.drift(git_dir, progressing) == []
 
 
 def test_drift_after_an_automatic_rollback(git_dir: Path) -> None:
@@ -372,7 +374,7 @@ def test_drift_after_an_automatic_rollback(git_dir: Path) -> None:
         reason="AnalysisFailed",
         message="step 4 analysis failed",
     )
-    assert cli_gitops.drift(git_dir, cr) == [
+    assert gitops.drift(git_dir, cr) == [
         f"Git asks for {REV}, the cluster runs {OLD} after an automatic rollback "
         "(reason AnalysisFailed: step 4 analysis failed)"
     ]
@@ -397,7 +399,7 @@ def test_drift_after_an_automatic_rollback(git_dir: Path) -> None:
     ],
 )
 def test_drift_in_what_runs(git_dir: Path, status: dict[str, Any], expected: str) -> None:
-    assert cli_gitops.drift(git_dir, live(git_dir, **status)) == [expected]
+    assert gitops.drift(git_dir, live(git_dir, **status)) == [expected]
 
 
 def test_drift_in_the_spec(git_dir: Path) -> None:
@@ -409,7 +411,7 @@ def test_drift_in_the_spec(git_dir: Path) -> None:
     steps[i]["setWeight"] = was + 5
     policies = cr["spec"]["policies"]  # the same durations written as seconds: not drift
     policies["rollbackWindow"] = rollouts.seconds(policies["rollbackWindow"])
-    assert cli_gitops.drift(git_dir, cr) == [
+    assert gitops.drift(git_dir, cr) == [
         "spec.paused: Git has (unset), the cluster has true",
         f"spec.strategy.canary.steps[{i}].setWeight: Git has {was}, the cluster has {was + 5}",
     ]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from controller.adapters import router
+from controller.adapters.router import split
 from controller.errors import SpecError
 from controller.plan import telemetry
 from controller.plan.telemetry import Answer, Figure
@@ -281,8 +281,8 @@ def test_empty_windows_have_no_value(metric: M) -> None:
 
 def test_sticky_buckets_are_stable_and_spread() -> None:
     keys = [f"user-{i}".encode() for i in range(4000)]
-    buckets = [router.bucket(k) for k in keys]
-    assert buckets == [router.bucket(k) for k in keys]
+    buckets = [split.bucket(k) for k in keys]
+    assert buckets == [split.bucket(k) for k in keys]
     assert all(0 <= b < 100 for b in buckets)
     share = sum(b < 20 for b in buckets) / len(buckets)
     assert math.isclose(share, 0.2, abs_tol=0.03)

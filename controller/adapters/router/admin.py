@@ -1,0 +1,72 @@
+"""The admin API, never proxied: ``GET|PUT /-/modship/config``, ``GET /-/modship/healthz``,
+``GET /-/modship/telemetry?window=S`` (format in ``controller.plan.telemetry``), ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from controller.adapters.router import metrics, wire
+from controller.adapters.router.route import Routes
+from controller.adapters.router.upstream import Upstream, UpstreamError
+from controller.plan import telemetry
+
+PROBE_TIMEOUT_S = 0.5
+PROBE = b"GET /readyz HTTP/1.1\r\nhost: modship-router\r\n\r\n"
+PATHS = (b"/-/modship/config", b"/-/modship/healthz", b"/-/modship/telemetry", b"/metrics")
+
+
+def is_admin(target: bytes) -> bool:
+    return target.startswith(b"/-/modship/") or target == b"/metrics" or target.startswith(b"/metrics?")
+
+
+async def _check(role: str, up: Upstream | None, rev: str) -> tuple[str, dict[str, Any]] | None:
+    if up is None:
+        return None
+    try:
+        resp = await up.send(PROBE, timeout=PROBE_TIMEOUT_S)
+    except UpstreamError as exc:
+        return role, {"revision": rev, "url": up.url, "reachable": False, "ready": False, "error": str(exc)}
+    return role, {"revision": rev, "url": up.url, "reachable": True, "ready": resp.status == 200}
+
+
+async def health(routes: Routes) -> dict[str, Any]:
+    route = routes.current
+    results = await asyncio.gather(
+        _check("stable", route.stable, route.stable_rev), _check("canary", route.canary, route.canary_rev)
+    )
+    return {
+        "status": "ok",
+        "system": routes.system,
+        "generation": route.generation,
+        "upstreams": dict(r for r in results if r is not None),
+    }
+
+
+async def answer(req: wire.Request, routes: Routes, tel: telemetry.Telemetry, counters: metrics.Counters) -> bytes:
+    path, _, query = req.target.partition(b"?")
+    keep, get = req.keep_alive, req.method == b"GET"
+    if path == b"/-/modship/config" and req.method == b"PUT":
+        status, doc = routes.put(req.body)
+        return wire.json(status, doc, keep_alive=keep)
+    if path == b"/-/modship/config" and get:
+        config = routes.current.config
+        if config is None:
+            return wire.json(404, {"error": "no config yet"}, keep_alive=keep)
+        return wire.json(200, config.wire(), keep_alive=keep)
+    if path == b"/-/modship/healthz" and get:
+        return wire.json(200, await health(routes), keep_alive=keep)
+    if path == b"/-/modship/telemetry" and get:
+        try:
+            window = float(parse_qs(query.decode()).get("window", ["60"])[0])
+        except ValueError:
+            return wire.json(400, {"error": "window must be a number of seconds"}, keep_alive=keep)
+        doc = tel.snapshot(now=time.time(), window=window, generation=routes.current.generation)
+        return wire.json(200, doc, keep_alive=keep)
+    if path == b"/metrics" and get:
+        return wire.response(200, counters.render(), keep_alive=keep, ctype=metrics.CONTENT_TYPE)
+    known = path in PATHS
+    return wire.json(405 if known else 404, {"error": "method not allowed" if known else "not found"}, keep_alive=keep)

@@ -1,0 +1,184 @@
+"""Client connections: httptools parses requests on the event loop; pipelined requests are answered
+in order, one at a time. A request is first offered to the handler's fast path (answered through
+callbacks, without a task); what it declines, and everything queued behind a request in flight, is
+served by one worker task per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, Protocol, cast
+
+import httptools
+
+from controller.adapters.router import wire
+
+log = logging.getLogger("modship.router")
+
+
+class Handler(Protocol):
+    clients: set[ClientConn]
+
+    def fast(self, req: wire.Request, out: ClientConn) -> bool:
+        """Start answering ``req`` now, through callbacks; ``out.finished`` or ``out.hand_over``
+        follows. False: declined, ``serve`` will be awaited for it instead."""
+
+    async def serve(self, req: wire.Request, out: ClientConn) -> None: ...
+
+
+class ClientConn(asyncio.Protocol):
+    """One client connection: parse requests (pipelined ones in order) and answer them in turn."""
+
+    def __init__(self, router: Handler) -> None:
+        self.router = router
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: deque[wire.Request] = deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.busy = False  # a request is in flight on the fast path
+        self.last: wire.Request | None = None
+        self.last_active = time.monotonic()
+        self.paused = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._expect = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio's
+        self.router.clients.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.router.clients.discard(self)
+        self.transport = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # not supported: serve what was parsed, then close
+            if self.last is not None:  # the request in flight or queued last
+                self.last.keep_alive = False
+            self._stop_reading()
+        except httptools.HttpParserError as exc:
+            reject = (
+                exc.__context__ if isinstance(exc.__context__, wire.Reject) else wire.Reject(400, f"bad request: {exc}")
+            )
+            self._enqueue(wire.Request(b"", b"", [], b"", keep_alive=False, reject=reject))
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._size = 0
+        self._expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._size += len(name) + len(value)
+        if self._size > wire.MAX_HEADER_BYTES:
+            raise wire.Reject(431, f"request headers over {wire.MAX_HEADER_BYTES} bytes")
+        name = name.lower()
+        if name in wire.HOP_BY_HOP:
+            self._expect = self._expect or (name == b"expect" and value.lower() == b"100-continue")
+            return
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._size = 0
+        if self._expect:
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > wire.MAX_BODY:
+            raise wire.Reject(413, f"request body over {wire.MAX_BODY} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        keep = self.parser.should_keep_alive()
+        req = wire.Request(self.parser.get_method(), self._url, self._headers, body, keep_alive=keep)
+        self._enqueue(req)
+
+    def _enqueue(self, req: wire.Request) -> None:
+        self.last = req
+        if not self.busy and self.worker is None and not self.queue and req.reject is None:
+            self.busy = True
+            if self.router.fast(req, self):
+                return
+            self.busy = False
+        self.queue.append(req)
+        if self.worker is None and not self.busy:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+        if len(self.queue) > 16:  # a client pipelining without reading: stop reading until we catch up
+            self._stop_reading()
+
+    def finished(self, req: wire.Request) -> None:
+        """The fast path answered ``req``: go on with what queued up meanwhile."""
+        self.busy = False
+        self.last_active = time.monotonic()
+        if not req.keep_alive:
+            self.close()
+            return
+        if self.queue:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    def hand_over(self, req: wire.Request, rest: Coroutine[Any, Any, None]) -> None:
+        """The fast path needs to wait for more (a fallback, a fresh connection): ``rest`` answers
+        ``req`` in the worker task, before the queue."""
+        self.busy = False
+        self.worker = asyncio.get_running_loop().create_task(self._work(req, rest))
+
+    def failed(self) -> None:
+        log.exception("unexpected error while serving a request")
+        self.busy = False
+        self.send(wire.json(500, {"error": "internal router error"}, keep_alive=False))
+        self.close()
+
+    async def _work(self, first: wire.Request | None = None, rest: Coroutine[Any, Any, None] | None = None) -> None:
+        try:
+            if first is not None and rest is not None:
+                await rest
+                if not first.keep_alive:
+                    self.close()
+                    return
+            while self.queue:
+                req = self.queue.popleft()
+                if req.reject is not None:
+                    self.send(wire.json(req.reject.status, {"error": str(req.reject)}, keep_alive=False))
+                    self.close()
+                    return
+                await self.router.serve(req, self)
+                if not req.keep_alive:
+                    self.close()
+                    return
+                if self.paused and len(self.queue) < 4 and self.transport is not None:
+                    self.paused = False
+                    self.transport.resume_reading()
+        except Exception:
+            self.failed()
+        finally:
+            self.worker = None
+            self.last_active = time.monotonic()

@@ -1,0 +1,145 @@
+"""The applied configuration: an immutable ``Route`` per generation (requests take one snapshot and
+keep it, so a swap never moves a request in flight), and ``Routes``, which validates, persists
+(atomically) and applies new configurations, keeping one connection pool per upstream URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pydantic
+
+from controller.adapters.router import split, wire
+from controller.adapters.router.upstream import Upstream
+from controller.plan import telemetry
+from controller.spec.routing import RouterConfig
+
+log = logging.getLogger("modship.router")
+
+
+class Route:
+    """One applied configuration, with its upstreams and the header lines its answers carry."""
+
+    __slots__ = (
+        "canary",
+        "canary_rev",
+        "config",
+        "fallback",
+        "generation",
+        "split",
+        "stable",
+        "stable_rev",
+        "tails",
+        "timeout",
+    )
+
+    def __init__(self, config: RouterConfig | None, upstreams: dict[str, Upstream]) -> None:
+        self.config = config
+        self.generation = config.generation if config else -1
+        stable, canary = (config.stable, config.canary) if config else (None, None)
+        self.stable = upstreams[stable.url] if stable else None
+        self.canary = upstreams[canary.url] if canary else None
+        self.stable_rev = stable.revision if stable else ""
+        self.canary_rev = canary.revision if canary else ""
+        self.timeout = config.timeout_seconds if config else 30.0
+        self.fallback = bool(config and config.fallback)
+        self.split = split.Split.of(config)
+        s, c = self.stable_rev.encode(), self.canary_rev.encode()
+        self.tails = {
+            b"stable": wire.tail(s, b"stable"),
+            b"canary": wire.tail(c, b"canary"),
+            b"canary-fallback": wire.tail(s, b"canary-fallback"),
+        }
+
+    def describe(self) -> str:
+        c = self.config
+        if c is None or c.stable is None:
+            return "no stable revision"
+        if c.canary is None:
+            return f"100% {c.stable.revision}"
+        extra = [
+            f"header {c.header_route.name}" if c.header_route else "",
+            f"mirror {c.mirror.percent:g}%" if c.mirror else "",
+        ]
+        return " ".join(
+            [f"{c.stable.revision} {100 - c.weight:g}% / {c.canary.revision} {c.weight:g}%", *(e for e in extra if e)]
+        )
+
+
+class Routes:
+    """The current Route of one system's router, and how it changes."""
+
+    def __init__(self, system: str, *, state: Path | None, telemetry: telemetry.Telemetry) -> None:
+        self.system = system
+        self.state = state
+        self.telemetry = telemetry
+        self.upstreams: dict[str, Upstream] = {}
+        self.current = Route(None, {})
+
+    def load(self) -> None:
+        """Apply the persisted configuration, if any (a restarted router serves immediately)."""
+        if self.state is None or not self.state.exists():
+            return
+        try:
+            config = RouterConfig.model_validate_json(self.state.read_bytes())
+        except (OSError, pydantic.ValidationError) as exc:
+            log.warning("ignoring unreadable router state %s: %s", self.state, exc)
+            return
+        if config.system != self.system:
+            log.warning("ignoring router state %s: it is for system %r", self.state, config.system)
+            return
+        self.apply(config)
+
+    def _persist(self, config: RouterConfig) -> None:
+        if self.state is None:
+            return
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            f.write(orjson.dumps(config.wire(), option=orjson.OPT_INDENT_2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state)
+
+    def apply(self, config: RouterConfig) -> None:
+        wanted = {u.url: u for u in (config.stable, config.canary) if u is not None}
+        upstreams = {url: self.upstreams.get(url) or Upstream(url, u.host, u.port) for url, u in wanted.items()}
+        for url, old in self.upstreams.items():
+            if url not in upstreams:
+                old.retire()
+        self.upstreams = upstreams
+        self.current = Route(config, upstreams)
+        for u, role in ((config.stable, "stable"), (config.canary, "canary")):
+            if u is not None:
+                self.telemetry.record(u.revision, role)
+        keep = [u.revision for u in (config.stable, config.canary) if u is not None]
+        self.telemetry.forget_before(int(time.time()) - telemetry.HORIZON_S, keep=keep)
+        log.info("applied generation %d: %s", config.generation, self.current.describe())
+
+    def put(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``PUT /-/modship/config``: the HTTP status and the answer."""
+        try:
+            config = RouterConfig.model_validate_json(body)
+        except pydantic.ValidationError as exc:
+            return 400, {
+                "error": "invalid router config",
+                "detail": orjson.loads(exc.json(include_url=False)),
+            }
+        if config.system != self.system:
+            return 400, {"error": f"config is for system {config.system!r}; this router serves {self.system!r}"}
+        if config.generation < self.current.generation:
+            return 409, {
+                "error": f"generation {config.generation} is older than {self.current.generation}",
+                "generation": self.current.generation,
+            }
+        try:
+            self._persist(config)
+        except OSError as exc:
+            return 500, {"error": f"cannot persist the config: {exc}"}
+        self.apply(config)
+        return 200, {"generation": config.generation}

@@ -1,0 +1,197 @@
+"""The router's server: client connections (httptools on the event loop, pipelined requests
+answered in order) and ``Router``, which ties the applied route, the split, fallback, mirroring,
+recording and the admin API together for one system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import random
+import socket
+import time
+from pathlib import Path
+
+from controller.adapters.router import admin, fallback, metrics, split, wire
+from controller.adapters.router.client import ClientConn
+from controller.adapters.router.mirror import Mirrors
+from controller.adapters.router.recorder import Recorder
+from controller.adapters.router.route import Route, Routes
+from controller.adapters.router.upstream import Connection, Upstream, UpstreamError
+from controller.plan import telemetry
+
+log = logging.getLogger("modship.router")
+
+CLIENT_IDLE_S = 75.0  # close idle (or stalled) client connections after this
+
+
+class Router:
+    """Routing state, telemetry and the admin API of one system's router."""
+
+    def __init__(self, system: str, *, state: Path | None = None) -> None:
+        self.system = system
+        self.telemetry = telemetry.Telemetry()
+        self.routes = Routes(system, state=state, telemetry=self.telemetry)
+        self.counters = metrics.Counters(system, self._weights)
+        self.recorder = Recorder(self.telemetry, self.counters)
+        self.mirrors = Mirrors(self.recorder)
+        self.clients: set[ClientConn] = set()
+
+    def _weights(self) -> metrics.Weights:
+        r = self.routes.current
+        return metrics.Weights(
+            stable=r.stable_rev if r.stable is not None else None,
+            canary=r.canary_rev if r.canary is not None else None,
+            weight=r.split.weight,
+            generation=r.generation,
+        )
+
+    def load(self) -> None:
+        self.routes.load()
+
+    def _decide(self, route: Route, req: wire.Request) -> bool:
+        if req.canary is None:
+            req.canary = route.canary is not None and split.to_canary(route.split, req.headers, random.random)
+        return req.canary
+
+    def fast(self, req: wire.Request, out: ClientConn) -> bool:
+        """Answer ``req`` through callbacks when an idle connection to the chosen upstream is at hand
+        (the common case under load): no task, no future. False: ``serve`` answers it."""
+        route = self.routes.current
+        if route.stable is None or admin.is_admin(req.target):
+            return False
+        canary = self._decide(route, req)
+        up = route.canary if canary and route.canary is not None else route.stable
+        conn = up.take()
+        if conn is None:
+            return False
+        t0 = time.perf_counter()
+
+        def done(resp: wire.Response | None, exc: UpstreamError | None) -> None:
+            try:
+                self._fast_done(route, req, out, up=up, conn=conn, t0=t0, resp=resp, exc=exc)
+            except Exception:
+                out.failed()
+
+        try:
+            conn.request(req.encode(), route.timeout, req.method == b"HEAD", done)
+        except Exception:  # a transport closing under us: the slow path connects afresh
+            conn.close()
+            return False
+        return True
+
+    def _fast_done(
+        self,
+        route: Route,
+        req: wire.Request,
+        out: ClientConn,
+        *,
+        up: Upstream,
+        conn: Connection,
+        t0: float,
+        resp: wire.Response | None,
+        exc: UpstreamError | None,
+    ) -> None:
+        if resp is None:
+            conn.close()
+            if exc is not None and exc.stale:  # a reused connection had died: start over on a fresh one
+                out.hand_over(req, self.serve(req, out))
+                return
+            kind = exc.kind if exc is not None else "connect"
+            tried = fallback.Attempt(None, kind, None if kind == "connect" else time.perf_counter() - t0)
+        else:
+            up.release(conn, resp)
+            tried = fallback.Attempt(resp, "status5xx" if resp.status >= 500 else None, time.perf_counter() - t0)
+        if req.canary and tried.kind is not None and route.fallback:
+            out.hand_over(req, self._fall_back(route, req, out, tried))
+            return
+        self._answer(route, req, out, (fallback.served(route, req, tried, canary=bool(req.canary)),))
+        out.finished(req)
+
+    async def _fall_back(self, route: Route, req: wire.Request, out: ClientConn, tried: fallback.Attempt) -> None:
+        self._answer(route, req, out, await fallback.replay(route, req, tried))
+
+    async def serve(self, req: wire.Request, out: ClientConn) -> None:
+        """Answer one request on ``out``, then record what happened."""
+        if admin.is_admin(req.target):
+            self.recorder.flush()
+            out.send(await admin.answer(req, self.routes, self.telemetry, self.counters))
+            return
+        route = self.routes.current
+        if route.stable is None:
+            error = {"error": f"no route for system {self.system!r}: the router has no stable revision yet"}
+            out.send(wire.json(503, error, keep_alive=req.keep_alive))
+            return
+        self._answer(route, req, out, await fallback.forward(route, req, canary=self._decide(route, req)))
+
+    def _answer(self, route: Route, req: wire.Request, out: ClientConn, legs: tuple[fallback.Leg, ...]) -> None:
+        """Send the last leg's answer, record every leg, mirror what stable alone served."""
+        out.send(legs[-1].answer)
+        for leg in legs:
+            self.recorder.later(req, leg)
+        if not req.canary and split.mirrored(route.split, random.random):
+            self.mirrors.spawn(route, req, legs[-1].tried)
+
+    async def close(self, *, grace: float = 5.0) -> None:
+        """Let requests in flight finish (up to ``grace`` seconds), then drop every connection."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        busy = [c.worker for c in self.clients if c.worker is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
+        while any(c.busy for c in self.clients) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.mirrors.cancel()
+        self.recorder.flush()
+        for c in list(self.clients):
+            c.close()
+        for up in self.routes.upstreams.values():
+            up.retire()
+
+    def sweep(self, now: float) -> None:
+        """Close client connections idle (or stalled mid-request) for ``CLIENT_IDLE_S``."""
+        idle = [c for c in self.clients if c.worker is None and not c.busy and now - c.last_active > CLIENT_IDLE_S]
+        for c in idle:
+            c.close()
+
+
+async def run(
+    *, host: str, port: int, system: str, state: Path | None, stop: asyncio.Event, sock: socket.socket | None = None
+) -> None:
+    """Serve until ``stop`` is set, then drain and close; on ``sock`` (already listening) if given."""
+    router = Router(system, state=state)
+    router.load()
+    gc.collect()
+    gc.freeze()  # what startup allocated is never garbage: later collections need not walk it
+    loop = asyncio.get_running_loop()
+    if sock is not None:  # held by the local runtime's supervisor across restarts of this process
+        server = await loop.create_server(lambda: ClientConn(router), sock=sock, backlog=2048)
+    else:
+        server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=2048)
+    bound = server.sockets[0].getsockname()[1] if server.sockets else port
+    log.info(
+        "modship router for %s on http://%s:%d (generation %d, state %s)",
+        system,
+        host,
+        bound,
+        router.routes.current.generation,
+        state,
+    )
+
+    async def sweeper() -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            router.sweep(time.monotonic())
+
+    sweep = loop.create_task(sweeper())
+    try:
+        await stop.wait()
+    finally:
+        sweep.cancel()
+        server.close()
+        await router.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await server.wait_closed()

@@ -1,0 +1,223 @@
+"""The connection pool: keep-alive HTTP/1.1 connections to one upstream (``http://host:port``),
+one request at a time each. A reused connection that dies before answering is replaced once by a
+fresh one within the same deadline (the upstream closed it while idle: safe to retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+
+from controller.adapters.router.wire import FRAMING, MAX_RESPONSE, Response
+
+UPSTREAM_IDLE_S = 4.0  # reuse idle upstream connections younger than this (uvicorn closes at 5 s)
+MAX_IDLE_PER_UPSTREAM = 128
+CONNECT_TIMEOUT_S = 2.0  # upstreams are on loopback: a connect that takes longer will not succeed
+
+
+class UpstreamError(Exception):
+    """An attempt that got no usable HTTP response. ``kind`` is ``connect`` or ``timeout``;
+    ``stale``: a reused keep-alive connection failed before any byte came back (safe to retry)."""
+
+    def __init__(self, kind: str, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.stale = stale
+
+
+Done = Callable[[Response | None, "UpstreamError | None"], None]  # a response, or why none came
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection to an upstream; one request at a time. ``request`` calls ``done``
+    exactly once, from the event loop (no future, no task: the router's fast path chains callbacks)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reusable = True
+        self._waiter: Done | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._got = self._head = self._headers_done = self._framed = False
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio's
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiter is not None and self._headers_done and not self._framed:  # body ends at the close
+            self.reusable = False
+            self._finish()
+        self._fail(UpstreamError("connect", "connection closed before a complete response", stale=not self._got))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def wait(self, data: bytes, timeout: float, head: bool) -> asyncio.Future[Response]:
+        """``request`` as a future."""
+        future: asyncio.Future[Response] = self.loop.create_future()
+
+        def done(resp: Response | None, exc: UpstreamError | None) -> None:
+            if future.done():
+                return
+            if resp is not None:
+                future.set_result(resp)
+            else:
+                future.set_exception(exc or UpstreamError("connect", "no response"))
+
+        self.request(data, timeout, head, done)
+        return future
+
+    def request(self, data: bytes, timeout: float, head: bool, done: Done) -> None:
+        assert self.transport is not None
+        self.transport.write(data)  # first: should it raise, this connection owes nobody an answer
+        self._waiter = done
+        self._got = self._headers_done = self._framed = False
+        self._head = head
+        self._reason = b""
+        self._headers = []
+        self._body = []
+        self._size = 0
+        self._timer = self.loop.call_later(timeout, self._timed_out, timeout)
+
+    def _timed_out(self, timeout: float) -> None:
+        self._timer = None
+        self._fail(UpstreamError("timeout", f"no complete response within {timeout:g}s"))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, exc: UpstreamError) -> None:
+        waiter, self._waiter = self._waiter, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if waiter is not None:
+            self.reusable = False
+            waiter(None, exc)
+
+    def _finish(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        keep = self.reusable and not self.closed and self.parser.should_keep_alive()
+        resp = Response(self.parser.get_status_code(), self._reason, self._headers, b"".join(self._body), keep)
+        waiter(resp, None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # bytes nobody asked for: the connection is out of sync
+            self.reusable = False
+            self.close()
+            return
+        self._got = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("connect", f"invalid response: {exc.__context__ or exc}"))
+            self.close()
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in FRAMING:
+            self._framed = True  # a close before the end truncates the body: an error, not the end
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        if self._head:  # no body follows; the parser cannot be told, so the connection is not reused
+            self.reusable = False
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > MAX_RESPONSE:
+            raise ValueError(f"response body over {MAX_RESPONSE} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._finish()
+
+
+class Upstream:
+    """A pool of keep-alive connections to one ``http://host:port``."""
+
+    def __init__(self, url: str, host: str, port: int) -> None:
+        self.url, self.host, self.port = url, host, port
+        self._idle: list[tuple[Connection, float]] = []
+        self.retired = False
+
+    def take(self) -> Connection | None:
+        """An idle keep-alive connection young enough to reuse, or None."""
+        now = time.monotonic()
+        while self._idle:
+            conn, since = self._idle.pop()
+            if not conn.closed and now - since < UPSTREAM_IDLE_S:
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, timeout: float) -> Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(min(timeout, CONNECT_TIMEOUT_S)):
+                _, conn = await loop.create_connection(Connection, self.host, self.port)
+        except TimeoutError:
+            raise UpstreamError("timeout", f"connecting to {self.url} timed out") from None
+        except OSError as exc:
+            raise UpstreamError("connect", f"cannot connect to {self.url}: {exc.strerror or exc}") from None
+        return conn
+
+    async def send(self, data: bytes, *, timeout: float, head: bool = False) -> Response:
+        """One request/response exchange; raises UpstreamError. A reused connection that turns out to
+        be dead before answering is replaced by a fresh one once, within the same deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = self.take()
+        while True:
+            fresh = conn is None
+            if conn is None:
+                conn = await self._connect(deadline - loop.time())
+            try:
+                resp = await conn.wait(data, max(0.001, deadline - loop.time()), head)
+            except UpstreamError as exc:
+                conn.close()
+                if exc.stale and not fresh:
+                    conn = None
+                    continue
+                raise
+            except asyncio.CancelledError:
+                conn.close()
+                raise
+            self.release(conn, resp)
+            return resp
+
+    def release(self, conn: Connection, resp: Response) -> None:
+        """After a complete response: keep the connection for reuse when it may be kept."""
+        if resp.keep_alive and not self.retired and len(self._idle) < MAX_IDLE_PER_UPSTREAM:
+            self._idle.append((conn, time.monotonic()))
+        else:
+            conn.close()
+
+    def retire(self) -> None:
+        """No longer configured: close idle connections; those in flight close when done."""
+        self.retired = True
+        for conn, _ in self._idle:
+            conn.close()
+        self._idle.clear()

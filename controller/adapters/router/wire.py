@@ -1,0 +1,157 @@
+"""HTTP/1.1 wire format of the router: requests as parsed from clients, responses as parsed from
+upstreams, and the bytes written back (relayed answers, JSON errors). Header names are lower-cased
+and hop-by-hop headers are dropped on the way in; framing is rewritten (Content-Length) on the way
+out, since both sides are buffered.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import orjson
+
+from controller.plan import telemetry
+
+MAX_BODY = 4 << 20  # request bodies are small JSON; buffered for replay
+MAX_RESPONSE = 32 << 20
+MAX_HEADER_BYTES = 64 << 10
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"expect",
+    }
+)
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
+_CLOSE = b"connection: close\r\n"
+
+
+class Reject(Exception):
+    """A request refused while parsing it (``status`` 400, 413, 431)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Response:
+    """An upstream's answer, buffered."""
+
+    __slots__ = ("body", "headers", "keep_alive", "reason", "status")
+
+    def __init__(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # names lower-cased
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+class Request:
+    """A client's request, buffered (so a failed canary attempt can be replayed on stable)."""
+
+    __slots__ = ("_data", "_lengths", "body", "canary", "headers", "keep_alive", "method", "reject", "target")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        keep_alive: bool,
+        reject: Reject | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers  # names lower-cased, hop-by-hop headers removed
+        self.body = body
+        self.keep_alive = keep_alive
+        self.reject = reject
+        self._lengths: tuple[int, ...] | None = None
+        self._data: bytes | None = None
+        self.canary: bool | None = None  # the split's decision, once taken
+
+    def lengths(self) -> tuple[int, ...]:
+        """Character lengths of the texts in the body (for input-drift telemetry), parsed once."""
+        if self._lengths is None:
+            self._lengths = telemetry.input_lengths(self.body) if self.body else ()
+        return self._lengths
+
+    def encode(self, extra: bytes = b"") -> bytes:
+        """The request as sent upstream (``extra``: more header lines); without ``extra``, built once."""
+        if not extra and self._data is not None:
+            return self._data
+        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n"]
+        for n, v in self.headers:
+            parts += (n, b": ", v, b"\r\n")
+        if self.body or self.method not in NO_BODY_METHODS:
+            parts.append(b"content-length: %d\r\n" % len(self.body))
+        parts += (extra, b"\r\n", self.body)
+        data = b"".join(parts)
+        if not extra:
+            self._data = data
+        return data
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is not None and (not reason or reason == REASONS[status]):
+        return line
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))
+
+
+def response(
+    status: int, body: bytes, *, keep_alive: bool, ctype: bytes = b"application/json", extra: bytes = b""
+) -> bytes:
+    return b"".join(
+        (
+            status_line(status),
+            b"content-type: %s\r\ncontent-length: %d\r\n" % (ctype, len(body)),
+            extra,
+            b"" if keep_alive else _CLOSE,
+            b"\r\n",
+            body,
+        )
+    )
+
+
+def json(status: int, doc: object, *, keep_alive: bool, extra: bytes = b"") -> bytes:
+    return response(status, orjson.dumps(doc), keep_alive=keep_alive, extra=extra)
+
+
+def relay(resp: Response, *, tail: bytes, keep_alive: bool, head: bool) -> bytes:
+    """The upstream's response for the client. ``tail``: modship's header lines
+    (``x-modship-revision``, unless the upstream named one, then ``x-modship-routed``)."""
+    parts = [status_line(resp.status, resp.reason)]
+    named = False
+    for n, v in resp.headers:
+        if n in HOP_BY_HOP and not (head and n == b"content-length"):
+            continue
+        if n == b"x-modship-revision":
+            named = True
+        parts += (n, b": ", v, b"\r\n")
+    parts.append(tail[tail.index(b"\n") + 1 :] if named else tail)
+    if not head:
+        parts.append(b"content-length: %d\r\n" % len(resp.body))
+    if not keep_alive:
+        parts.append(_CLOSE)
+    parts += (b"\r\n", b"" if head else resp.body)
+    return b"".join(parts)
+
+
+def tail(revision: bytes, routed: bytes) -> bytes:
+    """The header lines ``relay`` adds; the first line is the revision (dropped when already named)."""
+    return b"x-modship-revision: %s\r\nx-modship-routed: %s\r\n" % (revision, routed)
