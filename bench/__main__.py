@@ -48,7 +48,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import cache, composed, k8s_operator, load, results, rollback, router, setup, soak
+from bench import cache, composed, isolation, k8s_operator, load, results, rollback, router, setup, soak
 
 Benchmark = Callable[[setup.Workspace, load.Load], dict[str, Any]]
 
@@ -58,6 +58,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "cache": cache.run,
     "router": router.run,
     "rollback": rollback.run,
+    "isolation": isolation.run,
     "operator": lambda ws, cfg: k8s_operator.run(),
     "soak": soak.run,
 }

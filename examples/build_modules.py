@@ -231,6 +231,7 @@ def main() -> None:
                 "kind": "onnx-text-encoder",
                 "files": {"model": "model.onnx", "tokenizer": "tokenizer.json"},
                 "params": params,
+                "batchable": True,  # padded to the longest text, masked: rows do not affect each other
             },
             "contract": {"inputs": {"text": text_port}, "outputs": {"embedding": emb(space)}},
             "metadata": {

@@ -25,6 +25,8 @@ from typing import Any
 from controller.adapters import proctree, supervisor
 
 GRACE = 10.0  # SIGTERM -> SIGKILL, inside the supervisor
+# processes a unit's own code restarts when they die: a step's isolated module worker
+TOLERATED = ("controller.pipeline.worker",)
 MARGIN = 5.0  # then the controller kills the supervisor itself
 
 
@@ -89,7 +91,9 @@ class Units:
         record = self.dir / f"{name}-{uuid.uuid4().hex[:8]}.json"
         with log.open("ab") as logf:
             proc = subprocess.Popen(
-                supervisor.command(record, cmd, grace=self.grace, restart=listen is not None, listen=listen),
+                supervisor.command(
+                    record, cmd, grace=self.grace, restart=listen is not None, listen=listen, tolerate=TOLERATED
+                ),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -78,9 +78,16 @@ class Member:
 
 class Supervisor:
     def __init__(
-        self, record: Path, cmd: list[str], *, grace: float, restart: bool = False, listen: str | None = None
+        self,
+        record: Path,
+        cmd: list[str],
+        *,
+        grace: float,
+        restart: bool = False,
+        listen: str | None = None,
+        tolerate: tuple[str, ...] = (),
     ) -> None:
-        self.record, self.cmd, self.grace, self.restart = record, cmd, grace, restart
+        self.record, self.cmd, self.grace, self.restart, self.tolerate = record, cmd, grace, restart, tolerate
         self.pid = os.getpid()
         self.start = proctree.start_of(self.pid) or 0
         self.started = time.time()
@@ -200,6 +207,8 @@ class Supervisor:
             changed = True
             status = self.statuses.pop(pid, None)
             failed = status is not None and status != 0
+            if any(t in m.cmd for t in self.tolerate):
+                continue  # its parent restarts it (a step's isolated worker): not the unit's crash
             if m.main or failed or (now - m.seen >= SETTLE):
                 how = proctree.describe(status)
                 # several may go at once (a worker and the process waiting for it): name the likely cause
@@ -255,10 +264,17 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def command(
-    record: Path, cmd: list[str], *, grace: float = 10.0, restart: bool = False, listen: str | None = None
+    record: Path,
+    cmd: list[str],
+    *,
+    grace: float = 10.0,
+    restart: bool = False,
+    listen: str | None = None,
+    tolerate: tuple[str, ...] = (),
 ) -> list[str]:
     """The command line that runs ``cmd`` under a supervisor writing ``record``."""
     opts = ["--record", str(record), "--grace", f"{grace:g}", *(["--restart"] if restart else [])]
+    opts += [f"--tolerate={t}" for t in tolerate]
     opts += ["--listen", listen] if listen else []
     return [sys.executable, "-m", "controller.adapters.supervisor", *opts, "--", *cmd]
 
@@ -282,12 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart", action="store_true", help="restart the main process in place after a crash")
     p.add_argument("--listen", metavar="HOST:PORT", help="hold this listening socket; the main process gets its fd "
                    "in MODSHIP_LISTEN_FD")  # fmt: skip
+    p.add_argument("--tolerate", action="append", default=[], metavar="TEXT",
+                   help="processes whose command line holds TEXT may die: their parent restarts them")  # fmt: skip
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     args = p.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         p.error("give the command to run after --")
-    return Supervisor(args.record, cmd, grace=args.grace, restart=args.restart, listen=args.listen).run()
+    sup = Supervisor(
+        args.record, cmd, grace=args.grace, restart=args.restart, listen=args.listen, tolerate=tuple(args.tolerate)
+    )
+    return sup.run()
 
 
 if __name__ == "__main__":

@@ -122,3 +122,17 @@ def test_a_killed_router_is_restarted_in_place_and_clients_wait_instead_of_faili
     assert (crash.process, crash.pid, crash.signal) == ("router", first, "SIGKILL")
     assert units.restarted(p) == [] and p.reported == 1
     units.stop([p])
+
+
+def test_a_steps_isolated_worker_may_die_without_taking_its_revision_down(units: Units, tmp_path: Path) -> None:
+    isolated = "import time; time.sleep(1.5)  # controller.pipeline.worker"
+    main = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {isolated!r}]); time.sleep(600)"
+    pid, st, record = units.spawn("r1", [sys.executable, "-c", main], dict(os.environ), tmp_path / "r1.log")
+    p = Proc("r1", pid, 0, time.time(), [], start=st, record=record)
+    wait_until(lambda: len(units.members(p)) == 3, timeout=20, what="the isolated worker")
+    wait_until(lambda: len(units.members(p)) == 2, timeout=20, what="the isolated worker gone")
+    deadline = time.monotonic() + 2.5  # past the supervisor's full scan: the death has been seen
+    while time.monotonic() < deadline:
+        assert units.running(p)
+        time.sleep(0.1)
+    units.stop([p])
