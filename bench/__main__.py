@@ -48,7 +48,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import cache, composed, isolation, k8s_operator, load, results, rollback, router, setup
+from bench import cache, composed, isolation, k8s_operator, load, results, rollback, router, setup, soak
 
 Benchmark = Callable[[setup.Workspace, load.Load], dict[str, Any]]
 
@@ -60,6 +60,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "rollback": rollback.run,
     "isolation": isolation.run,
     "operator": lambda ws, cfg: k8s_operator.run(),
+    "soak": soak.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 TOOLS = {"wrk": "wrk", "nginx": "nginx"}  # binary -> Debian package

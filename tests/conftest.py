@@ -11,12 +11,40 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import leaks
 from tests.support.services import MlflowServer
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 MODSHIP = str(Path(sys.executable).parent / "modship")
+_tracker: leaks.Tracker | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _tracker
+    _tracker = leaks.Tracker()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a process the tests started is still alive (and stop it)."""
+    if _tracker is None:
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    found = _tracker.settle(basetemp)
+    if not found:
+        return
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{len(found)} process(es) started by the tests outlived the session (now stopped):"]
+    lines += [f"  {leak}" for leak in found]
+    if tr is not None:
+        tr.write_sep("=", "processes left behind", red=True)
+    for line in lines:
+        (tr.write_line if tr is not None else print)(line)
+    leaks.stop(found)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

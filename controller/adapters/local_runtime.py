@@ -1,36 +1,43 @@
 """The Target port on one machine: ``bentoml serve`` processes per revision behind one router.
 
-Each revision runs as its own process group on a free loopback port with a private
-``BENTOML_HOME`` (BentoML wipes its Prometheus directory when a server starts) and its own
-feature-flag file. Processes are recorded in ``runtime.json`` and adopted by a restarted
-controller, so killing the controller (even with SIGKILL) never interrupts traffic. A revision
-that crashes is restarted with exponential backoff; a canary that keeps crashing is reported as
-failed.
+Each revision runs on a free loopback port with a private ``BENTOML_HOME`` (BentoML wipes its
+Prometheus directory when a server starts) and its own feature-flag file.
+
+Every revision, and the router, is one *unit* that cannot be orphaned: it runs under a small
+supervisor process (``controller.adapters.supervisor``) that is the child subreaper of everything
+below it — BentoML's workers live in sessions of their own, so process groups do not reach them.
+When any process of a unit dies, its supervisor records which one and how, stops the survivors
+and exits; the controller then reports the crash (event, ``status``, metrics) and restarts the
+unit with exponential backoff. A canary that keeps crashing is reported as failed. Units are
+recorded in ``runtime.json`` by their supervisor's pid *and* start time and adopted by a restarted
+controller, so killing the controller (even with SIGKILL) never interrupts traffic; what a dead
+supervisor left behind is stopped from its record, and units no record names are stopped too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from controller import atomic, backoff
-from controller.adapters import bento
+from controller.adapters import bento, local_units
 from controller.adapters.local_store import LocalStore
+from controller.adapters.local_units import Crash, Proc
 from controller.errors import Unavailable
-from controller.plan.actions import SetTraffic
+from controller.plan.actions import Event, SetTraffic
 from controller.plan.observations import Health
+from controller.plan.reasons import Reason
 
 log = logging.getLogger("modship.local")
 MAX_RESTARTS = 4  # a canary restarted more often than this within CRASH_WINDOW has failed
@@ -44,45 +51,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(ChildProcessError):  # reap it if it is our zombie child
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
-
-
-def kill_group(pid: int, *, grace: float = 10.0) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.05)
-    if alive(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-
-
-@dataclass
-class Proc:
-    revision: str
-    pid: int
-    port: int
-    started: float
-    restarts: list[float]
-    next_start: float = 0.0  # backoff: not before this time (monotonic clock of this controller)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 class LocalRuntime:
     def __init__(self, store: LocalStore, system: str, *, bentoml_home: Path, router_port: int) -> None:
         self.store, self.system, self.bentoml_home = store, system, bentoml_home
@@ -90,8 +58,12 @@ class LocalRuntime:
         self.run_dir = store.dir(system) / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._http = httpx.Client(timeout=httpx.Timeout(2.0, connect=0.5))
+        self.units = local_units.Units(self.run_dir / "units")
         self.procs: dict[str, Proc] = {}
         self.router: Proc | None = None
+        self.crashes: dict[str, dict[str, Any]] = {}  # unit -> {"count", "byProcess", "last"}
+        self._watch: local_units.ExitWatch | None = None
+        self._crash_lock = threading.Lock()  # the API thread reads crashes while the loop counts them
         self._adopt()
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -101,33 +73,70 @@ class LocalRuntime:
 
     def _adopt(self) -> None:
         path = self.run_dir / "runtime.json"
-        if not path.exists():
-            return
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text()) if path.exists() else {}
+        self.crashes = dict(data.get("crashes") or {})
         for d in data.get("revisions", []):
             p = Proc(**d)
-            if alive(p.pid):
+            if self.units.running(p):
                 self.procs[p.revision] = p
+            else:  # it ended while no controller watched: report it; the next reconcile restarts it
+                self._collect(p)
         r = data.get("router")
-        if r and alive(r["pid"]) and r["port"] == self.router_port:
-            self.router = Proc(**r)
+        if r:
+            router = Proc(**r)
+            if self.units.running(router) and router.port == self.router_port:
+                self.router = router
+            else:
+                self._collect(router)
+                self.units.stop([router])
+        stray = self.units.strays({p.record for p in (*self.procs.values(), self.router) if p is not None})
+        if stray:
+            log.warning("%s: stopped %d process(es) of units no record named", self.system, stray)
+        self._persist()
+
+    def _units(self) -> list[Proc]:
+        return [*list(self.procs.values()), *([self.router] if self.router else [])]
 
     def _persist(self) -> None:
         data: dict[str, Any] = {
             "revisions": [asdict(p) for p in self.procs.values()],
             "router": asdict(self.router) if self.router else None,
+            "crashes": self.crashes,
         }
-        atomic.write_text(self.run_dir / "runtime.json", json.dumps(data, indent=1))
+        with self._crash_lock:
+            text = json.dumps(data, indent=1)
+        atomic.write_text(self.run_dir / "runtime.json", text)
 
-    def _spawn(self, cmd: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
-        logf = (self.run_dir / log_name).open("ab")
-        return subprocess.Popen(
-            cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, stdin=subprocess.DEVNULL
-        )
+    def _spawn(
+        self, unit: str, cmd: list[str], env: dict[str, str], *, port: int, restarts: list[float], hold: bool = False
+    ) -> Proc:
+        listen = f"127.0.0.1:{port}" if hold else None
+        pid, start, record = self.units.spawn(unit, cmd, env, self.run_dir / f"{unit}.log", listen=listen)
+        return Proc(unit, pid, port, time.time(), restarts, start=start, record=record)
+
+    def _collect(self, p: Proc) -> None:
+        """A unit ended: stop what it left, count and report the crash (once)."""
+        crash = self.units.collect(p)
+        if crash is not None:
+            self._report(crash)
+
+    def _report(self, c: Crash, *, restarted: str = "restarting") -> None:
+        with self._crash_lock:
+            entry = self.crashes.setdefault(c.unit, {"count": 0, "byProcess": {}, "last": None})
+            entry["count"] += 1
+            entry["byProcess"][c.process] = entry["byProcess"].get(c.process, 0) + 1
+            entry["last"] = c.dump()
+        what = "the router" if c.unit == "router" else f"revision {c.unit}"
+        pid = f" (pid {c.pid})" if c.pid else ""
+        left = f"; stopped {c.leftovers} process(es) it left behind" if c.leftovers else ""
+        msg = f"{what}: {c.process}{pid} {c.how}{left}; crash {entry['count']}, {restarted}"
+        log.warning("%s: %s", self.system, msg)
+        self.store.append_event(self.system, Event(Reason.PROCESS_CRASHED, msg, warning=True), now=c.at)
+        self._persist()
 
     # -- router ----------------------------------------------------------------------------------
     def ensure_router(self) -> None:
-        if self.router is not None and alive(self.router.pid):
+        if self.router is not None and self.units.running(self.router):
             return
         cmd = [
             sys.executable,
@@ -142,8 +151,8 @@ class LocalRuntime:
             "--state",
             str(self.run_dir / "router.json"),
         ]
-        proc = self._spawn(cmd, dict(os.environ), "router.log")
-        self.router = Proc("router", proc.pid, self.router_port, time.time(), [])
+        # the supervisor holds the router's socket and restarts it in place: clients wait, not fail
+        self.router = self._spawn("router", cmd, dict(os.environ), port=self.router_port, restarts=[], hold=True)
         self._persist()
 
     def router_ready(self) -> bool:
@@ -156,8 +165,10 @@ class LocalRuntime:
     def ensure(self, revision: str, role: str) -> None:
         self.ensure_router()
         p = self.procs.get(revision)
-        if p is not None and alive(p.pid):
+        if p is not None and self.units.running(p):
             return
+        if p is not None:
+            self._collect(p)  # idempotent: a crash is counted once
         now = time.monotonic()
         if p is not None:
             if now < p.next_start:
@@ -173,25 +184,26 @@ class LocalRuntime:
             MODSHIP_TRACING=os.environ.get("MODSHIP_TRACING", "none"),
         )
         self._write_flags(revision, ())
-        proc = self._spawn(bento.serve_command(bento_dir, host="127.0.0.1", port=port), env, f"{revision}.log")
         restarts = p.restarts if p is not None else []
-        wait = backoff.delay(len(restarts), first=2.0, cap=30.0)
-        self.procs[revision] = Proc(revision, proc.pid, port, time.time(), restarts, now + wait)
+        cmd = bento.serve_command(bento_dir, host="127.0.0.1", port=port)
+        new = self._spawn(revision, cmd, env, port=port, restarts=restarts)
+        new.next_start = now + backoff.delay(len(restarts), first=2.0, cap=30.0)
+        self.procs[revision] = new
         self._persist()
 
     def stop(self, revision: str) -> None:
         p = self.procs.pop(revision, None)
         if p is not None:
-            kill_group(p.pid)
+            self.units.stop([p])
             self._persist()
 
     def stop_all(self) -> None:
-        for rev in list(self.procs):
-            self.stop(rev)
-        if self.router is not None:
-            kill_group(self.router.pid)
-            self.router = None
-            self._persist()
+        """Stop every revision and the router together (``modship down``)."""
+        units = self._units()
+        self.procs.clear()
+        self.router = None
+        self.units.stop(units)
+        self._persist()
 
     def route(self, t: SetTraffic) -> None:
         stable = self.procs.get(t.stable)
@@ -243,7 +255,7 @@ class LocalRuntime:
 
     def _ready(self, revision: str) -> bool:
         p = self.procs.get(revision)
-        if p is None or not alive(p.pid):
+        if p is None or not self.units.running(p):
             return False
         try:
             return self._http.get(f"{p.url}/readyz", timeout=READY_TIMEOUT).status_code == 200
@@ -251,14 +263,18 @@ class LocalRuntime:
             return False
 
     def supervise(self) -> None:
-        """Restart revisions whose process died (with backoff); called every controller tick."""
+        """Report units that ended and restart them (revisions with backoff); every controller tick."""
         for rev, p in list(self.procs.items()):
-            if not alive(p.pid):
+            if not self.units.running(p):
+                self._collect(p)
                 self.ensure(rev, "restart")
-        if self.router is not None and not alive(self.router.pid):
-            log.warning("%s: router exited; restarting it", self.system)
+        if self.router is not None and not self.units.running(self.router):
+            self._collect(self.router)
             self.router = None
             self.ensure_router()
+        for p in self._units():
+            for crash in self.units.restarted(p):
+                self._report(crash, restarted="restarted in place")
 
     # -- flags ---------------------------------------------------------------------------------------
     def _flags_path(self, revision: str) -> Path:
@@ -288,7 +304,26 @@ class LocalRuntime:
         except (httpx.HTTPError, ValueError):
             return None
 
+    def report(self) -> dict[str, Any]:
+        """Every running unit's processes and memory, and the crashes of every unit since deploy."""
+        units = self._units()
+        out: dict[str, Any] = {}
+        for p in units:
+            count, rss = local_units.usage([p])
+            out[p.revision] = {"supervisor": p.pid, "processes": count, "rssBytes": rss,
+                               "members": self.units.members(p)}  # fmt: skip
+        count, rss = local_units.usage(units)
+        with self._crash_lock:
+            crashes = json.loads(json.dumps(self.crashes))
+        return {"units": out, "processes": count, "rssBytes": rss, "crashes": crashes}
+
+    def watch(self, on_exit: Callable[[], None]) -> None:
+        """Have ``on_exit`` called (from a thread) when a unit ends, to restart it without delay."""
+        self._watch = local_units.ExitWatch(self._units, on_exit)
+
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self._http.close()
 
 

@@ -98,6 +98,7 @@ class Facts:
     managed: bool
     traffic: dict[str, control.TrafficFigures] = field(default_factory=dict)
     router: str | None = None
+    processes: dict[str, Any] | None = None
     namespace: str | None = None
     conditions: list[dict[str, Any]] | None = None
     shown: tuple[str, str, str] | None = None  # phase, reason, message as the backend reports them
@@ -136,6 +137,7 @@ def status_document(name: str, r: Rollout | None, s: RolloutStatus, facts: Facts
         traffic=facts.traffic,
         router=facts.router,
         managed=facts.managed,
+        processes=facts.processes,
         history=[control.Outcome(revision=h.revision, outcome=h.outcome, at=h.at, reason=h.reason) for h in s.history],
         drift=[],
         **extra,

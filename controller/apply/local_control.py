@@ -70,6 +70,7 @@ class LocalControl:
             managed=m is not None,
             traffic=_traffic(m.runtime.telemetry(TELEMETRY_WINDOW) if m is not None else None),
             router=f"http://127.0.0.1:{port}" if port else None,
+            processes=m.runtime.report() if m is not None else None,
         )
         return rules.status_document(system, r, s, facts)
 

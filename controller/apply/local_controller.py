@@ -75,6 +75,7 @@ class LocalController:
             port = int((self.store.dir(name) / "port").read_text())
             rt = LocalRuntime(self.store, name, bentoml_home=self.cfg.bentoml_home, router_port=port)
             stack.callback(rt.close)
+            rt.watch(lambda: self.wake(name))  # a unit that ends is restarted now, not at the next tick
             m = Managed(name, rt, stack)
             self.systems[name] = m
             self.wake()

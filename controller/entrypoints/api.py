@@ -11,6 +11,7 @@ Every CLI verb goes through it (on Kubernetes the same verbs patch the Rollout r
     POST   /v1/systems/{name}/toggle        {"flag": str, "enabled": bool, "percent": float}
     GET    /v1/systems/{name}/history       revisions and outcomes
     GET    /v1/systems/{name}/events        the timeline
+    GET    /metrics                         the local runtime's processes, memory and crashes
 
 Errors are ``{"error": message, "exitCode": n}`` with 400 (bad input), 404, 409 (a conflict: the
 rollout's state does not allow the request now), 503 or 500.
@@ -22,13 +23,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controller.apply.local_control import LocalControl
 from controller.apply.local_controller import LocalController
+from controller.entrypoints import runtime_metrics
 from controller.errors import Conflict, ModshipError, NotFound, SpecError, Unavailable
 from controller.spec import control
 from controller.spec.control import Command, request
@@ -110,4 +113,8 @@ def routes(ctl: LocalControl) -> list[Route]:
 
 
 def app(c: LocalController) -> Starlette:
-    return Starlette(routes=routes(LocalControl(c)))
+    async def metrics(request: Request) -> Response:
+        body = await anyio.to_thread.run_sync(lambda: runtime_metrics.render(c))
+        return Response(body, media_type=runtime_metrics.CONTENT_TYPE)
+
+    return Starlette(routes=[*routes(LocalControl(c)), Route("/metrics", metrics, methods=["GET"])])

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import socket
 from pathlib import Path
 
 import uvloop
@@ -25,6 +27,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--system", required=True, help="the system this router serves")
     p.add_argument("--state", type=Path, help="file persisting the last configuration (atomic writes)")
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    p.add_argument(
+        "--fd",
+        type=int,
+        default=int(os.environ.get("MODSHIP_LISTEN_FD") or 0) or None,
+        help="serve on this inherited listening socket instead of binding (env MODSHIP_LISTEN_FD; the local "
+        "runtime's supervisor holds the socket so that clients wait while a crashed router restarts)",
+    )
     return p
 
 
@@ -33,7 +42,8 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.run(host=args.host, port=args.port, system=args.system, state=args.state, stop=stop)
+    sock = socket.socket(fileno=args.fd) if args.fd else None
+    await server.run(host=args.host, port=args.port, system=args.system, state=args.state, stop=stop, sock=sock)
 
 
 def main(argv: list[str] | None = None) -> int:

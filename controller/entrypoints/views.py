@@ -52,7 +52,7 @@ def render(d: dict[str, Any]) -> Group:
         + (f", header route {d['headerRoute']}" if d["headerRoute"] else "")
     )
     notes = [Text(f"⚠ {line}", style="yellow") for line in d.get("drift") or []]
-    return Group(head, weight, *notes, revs, steps, checks)
+    return Group(head, weight, *notes, *_processes(d), revs, steps, checks)
 
 
 def _fmt(m: dict[str, Any]) -> str:
@@ -63,3 +63,18 @@ def _fmt(m: dict[str, Any]) -> str:
     st = f"/{m['stable']:.3g}" if m.get("stable") is not None else ""
     mark = {"Successful": "", "Failed": "✗", "Inconclusive": "?"}.get(m["verdict"], "")
     return f"{m['value']:.3g}{st}{mark}"
+
+
+def _processes(d: dict[str, Any]) -> list[Text]:
+    """One line on the runtime's processes, and one per unit that crashed (which process, how, how often)."""
+    p = d.get("processes")
+    if not p:
+        return []
+    lines = [Text(f"processes {p['processes']}, memory {p['rssBytes'] / 2**20:.0f} MiB", style="dim")]
+    for unit, c in sorted(p["crashes"].items()):
+        last = c.get("last") or {}
+        how = f"killed by {last['signal']}" if last.get("signal") else f"exit status {last.get('exitCode', '?')}"
+        by = ", ".join(f"{k} {v}" for k, v in sorted(c["byProcess"].items()))
+        text = f"⚠ {unit} crashed {c['count']} times ({by}); last: {last.get('process')} pid {last.get('pid')} {how}"
+        lines.append(Text(text, style="yellow"))
+    return lines

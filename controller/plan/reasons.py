@@ -40,6 +40,7 @@ class Reason(enum.StrEnum):
     TARGET_REVERTED = "TargetReverted"  # the target is the stable revision again
     ROLLED_BACK = "RolledBack"  # back to the previous (warm) stable at once
     ROLLBACK_WINDOW_CLOSED = "RollbackWindowClosed"
+    PROCESS_CRASHED = "ProcessCrashed"  # event: a process of a revision or the router died (local runtime)
 
     @classmethod
     def parse(cls, value: str) -> Reason:

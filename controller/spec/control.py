@@ -263,6 +263,7 @@ class StatusDocument(Model):
     traffic: dict[str, TrafficFigures]
     router: str | None
     managed: bool
+    processes: dict[str, Any] | None = None  # the local runtime: units, memory, crashes
     conditions: list[dict[str, Any]] | None = None  # Kubernetes only
     history: list[Outcome]
     drift: list[str]

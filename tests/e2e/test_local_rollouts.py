@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from controller.adapters import proctree
 from tests.conftest import Cli
 from tests.support import examples
 from tests.support.examples import variant
@@ -182,14 +183,31 @@ def test_a_killed_canary_loses_no_client_request(stack: dict[str, Any]) -> None:
     wait_steady(cli)
     before = load.stats()
     cli.ok("promote", "topic-classifier", "topic-head@1", timeout=600)
-    wait_until(lambda: status(cli, "topic-classifier")["weight"] >= 20, timeout=180, what="canary taking traffic")
-    canary = status(cli, "topic-classifier")["canary"]["revision"]
-    runtime = json.loads((cli.home / "systems" / "topic-classifier" / "run" / "runtime.json").read_text())
-    pid = next(p["pid"] for p in runtime["revisions"] if p["revision"] == canary)
-    os.killpg(pid, signal.SIGKILL)
+    s = wait_until(
+        lambda: (x := status(cli, "topic-classifier"))["weight"] >= 20 and x, timeout=180, what="canary taking traffic"
+    )
+    cli.ok("pause", "topic-classifier")  # the canary must still be one when it is killed
+    canary = s["canary"]["revision"]
+    assert status(cli, "topic-classifier")["canary"]["revision"] == canary
+    members = wait_until(lambda: unit_members(cli, canary), timeout=60, what="the canary's server and worker")
+    old = {pid: proctree.start_of(pid) or 0 for pid in members.values()}
+    os.kill(members["server"], signal.SIGKILL)  # the worker lives in a session of its own
     wait_until(lambda: load.stats()["requests"] > before["requests"] + 150, timeout=60, what="traffic after the kill")
     after = load.stats()
     assert after["failed"] == before["failed"], after["lastFailures"]
+    wait_until(lambda: not any(proctree.same(p, st) for p, st in old.items()), timeout=30, what="no orphaned worker")
+    crash = wait_until(
+        lambda: status(cli, "topic-classifier")["processes"]["crashes"].get(canary), timeout=30, what="crash reported"
+    )
+    assert crash["count"] >= 1 and crash["last"]["process"] == "server" and crash["last"]["signal"] == "SIGKILL"
+    assert crash["last"]["pid"] == members["server"]
+    assert any(e["reason"] == "ProcessCrashed" and canary in e["message"] for e in events(cli))
+    table = cli.ok("status", "topic-classifier").out
+    assert f"{canary} crashed" in table and "SIGKILL" in table
+    url = json.loads((cli.home / "controller.json").read_text())["url"]
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert f'modship_runtime_crashes_total{{process="server",system="topic-classifier",unit="{canary}"}}' in metrics
+    cli.ok("resume", "topic-classifier")
     wait_steady(cli)
 
 
@@ -253,6 +271,12 @@ def test_concurrent_promotes_and_aborts_accept_exactly_one(stack: dict[str, Any]
     cli.ok("abort", "topic-classifier")
     assert wait_steady(cli)["reason"] == "AbortedByUser"
     assert cli("abort", "topic-classifier").code == 5  # nothing left to abort
+
+
+def unit_members(cli: Cli, revision: str) -> dict[str, int] | None:
+    unit = (status(cli, "topic-classifier")["processes"]["units"] or {}).get(revision) or {}
+    found = {m["process"]: m["pid"] for m in unit.get("members", [])}
+    return found if {"server", "worker"} <= set(found) else None
 
 
 def test_a_second_controller_is_refused(stack: dict[str, Any]) -> None:

@@ -49,9 +49,18 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL after ``grace`` seconds."""
+    """SIGTERM the process group, then SIGKILL after ``grace`` seconds; then whatever ran below it
+    in other sessions (BentoML's workers), which the group signal never reached."""
+    from controller.adapters import proctree
+
     if proc.poll() is not None:
         return
+    below = {pid: s.start for pid, s in proctree.descendants([proc.pid]).items() if not s.dead}
+    _stop_group(proc, grace=grace)
+    proctree.terminate(below, grace=grace)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], *, grace: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import random
+import socket
 import time
 from pathlib import Path
 
@@ -156,14 +157,19 @@ class Router:
             c.close()
 
 
-async def run(*, host: str, port: int, system: str, state: Path | None, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set, then drain and close."""
+async def run(
+    *, host: str, port: int, system: str, state: Path | None, stop: asyncio.Event, sock: socket.socket | None = None
+) -> None:
+    """Serve until ``stop`` is set, then drain and close; on ``sock`` (already listening) if given."""
     router = Router(system, state=state)
     router.load()
     gc.collect()
     gc.freeze()  # what startup allocated is never garbage: later collections need not walk it
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=2048)
+    if sock is not None:  # held by the local runtime's supervisor across restarts of this process
+        server = await loop.create_server(lambda: ClientConn(router), sock=sock, backlog=2048)
+    else:
+        server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=2048)
     bound = server.sockets[0].getsockname()[1] if server.sockets else port
     log.info(
         "modship router for %s on http://%s:%d (generation %d, state %s)",
