@@ -301,10 +301,12 @@ def _quote(name: str) -> str:
 
 
 def _schema(ports: dict[str, Port]) -> Any:
+    """The MLflow schema of a side of the contract: tensors when every port is one, else columns (a
+    table port contributes its columns)."""
     import numpy as np
     from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-    if all(p.dtype != "string" for p in ports.values()):
+    if all(p.dtype not in ("string", "table") for p in ports.values()):
         return Schema([TensorSpec(np.dtype(p.dtype), p.shape or (-1,), name) for name, p in ports.items()])
     col = {
         "string": "string",
@@ -312,9 +314,16 @@ def _schema(ports: dict[str, Port]) -> Any:
         "float64": "double",
         "int32": "integer",
         "int64": "long",
+        "uint8": "integer",
         "bool": "boolean",
     }
-    return Schema([ColSpec(col[p.dtype], name) for name, p in ports.items()])
+    specs = []
+    for name, p in ports.items():
+        if p.columns is not None:
+            specs += [ColSpec(col[c.dtype], cname, required=c.required) for cname, c in p.columns.items()]
+        else:
+            specs.append(ColSpec(col[p.dtype], name))
+    return Schema(specs)
 
 
 def _write_mlmodel(root: Path, manifest: ModuleManifest) -> None:
