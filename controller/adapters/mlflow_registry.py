@@ -317,7 +317,7 @@ def _schema(ports: dict[str, Port]) -> Any:
         "uint8": "integer",
         "bool": "boolean",
     }
-    specs = []
+    specs: list[Any] = []
     for name, p in ports.items():
         if p.columns is not None:
             specs += [ColSpec(col[c.dtype], cname, required=c.required) for cname, c in p.columns.items()]

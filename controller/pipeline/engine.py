@@ -167,9 +167,6 @@ class Pipeline:
         """Every system input decoded and checked against its port: text through the text guard,
         tensors for shape, finite values and range, tables for required columns and types."""
         g = self.body.guards.input
-        unknown = sorted(set(inputs) - set(self.body.input))
-        if unknown:
-            raise BadRequest(f"unknown input {unknown[0]!r} (expected {sorted(self.body.input)})")
         batch: dict[str, Any] = {}
         size = None
         for name, port in self.body.input.items():
@@ -191,6 +188,9 @@ class Pipeline:
             if port.dtype == "string":
                 value = [self._check_text(name, v, chars) for v in value]
             batch[name] = value
+        unknown = sorted(set(inputs) - set(self.body.input))
+        if unknown:
+            raise BadRequest(f"unknown input {unknown[0]!r} (expected {sorted(self.body.input)})")
         return batch
 
     def _check_text(self, name: str, value: Any, chars: list[int]) -> str:
