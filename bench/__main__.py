@@ -48,14 +48,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import cache, composed, k8s_operator, load, results, rollback, router, setup
+from bench import batching, cache, composed, digits, k8s_operator, load, results, rollback, router, setup
 
 Benchmark = Callable[[setup.Workspace, load.Load], dict[str, Any]]
 
 # name -> run function, in the order `python -m bench` runs them
 BENCHMARKS: dict[str, Benchmark] = {
     "composed": composed.run,
-    "cache": cache.run,
+    "cache-floor": cache.run,
+    "batching": batching.run,
+    "digits": digits.run,
     "router": router.run,
     "rollback": rollback.run,
     "operator": lambda ws, cfg: k8s_operator.run(),
