@@ -2,7 +2,7 @@
 concurrent requests share model calls, see ``controller/pipeline/batching.py``) against the same
 system with ``batching: {enabled: false}`` on the encoder step (a variant revision), both at 16
 concurrent clients, and against the same pipeline run in-process on batches of 32 texts (no HTTP,
-one thread: the practical ceiling of these models on this machine).
+no metrics or traces, one thread: the practical ceiling of these models on this machine).
 
 Every request carries a unique text (no step cache hits). The in-process figure is measured in this
 process between the HTTP rounds (one run of ``--duration`` seconds before each round), in texts/s;
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import load, results, setup
-from controller.pipeline import serving
+from controller.pipeline import kernels, serving
+from controller.pipeline.engine import Pipeline, module_dir
 
 TITLE = "adaptive batching at 16 clients vs unbatched, and vs in-process batches of 32"
 BATCHED, UNBATCHED, IN_PROCESS = "batched", "batching off", "in-process, batches of 32"
@@ -39,7 +40,8 @@ def unbatched(doc: dict[str, Any]) -> dict[str, Any]:
 
 def in_process(bento_dir: Path, texts: tuple[str, ...], seconds: float) -> float:
     """Texts/s of the revision's pipeline on batches of ``BATCH`` unique texts, for ``seconds``."""
-    app = serving.load(bento_dir / "src", verify=False)
+    bundle = bento_dir / "src"
+    pipeline = Pipeline.load(serving.read_lock(bundle), bundle / serving.MODULES_DIR, verify=False)
     nonce = uuid.uuid4().hex[:8]
     n = 0
 
@@ -51,14 +53,32 @@ def in_process(bento_dir: Path, texts: tuple[str, ...], seconds: float) -> float
             out.append(f"[{nonce}-{n}] {texts[n % len(texts)]}")
         return out
 
-    app.pipeline.predict({"text": batch()})  # warm-up
+    pipeline.predict({"text": batch()})  # warm-up
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        app.pipeline.predict({"text": batch()})
+        pipeline.predict({"text": batch()})
         done += BATCH
     rate = done / (time.perf_counter() - t0)
-    app.pipeline.close()
+    pipeline.close()
     return rate
+
+
+def encoder_profile(bento_dir: Path, texts: tuple[str, ...], rows: int = 96) -> dict[str, float]:
+    """CPU ms per text of the encoder kernel alone (no batcher, this process) by batch size: what a
+    shared model call can save at most. CPU time, so other programs on the machine hardly matter."""
+    bundle = bento_dir / "src"
+    lock = serving.read_lock(bundle)
+    ref = lock.system.spec.step("encoder").module  # pinned in the lock
+    kernel = kernels.load(module_dir(bundle / serving.MODULES_DIR, ref), lock.module(ref).manifest)
+    kernel({"text": list(texts[:4])})  # warm-up
+    out = {}
+    for size in (1, 4, 8, 16, 32):
+        done, c0, i = 0, time.process_time(), 0
+        while done < rows:
+            kernel({"text": [f"[p{size}-{i}-{j}] {texts[(i * size + j) % len(texts)]}" for j in range(size)]})
+            done, i = done + size, i + 1
+        out[str(size)] = round((time.process_time() - c0) * 1000 / done, 2)
+    return out
 
 
 def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
@@ -68,6 +88,8 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         UNBATCHED: setup.Bento("unbatched", off_dir, ws.scratch, MODSHIP_TRACING=None),
     }
     texts = load.bbc_texts(400)
+    profile = encoder_profile(on_dir, texts)
+    print(f"    encoder CPU ms/text by batch size: {profile}", flush=True)
     local: list[float] = []
     at16 = replace(cfg, connections=(CONNECTIONS,))
 
@@ -104,6 +126,8 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
             f" range {min(local):.1f}-{max(local):.1f})",
             f"CPU per request batched/unbatched: {measured.paired(BATCHED, UNBATCHED, c, 'cpu_ms'):.3f};"
             f" encoder cache hits {hits:g} (unique inputs)",
+            "encoder kernel alone, CPU ms per text by batch size: "
+            + ", ".join(f"{k}: {v:g}" for k, v in profile.items()),
         ],
         figures={BATCHED: measured.figures(BATCHED)},
         baseline={UNBATCHED: measured.figures(UNBATCHED), IN_PROCESS: {"texts_per_s": round(ceiling, 1)}},
@@ -111,5 +135,6 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         goal=f"at {c} connections: throughput batched >= 1.5x batching off, and >= 0.7x in-process batches of {BATCH}",
         host=measured.foreign(),
         in_process_texts_per_s=[round(x, 1) for x in local],
+        encoder_cpu_ms_per_text_by_batch=profile,
         p99_ms={BATCHED: figs["p99_ms"], UNBATCHED: base["p99_ms"]},
     )
