@@ -33,7 +33,7 @@ from controller.apply import adopt, modules, systems
 from controller.errors import ModshipError
 from controller.spec import system as system_spec
 
-TITLE = "digits: composed system vs hand-written service (python + ONNX + MLflow sklearn)"
+TITLE = "composed digit-reader vs hand-written service (python + ONNX + MLflow sklearn)"
 COMPOSED, MONOLITH = "composed digit-reader", "digits monolith"
 DIGITS = setup.REPO / "examples" / "digits"
 MONOLITH_SRC = Path(__file__).resolve().parent / "monolith_digits"
