@@ -48,7 +48,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import batching, cache, composed, digits, k8s_operator, load, results, rollback, router, setup
+from bench import batching, cache, composed, digits, isolation, k8s_operator, load, results, rollback, router, setup
 
 Benchmark = Callable[[setup.Workspace, load.Load], dict[str, Any]]
 
@@ -60,6 +60,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "digits": digits.run,
     "router": router.run,
     "rollback": rollback.run,
+    "isolation": isolation.run,
     "operator": lambda ws, cfg: k8s_operator.run(),
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"

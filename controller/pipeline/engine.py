@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from controller.compose.revision import Lock, PinnedModule
+from controller.compose.revision import Lock, PinnedModule, step_refs
 from controller.errors import ModshipError
-from controller.pipeline import batching, cache, flags, kernels, values
+from controller.pipeline import batching, cache, flags, isolation, kernels, values
 from controller.pipeline.telemetry import NullTelemetry, Telemetry
 from controller.registry import digests
 from controller.spec.modules import Role
-from controller.spec.system import Batching, Step, Trigger
+from controller.spec.system import Batching, Isolation, Step, Trigger
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -77,8 +77,10 @@ class Pipeline:
         telemetry: Telemetry | None = None,
         flags_file: Path | None = None,
         workers: int = 4,
+        isolated: dict[str, isolation.ProcessKernel] | None = None,
     ) -> None:
         self.lock = lock
+        self._isolated = isolated or {}  # step name -> its module in a worker process
         self.telemetry: Telemetry = telemetry or NullTelemetry()
         body = lock.system.spec
         self.body = body
@@ -92,14 +94,27 @@ class Pipeline:
 
     @classmethod
     def load(cls, lock: Lock, modules_root: Path, *, verify: bool = True, **kw: Any) -> Pipeline:
-        """Load every module's kernel; with ``verify``, refuse (IntegrityError) on any digest mismatch."""
+        """Load every module's kernel; with ``verify``, refuse (IntegrityError) on any digest mismatch.
+        A step isolated in a worker (``isolation``) gets a worker of its own; its module is loaded in
+        this process only if something else (an inline step, adapter or fallback) uses it too."""
         loaded: dict[str, kernels.Kernel] = {}
+        isolated_steps = _isolated_steps(lock)
+        inline_refs = _inline_refs(lock, isolated_steps)
         for ref, m in lock.modules.items():
             root = module_dir(modules_root, ref)
             if verify:
                 digests.verify(root, m.files, what=ref)
-            loaded[ref] = kernels.load(root, m.manifest)
-        return cls(lock, batched(lock, loaded), **kw)
+            if ref in inline_refs:
+                loaded[ref] = kernels.load(root, m.manifest)
+        workers: dict[str, isolation.ProcessKernel] = {}
+        try:
+            for s in isolated_steps:
+                m = lock.module(s.module)
+                workers[s.name] = isolation.start(module_dir(modules_root, s.module), m.manifest, s, _timeout_ms(s))
+            return cls(lock, batched(lock, loaded), isolated=workers, **kw)
+        except BaseException:
+            isolation.close_all(workers)
+            raise
 
     def _plan(self, s: Step, loaded: dict[str, kernels.Kernel]) -> _Step:
         module = self.lock.module(s.module)
@@ -111,8 +126,11 @@ class Pipeline:
                 adapters[port] = (w.adapter, loaded[w.adapter])
         fb = s.fallback
         fb_kernel = (fb.module, loaded[fb.module]) if fb is not None and fb.module is not None else None
-        timeout_ms = s.timeout_ms or (fb.timeout_ms if fb is not None else None)
+        timeout_ms = _timeout_ms(s)
         lru = cache.LRU(s.cache.max_entries, s.cache.ttl_seconds) if s.cache and s.cache.enabled else None
+        worker = self._isolated.get(s.name)
+        if worker is not None:  # the worker enforces the deadline itself (and kills a hung module)
+            return _Step(s, module, worker, sources, adapters, fb_kernel, lru, None)
         return _Step(
             s, module, loaded[s.module], sources, adapters, fb_kernel, lru, timeout_ms / 1000 if timeout_ms else None
         )
@@ -300,14 +318,14 @@ class Pipeline:
                 out = kernel(inputs) if timeout is None else self._pool.submit(kernel, inputs).result(timeout)
                 _check_finite(out)
                 return out
-        except cf.TimeoutError:
-            error = "timeout"
+        except cf.TimeoutError as exc:
+            error = isolation.reason(exc) or "timeout"
             raise
         except kernels.GuardRejected:
             error = "guard_rejected"
             raise
         except Exception as exc:
-            error = "invalid_output" if isinstance(exc, _InvalidOutput) else "exception"
+            error = isolation.reason(exc) or ("invalid_output" if isinstance(exc, _InvalidOutput) else "exception")
             raise
         finally:
             self.telemetry.step(step, ref, time.perf_counter() - started, error=error)
@@ -352,6 +370,7 @@ class Pipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        isolation.close_all(self._isolated)
 
 
 class _InvalidOutput(ValueError):
@@ -393,6 +412,24 @@ def batched(lock: Lock, loaded: dict[str, kernels.Kernel]) -> dict[str, kernels.
             b = settings.get(ref, Batching())
             out[ref] = batching.Batcher(kernel, max_batch=b.max_batch_size, max_latency_ms=b.max_latency_ms)
     return out
+
+
+def _timeout_ms(s: Step) -> float | None:
+    return s.timeout_ms or (s.fallback.timeout_ms if s.fallback is not None else None)
+
+
+def _isolated_steps(lock: Lock) -> list[Step]:
+    return [s for s in lock.system.spec.steps if isolation.mode(s, lock.module(s.module).manifest) is Isolation.PROCESS]
+
+
+def _inline_refs(lock: Lock, isolated_steps: list[Step]) -> set[str]:
+    """Refs something runs in this process: all but the modules that only isolated steps run."""
+    names = {s.name for s in isolated_steps}
+    used: set[str] = set()
+    for s in lock.system.spec.steps:
+        refs = step_refs(s)  # [module, *adapters, fallback]
+        used.update(refs[1:] if s.name in names else refs)
+    return used
 
 
 def _order(lock: Lock) -> list[str]:

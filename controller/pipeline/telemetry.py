@@ -1,9 +1,14 @@
 """Per-step metrics (Prometheus) and traces (OpenTelemetry) of a running system.
 
-Metrics carry the labels system, revision, step, module, version. Tracing exports spans to the
-console by default; set ``MODSHIP_TRACING=otlp`` (and the standard ``OTEL_EXPORTER_OTLP_*``
-variables) to send them to a collector, or ``none`` to turn tracing off; ``MODSHIP_TRACING_SAMPLE``
-is the share of requests traced (default 1.0). Spans join the trace of BentoML's request span.
+Metrics carry the labels system, revision, step, module, version. ``modship_step_errors_total``
+also has ``reason``: ``exception``, ``timeout``, ``guard_rejected``, ``invalid_output``, and for
+isolated steps (``pipeline.isolation``) ``worker_crashed``, ``worker_oom``, ``worker_timeout``,
+``worker_unavailable``.
+
+Tracing exports spans to the console by default; set ``MODSHIP_TRACING=otlp`` (and the standard
+``OTEL_EXPORTER_OTLP_*`` variables) to send them to a collector, or ``none`` to turn tracing off;
+``MODSHIP_TRACING_SAMPLE`` is the share of requests traced (default 1.0). Spans join the trace of
+BentoML's request span.
 """
 
 from __future__ import annotations

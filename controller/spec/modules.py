@@ -153,12 +153,23 @@ class Metadata(Spec):
     metrics: dict[str, float] = {}
 
 
+class Crash(enum.StrEnum):
+    """How an injected crash kills the process running the module (see ``pipeline.faults``)."""
+
+    SEGFAULT = "segfault"
+    OOM = "oom"
+    HANG = "hang"
+    EXIT = "exit"
+
+
 class Faults(Spec):
-    """Deliberate fault injection (chaos testing of fallbacks and rollbacks)."""
+    """Deliberate fault injection (chaos testing of fallbacks, rollbacks and isolation)."""
 
     error_rate: float = Field(default=0.0, ge=0, le=1)
     delay_ms: float = Field(default=0.0, ge=0)
     after_seconds: float = Field(default=0.0, ge=0, description="healthy this long after loading, then faulty")
+    crash: Crash | None = Field(default=None, description="segfault, oom, hang or exit on a faulty input")
+    crash_rate: float = Field(default=1.0, ge=0, le=1, description="share of inputs that crash (with crash)")
 
 
 class Runtime(Spec):

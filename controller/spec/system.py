@@ -108,6 +108,20 @@ class Batching(Spec):
     )
 
 
+class Isolation(enum.StrEnum):
+    """Where a step's module runs: in the service process, or in a worker process of its own."""
+
+    INLINE = "inline"
+    PROCESS = "process"
+
+
+class Limits(Spec):
+    """Resource limits of an isolated step's worker process (see ``pipeline.isolation``)."""
+
+    memory_mb: int = Field(default=2048, ge=64, description="memory of the worker (RLIMIT_DATA), MiB")
+    cpu_seconds: float = Field(default=30.0, gt=0, description="CPU time one call may use (RLIMIT_CPU)")
+
+
 class Input(Spec):
     """Where a step input comes from: ``input.<field>`` or ``<step>.<port>``, optionally adapted."""
 
@@ -145,6 +159,10 @@ class Step(Spec):
     batching: Batching | None = Field(
         default=None, description="adaptive batching; on by default when the module is batchable"
     )
+    isolation: Isolation | None = Field(
+        default=None, description="inline or process (default: process for experimental modules, else inline)"
+    )
+    limits: Limits | None = Field(default=None, description="limits of the isolated worker (default: Limits())")
 
     _module = field_validator("module")(lambda cls, v: _ref(v))
 

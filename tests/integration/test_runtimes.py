@@ -5,6 +5,7 @@ it works: every refusal is one line, exit 2, no traceback, and nothing registere
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +244,8 @@ def wine_model(mlflow_server: MlflowServer) -> str:
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
     mlflow.set_tracking_uri(mlflow_server.url)
     mlflow.set_experiment("wine")
-    with mlflow.start_run():
+    with warnings.catch_warnings(), mlflow.start_run():
+        warnings.simplefilter("ignore")  # the user's side: MLflow's own advice on type hints
         mlflow.sklearn.log_model(
             sk_model=model,
             name="model",

@@ -102,7 +102,11 @@ class MlflowServer:
             r = httpx.get(f"{self.url}/api/2.0/mlflow/registered-models/search", timeout=2.0)
             return r.status_code == 200
 
-        wait_until(ready, timeout=90, interval=0.3, what=f"mlflow server on {self.url}")
+        try:
+            wait_until(ready, timeout=90, interval=0.3, what=f"mlflow server on {self.url}")
+        except BaseException:
+            stop_process(self.proc)  # never leave a server behind when it does not come up in time
+            raise
         return self
 
     def stop(self) -> None:
@@ -146,7 +150,11 @@ class BentoServer:
                 raise RuntimeError(f"bentoml serve exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
             return http_ok(f"{self.url}/readyz")
 
-        wait_until(ready, timeout=timeout, interval=0.2, what=f"{self.tag} ready")
+        try:
+            wait_until(ready, timeout=timeout, interval=0.2, what=f"{self.tag} ready")
+        except BaseException:
+            stop_process(self.proc)
+            raise
         return self
 
     def stop(self) -> None:
