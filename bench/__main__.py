@@ -48,14 +48,29 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import cache, composed, isolation, k8s_operator, load, results, rollback, router, setup, soak
+from bench import (
+    batching,
+    cache,
+    composed,
+    digits,
+    isolation,
+    k8s_operator,
+    load,
+    results,
+    rollback,
+    router,
+    setup,
+    soak,
+)
 
 Benchmark = Callable[[setup.Workspace, load.Load], dict[str, Any]]
 
 # name -> run function, in the order `python -m bench` runs them
 BENCHMARKS: dict[str, Benchmark] = {
     "composed": composed.run,
-    "cache": cache.run,
+    "cache-floor": cache.run,
+    "batching": batching.run,
+    "digits": digits.run,
     "router": router.run,
     "rollback": rollback.run,
     "isolation": isolation.run,

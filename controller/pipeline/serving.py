@@ -16,6 +16,7 @@ from typing import Any
 from controller.compose import revision
 from controller.compose.revision import Lock
 from controller.pipeline.engine import Outcome, Pipeline, module_dir
+from controller.pipeline.response_cache import ResponseCache
 from controller.pipeline.telemetry import PrometheusTelemetry
 from controller.registry import digests
 
@@ -32,14 +33,17 @@ class App:
     lock: Lock
     pipeline: Pipeline
     started: float
+    response_cache: ResponseCache | None = None
 
     @property
     def ready(self) -> bool:
         return True
 
-    def predict(self, inputs: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    def predict(
+        self, inputs: Mapping[str, Any], headers: Mapping[str, str], *, request_key: str | None = None
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
-        outcome = self.pipeline.predict(inputs, headers=headers)
+        outcome = self.pipeline.predict(inputs, headers=headers, request_key=request_key)
         return response(self.lock, outcome, (time.perf_counter() - t0) * 1000)
 
 
@@ -59,7 +63,8 @@ def load(bundle: Path, *, verify: bool = True) -> App:
         telemetry=PrometheusTelemetry(lock.name, lock.revision),
         flags_file=Path(flags_file) if flags_file else None,
     )
-    return App(lock=lock, pipeline=pipeline, started=time.time())
+    cache = ResponseCache.of(lock.system.spec.cache, lock.name, lock.revision)
+    return App(lock=lock, pipeline=pipeline, started=time.time(), response_cache=cache)
 
 
 def response(lock: Lock, outcome: Outcome, ms: float) -> dict[str, Any]:

@@ -89,6 +89,15 @@ class Cache(Spec):
     ttl_seconds: float | None = Field(default=None, gt=0)
 
 
+class ResponseCache(Spec):
+    """Whole answers cached per revision, keyed by the canonical request inputs and the evaluated
+    feature flags; only successful answers without a fallback or a shed step are stored."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+    ttl_seconds: float | None = Field(default=None, gt=0)
+
+
 class Batching(Spec):
     """How a step whose module is ``batchable`` shares model calls between concurrent requests."""
 
@@ -250,6 +259,9 @@ class SystemBody(Spec):
     stability: Stability = Stability.STABLE
     allow_experimental: tuple[str, ...] = ()
     smoke: list[SmokeCase] = Field(default_factory=list)
+    cache: ResponseCache | None = Field(
+        default=None, description="a response cache in front of the pipeline (a hit skips every step)"
+    )
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)

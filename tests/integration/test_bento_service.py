@@ -148,6 +148,16 @@ def test_client_errors_are_not_logged_as_server_errors(served: dict[str, BentoSe
     assert metric(s, "modship_requests_total", outcome="client_error") >= 1
 
 
+def test_noop_route_parses_json_and_answers_without_running_the_system(served: dict[str, BentoServer]) -> None:
+    url = served["good"].url
+    before = metric(served["good"], "modship_requests_total")
+    r = httpx.post(f"{url}/noop", json={"text": "The striker scored twice."}, timeout=10)
+    assert r.status_code == 200 and r.json() == {"ok": True}
+    assert httpx.post(f"{url}/noop", content=b"{oops", timeout=10).status_code == 400
+    assert metric(served["good"], "modship_requests_total") == before
+    assert "x-modship-cache" not in httpx.post(f"{url}/predict", json={"text": "A quiet day."}, timeout=30).headers
+
+
 def test_health_endpoints_answer_quickly(served: dict[str, BentoServer]) -> None:
     for path in ("/healthz", "/livez", "/readyz"):
         assert httpx.get(f"{served['good'].url}{path}", timeout=2).status_code == 200
