@@ -266,7 +266,9 @@ def test_gateway_canary_moves_weights_step_by_step(
     assert (st["previousRevision"], st["step"], st["weight"]) == (rev(1), len(steps), 0)
     assert st["observedGeneration"] == cluster.rollout(ns, "shop")["metadata"]["generation"]
     assert condition(st, "Ready")["status"] == "True" and "Mirroring" in mirroring
-    events = cluster.events(ns, "shop")
+    events = poll(  # Events follow the status write
+        "the Promoted Event", lambda: (ev := cluster.events(ns, "shop")) and ev[-1].reason == "Promoted" and ev
+    )
     assert [e.message for e in events if e.reason == "WeightChanged"] == [
         f"canary {rev(2)} at {w} %" for w in (20, 50, 80)
     ]
@@ -335,7 +337,10 @@ def test_analysis_promotes_a_good_canary_and_rolls_back_a_failing_one(
     )
     run = st["machine"]["step_analysis"]["error-rate"]
     assert run["failures"] == 1 and run["recent"][-1]["value"] == pytest.approx(0.5, abs=0.1)
-    events = cluster.events(ns, "scorer")
+    events = poll(  # Events follow the status write
+        "the AnalysisFailed Event",
+        lambda: (ev := cluster.events(ns, "scorer")) and any(e.reason == "AnalysisFailed" for e in ev) and ev,
+    )
     failed = [e for e in events if e.reason == "AnalysisFailed"]
     assert len(failed) == 1 and failed[0].type == "Warning"
     assert [e.reason for e in events].count("AnalysisSuccessful") == 1
@@ -399,7 +404,10 @@ def test_sigkill_mid_rollout_resumes_at_the_same_step(cluster: Cluster, ns: str,
 
     poll("the rollout to finish after the restart", done, interval=0.05)
     assert steps == sorted(steps) and steps[0] >= at_kill["step"]  # never back
-    events = cluster.events(ns, "resume")
+    events = poll(  # the operator posts Events after it writes the status: wait for the last one
+        "the Promoted Event",
+        lambda: (ev := cluster.events(ns, "resume")) and any(e.reason == "Promoted" for e in ev) and ev,
+    )
     reasons = [e.reason for e in events]
     assert [e.message for e in events if e.reason == "WeightChanged"] == [
         f"canary {rev(2)} at {w} %" for w in (10, 20, 30, 40)
