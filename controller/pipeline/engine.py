@@ -11,7 +11,6 @@ import concurrent.futures as cf
 import math
 import re
 import time
-import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,19 +21,14 @@ import numpy as np
 
 from controller.compose.revision import Lock, PinnedModule, step_refs
 from controller.errors import ModshipError
-from controller.pipeline import batching, cache, flags, isolation, kernels, values
+from controller.pipeline import batching, cache, flags, guards, isolation, kernels, values
+from controller.pipeline.errors import BadRequest
 from controller.pipeline.telemetry import NullTelemetry, Telemetry
 from controller.registry import digests
 from controller.spec.modules import Role
 from controller.spec.system import Batching, Isolation, Step, Trigger
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-class BadRequest(ModshipError):
-    """The request is invalid: the client must fix it (HTTP 400/422); never a server error."""
-
-    exit_code = 2
+__all__ = ["BadRequest", "Outcome", "Pipeline", "StepFailed", "batched", "module_dir"]
 
 
 class StepFailed(ModshipError):
@@ -88,8 +82,7 @@ class Pipeline:
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modship-step")
         self.steps = [self._plan(body.step(n), loaded) for n in _order(lock)]
         self.output_step = body.output_step
-        in_guard = body.guards.input
-        self._deny = [re.compile(p) for p in in_guard.deny_patterns]
+        self._guard = guards.InputGuard(body)
         self._redact = [re.compile(p) for p in body.guards.output.redact_patterns]
 
     @classmethod
@@ -149,7 +142,7 @@ class Pipeline:
         key = request_key or headers.get("x-request-id") or uuid.uuid4().hex
         chars: list[int] = []
         try:
-            batch = self._guard_input(inputs, chars)
+            batch = self._guard.check(inputs, chars)
             with self.telemetry.span(
                 "modship.predict", {"modship.system": self.lock.name, "modship.revision": self.lock.revision}
             ):
@@ -162,53 +155,6 @@ class Pipeline:
             raise
         self.telemetry.request(time.perf_counter() - started, "ok", chars)
         return outcome
-
-    def _guard_input(self, inputs: Mapping[str, Any], chars: list[int]) -> dict[str, Any]:
-        """Every system input decoded and checked against its port: text through the text guard,
-        tensors for shape, finite values and range, tables for required columns and types."""
-        g = self.body.guards.input
-        batch: dict[str, Any] = {}
-        size = None
-        for name, port in self.body.input.items():
-            if name not in inputs:
-                raise BadRequest(f"missing input {name!r}")
-            raw = inputs[name]
-            if isinstance(raw, list) and not raw:
-                raise BadRequest(f"input {name!r} is empty")
-            try:
-                value = values.decode(name, port, raw)
-            except ValueError as exc:
-                raise BadRequest(str(exc)) from None
-            n = values.size(value)
-            if n > g.max_batch:
-                raise BadRequest(f"input {name!r} has {n} items; the limit is {g.max_batch}")
-            if size is not None and n != size:
-                raise BadRequest("inputs have different batch sizes")
-            size = n
-            if port.dtype == "string":
-                value = [self._check_text(name, v, chars) for v in value]
-            batch[name] = value
-        unknown = sorted(set(inputs) - set(self.body.input))
-        if unknown:
-            raise BadRequest(f"unknown input {unknown[0]!r} (expected {sorted(self.body.input)})")
-        return batch
-
-    def _check_text(self, name: str, value: Any, chars: list[int]) -> str:
-        g = self.body.guards.input
-        v: str = value
-        if g.normalize_unicode:
-            v = unicodedata.normalize("NFC", v)
-        if g.strip_control:
-            v = _CONTROL.sub("", v)
-        chars.append(len(v))
-        if len(v.strip()) < g.min_chars:
-            raise BadRequest(f"input {name!r} is shorter than {g.min_chars} character(s)")
-        if len(v) > g.max_chars:
-            raise BadRequest(f"input {name!r} has {len(v)} characters; the limit is {g.max_chars}")
-        for p in self._deny:
-            if p.search(v):
-                raise BadRequest(f"input {name!r} matches a denied pattern")
-        return v
 
     def _run(self, batch: dict[str, Any], flag_values: dict[str, bool]) -> Outcome:
         values: dict[tuple[str, str], Any] = {("input", k): v for k, v in batch.items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from controller.errors import ModshipError
+
 Batch = Mapping[str, Any]
 
 
@@ -20,3 +22,9 @@ class KernelError(RuntimeError):
 
 class GuardRejected(KernelError):
     """A guard refused an input; a client error when it guards the system's input."""
+
+
+class BadRequest(ModshipError):
+    """The request is invalid: the client must fix it (HTTP 400/422); never a server error."""
+
+    exit_code = 2
