@@ -134,7 +134,8 @@ class Soak:
     def run(self, crashes: int) -> dict[str, Any]:
         """``crashes`` rounds (every kind at least once when there are enough); the figures."""
         self.steady()
-        count0, rss0 = wait_until(self._settled, timeout=60, what="a stable process count")
+        wait_until(self._settled, timeout=60, what="a stable process count")
+        count0, rss0 = self._warm()
         failed0 = self.load.stats().get("failed", 0)
         requests0 = self.load.stats().get("requests", 0)
         t0 = time.monotonic()
@@ -147,7 +148,8 @@ class Soak:
                         "retries": self.retries, "recoveryS": _spread(self.recovery_s)}  # fmt: skip
                 self.progress.write_text(json.dumps(done))
         self.steady()
-        count1, rss1 = wait_until(lambda: self._settled(count0), timeout=120, what="the process count back")
+        wait_until(lambda: self._settled(count0), timeout=120, what="the process count back")
+        count1, rss1 = self._warm()
         stats = self.load.stats()
         return {
             "crashes": sum(self.kills.values()),
@@ -163,6 +165,19 @@ class Soak:
             "recoveryS": _spread(self.recovery_s),
             "seconds": round(time.monotonic() - t0, 1),
         }
+
+    def _warm(self) -> tuple[int, int]:
+        """The usage once memory has stopped growing: two readings 3 s apart, the same process
+        count and RSS within 1 %. Model arenas (batches of new sizes), caches and allocators grow
+        while a fresh process warms up; growth that goes on past that is what the soak looks for."""
+        last = [self.usage()]
+
+        def grown() -> tuple[int, int] | None:
+            now, prev = self.usage(), last[0]
+            last[0] = now
+            return now if now[0] == prev[0] and abs(now[1] - prev[1]) <= 0.01 * prev[1] else None
+
+        return wait_until(grown, timeout=120, interval=3.0, what="memory to settle")
 
     def _settled(self, want: int | None = None) -> tuple[int, int] | None:
         """The usage once the count is the same twice in a row (and equals ``want`` if given)."""
