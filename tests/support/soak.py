@@ -77,6 +77,24 @@ class Soak:
                 count, rss = count + 1, rss + s.rss
         return count, rss
 
+    def breakdown(self) -> dict[str, float]:
+        """RSS (MiB) of the runtime's processes by what they run: where memory went, if it grew."""
+        home = f"MODSHIP_HOME={self.cli.home}".encode()
+        ctl = self.controller.proc.pid if self.controller.proc else -1
+        out: dict[str, float] = {}
+        for s in proctree.table().values():
+            if s.dead or s.pid == ctl:
+                continue
+            try:
+                env = Path(f"/proc/{s.pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if home in env:
+                cmd = proctree.cmdline(s.pid)
+                kind = next((k for k, m in _KINDS if m in cmd), "other")
+                out[kind] = round(out.get(kind, 0.0) + s.rss / 2**20, 1)
+        return out
+
     def members(self, unit: str) -> dict[str, int]:
         units = self.status()["processes"]["units"]
         return {m["process"]: m["pid"] for m in (units.get(unit) or {}).get("members", [])}
@@ -136,6 +154,7 @@ class Soak:
         self.steady()
         wait_until(self._settled, timeout=60, what="a stable process count")
         count0, rss0 = self._warm()
+        by0 = self.breakdown()
         failed0 = self.load.stats().get("failed", 0)
         requests0 = self.load.stats().get("requests", 0)
         t0 = time.monotonic()
@@ -150,6 +169,7 @@ class Soak:
         self.steady()
         wait_until(lambda: self._settled(count0), timeout=120, what="the process count back")
         count1, rss1 = self._warm()
+        by1 = self.breakdown()
         stats = self.load.stats()
         return {
             "crashes": sum(self.kills.values()),
@@ -162,6 +182,7 @@ class Soak:
             "processes": {"before": count0, "after": count1},
             "rssMiB": {"before": round(rss0 / 2**20, 1), "after": round(rss1 / 2**20, 1)},
             "rssRatio": round(rss1 / rss0, 4) if rss0 else None,
+            "rssMiBByProcess": {"before": by0, "after": by1},
             "recoveryS": _spread(self.recovery_s),
             "seconds": round(time.monotonic() - t0, 1),
         }
@@ -187,6 +208,15 @@ class Soak:
         if a[0] != b[0] or (want is not None and b[0] != want):
             return None
         return b
+
+
+_KINDS = (  # first match wins: a supervisor's command line names what it supervises
+    ("supervisor", "controller.adapters.supervisor"),
+    ("isolated worker", "controller.pipeline.worker"),
+    ("bento worker", "_bentoml_impl.worker"),
+    ("router", "router"),
+    ("bento server", "bentoml"),
+)
 
 
 def _spread(xs: list[float]) -> dict[str, float] | None:
