@@ -149,12 +149,11 @@ def check(system: System, resolve: Resolver, *, today: dt.date) -> Report:
 def _requirements(system: System, resolved: dict[str, ModuleVersion]) -> list[Violation]:
     """Requirement conflicts between the modules of the system, each naming both modules."""
     needs = [(mv.ref, r) for mv in resolved.values() for r in mv.manifest.runtime.requirements]
-    steps = {ref: s.name for s in system.spec.steps for ref in [s.module]}
-    out = []
-    for c in requirements.conflicts(needs):
-        ref = next((r for r, mv in resolved.items() if mv.ref == c.first[0]), "")
-        out.append(Violation(steps.get(ref, ""), "runtime.requirements", str(c), "requirements"))
-    return out
+    step_of = {resolved[s.module].ref: s.name for s in system.spec.steps if s.module in resolved}
+    return [
+        Violation(step_of.get(c.first[0], ""), "runtime.requirements", str(c), "requirements")
+        for c in requirements.conflicts(needs)
+    ]
 
 
 def _through_adapter(out: Port, ad: ModuleVersion, consumer: Port) -> list[compat.Problem]:

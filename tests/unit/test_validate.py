@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -147,3 +148,18 @@ def test_lock_pins_refs_and_the_revision_names_the_content(tmp_path: Any) -> Non
     path.write_text(path.read_text().replace("head@3", "head@2"))
     with pytest.raises(SpecError, match="does not match its content"):
         revision.load(path)
+
+
+def test_requirement_conflicts_name_the_step_and_both_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    def needs(ref: str, *reqs: str) -> Any:
+        mv = VERSIONS[ref]
+        runtime = mv.manifest.runtime.model_copy(update={"requirements": reqs})
+        return dataclasses.replace(mv, manifest=mv.manifest.model_copy(update={"runtime": runtime}))
+
+    pinned = {**VERSIONS, "enc@1": needs("enc@1", "numpy==1.26.4"), "head@1": needs("head@1", "numpy==2.4.6")}
+    monkeypatch.setitem(globals(), "VERSIONS", pinned)
+    found = [v for v in check(steps()).violations if v.kind == "requirements"]
+    assert len(found) == 1 and found[0].step == "encoder" and found[0].field == "runtime.requirements"
+    assert "enc@1" in found[0].reason and "head@1" in found[0].reason and "numpy" in found[0].reason
+    pinned["head@1"] = needs("head@1", "numpy>=1.20")
+    assert not [v for v in check(steps()).violations if v.kind == "requirements"]
