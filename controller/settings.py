@@ -3,6 +3,7 @@
 - ``MODSHIP_HOME``: the data directory (default ``~/.modship``): the embedded MLflow registry
   (SQLite + local artifacts), the module cache, built Bentos, local runtime state.
 - ``MODSHIP_REGISTRY`` (or ``MLFLOW_TRACKING_URI``): any MLflow URL; default the embedded SQLite.
+- ``MODSHIP_SIGNING``: the module signing policy file (default ``$MODSHIP_HOME/signing.yaml``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class Settings:
     @property
     def state_dir(self) -> Path:
         return self.home / "state"
+
+    @property
+    def signing_file(self) -> Path:
+        return Path(os.environ.get("MODSHIP_SIGNING") or self.home / "signing.yaml")
 
 
 def load(registry: str | None = None, home: str | None = None) -> Settings:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import yaml
 
+from controller import settings
 from controller.compose import revision
 from controller.compose.revision import Lock
 from controller.errors import ModshipError, SpecError
 from controller.pipeline import serving
 from controller.pipeline.engine import module_dir
-from controller.registry import requirements
+from controller.registry import requirements, signing
+from controller.spec import signing as signing_spec
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
@@ -52,8 +54,15 @@ def exists(bentoml_home: Path, lock: Lock) -> bool:
     return (bento_path(bentoml_home, lock) / "bento.yaml").exists()
 
 
-def build(lock: Lock, modules: dict[str, Path], *, bentoml_home: Path) -> str:
-    """Build (or reuse) the Bento for a locked revision; ``modules`` maps refs to verified dirs."""
+def build(
+    lock: Lock, modules: dict[str, Path], *, bentoml_home: Path, policy: signing_spec.SigningPolicy | None = None
+) -> str:
+    """Build (or reuse) the Bento for a locked revision; ``modules`` maps refs to verified dirs.
+    Signatures are checked against ``policy`` (default: the one ``MODSHIP_HOME`` holds) first,
+    also when the Bento exists; the policy travels in the Bento so its server checks them at load."""
+    policy = policy if policy is not None else signing_spec.load(settings.load().signing_file)
+    for ref, src in sorted(modules.items()):
+        signing.check(src, policy, what=ref)
     if exists(bentoml_home, lock):
         return tag(lock)
     template = template_dir() / "service.py"
@@ -65,12 +74,14 @@ def build(lock: Lock, modules: dict[str, Path], *, bentoml_home: Path) -> str:
         revision.write(lock, ctx / serving.LOCK_FILE)
         for ref, src in modules.items():
             _link_tree(src, module_dir(ctx / serving.MODULES_DIR, ref))
+        if policy.active:
+            serving.write_signing(ctx, policy)
         bentofile = {
             "service": "service:ModshipSystem",
             "name": lock.name,
             "description": f"modship system {lock.name}, revision {lock.revision}",
             "labels": lock.labels(),
-            "include": ["service.py", serving.LOCK_FILE, f"{serving.MODULES_DIR}/**"],
+            "include": ["service.py", serving.LOCK_FILE, f"{serving.MODULES_DIR}/**", f"{serving.SIGNING_DIR}/**"],
             "python": _python(lock),
         }
         (ctx / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))

@@ -12,10 +12,11 @@ from controller import ports
 from controller.errors import IntegrityError, SpecError
 from controller.pipeline import kernels
 from controller.registry import bundle as bundles
-from controller.registry import compat, digests
+from controller.registry import compat, digests, signing
 from controller.registry.versions import ModuleVersion
 from controller.spec import refs
 from controller.spec.modules import Contract
+from controller.spec.signing import SigningPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +26,20 @@ class Registered:
 
 
 def register(
-    registry: ports.Registry | Callable[[], ports.Registry], dirs: list[Path], *, skip_existing: bool = False
+    registry: ports.Registry | Callable[[], ports.Registry],
+    dirs: list[Path],
+    *,
+    skip_existing: bool = False,
+    policy: SigningPolicy | None = None,
 ) -> list[Registered]:
     """Validate every directory first (bad input registers nothing, and fails before any backend is
-    contacted), then register each. Register means it works: each module is loaded and its golden
-    examples run before anything is written."""
+    contacted), then register each. Register means it works: each module's signature is checked
+    against ``policy`` (SignatureError), it is loaded and its golden examples run before anything
+    is written."""
     loaded = [bundles.load(d) for d in dirs]
     for b in loaded:
+        if policy is not None:
+            signing.check(b.root, policy, what=f"{b.manifest.name} ({b.root})")
         probe(b)
     if callable(registry):
         registry = registry()
@@ -76,12 +84,16 @@ def materialize(registry: ports.Registry, mv: ModuleVersion, cache: Path) -> Pat
     return registry.fetch(mv, dest)
 
 
-def verify(registry: ports.Registry, ref: str) -> ModuleVersion:
-    """Download the stored files afresh and check every digest (IntegrityError names the file)."""
+def verify(
+    registry: ports.Registry, ref: str, *, policy: SigningPolicy | None = None
+) -> tuple[ModuleVersion, Path | None]:
+    """Download the stored files afresh and check every digest (IntegrityError names the file),
+    then the signature against ``policy`` (SignatureError); the trusted key that verified it."""
     mv = registry.resolve(refs.parse(ref, field="ref"))
     with tempfile.TemporaryDirectory(prefix="modship-verify-") as tmp:
-        registry.fetch(mv, Path(tmp) / "module")
-    return mv
+        root = registry.fetch(mv, Path(tmp) / "module")
+        key = signing.check(root, policy, what=mv.ref) if policy is not None else None
+    return mv, key
 
 
 def compat_matrix(registry: ports.Registry, a: str, b: str) -> list[compat.Cell]:

@@ -1,4 +1,4 @@
-"""``modship module ...``: register, list, show, alias, deprecate, verify, compat."""
+"""``modship module ...``: register, sign, list, show, alias, deprecate, verify, compat."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from controller.apply import modules
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import Format, console, emit
 from controller.errors import SpecError
+from controller.registry import bundle as bundles
+from controller.registry import signing
 from controller.registry.versions import ModuleVersion
 from controller.spec import refs
 
@@ -38,7 +40,8 @@ def register(
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Register module versions: artifact, role, contract, metadata and SHA-256 digests, all or nothing."""
-    done = modules.register(lambda: _ctx(ctx).registry, dirs, skip_existing=skip_existing)
+    policy = _ctx(ctx).signing
+    done = modules.register(lambda: _ctx(ctx).registry, dirs, skip_existing=skip_existing, policy=policy)
     data = [dict(_summary(r.version), skipped=r.skipped) for r in done]
 
     def render(rows: list[dict[str, Any]]) -> None:
@@ -47,6 +50,17 @@ def register(
             console.print(f"{verb} [bold]{r['name']}@{r['version']}[/] ({r['role']}) {r['digest'][:23]}...")
 
     emit(data, output, render)
+
+
+@app.command()
+def sign(
+    directory: Annotated[Path, typer.Argument(help="the module directory (holding module.yaml)")],
+    key: Annotated[Path, typer.Option("--key", help="PEM elliptic-curve private key")],
+) -> None:
+    """Sign every file of a module directory (OpenSSF model signing, offline): writes DIR/module.sig."""
+    b = bundles.load(directory)
+    path = signing.sign(directory, key)
+    console.print(f"signed [bold]{b.manifest.name}[/] ({len(b.files)} file(s)) → {path}")
 
 
 @app.command()
@@ -186,9 +200,11 @@ def deprecate(
 
 @app.command()
 def verify(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME@VERSION")]) -> None:
-    """Download the stored artifact and recompute every digest (exit 4 on a mismatch, naming the file)."""
-    mv = modules.verify(_ctx(ctx).registry, ref)
-    console.print(f"[green]ok[/] {mv.ref}: {len(mv.files)} file(s) match {mv.digest}")
+    """Download the stored artifact and recompute every digest (exit 4 on a mismatch, naming the file);
+    check its signature against the signing policy (exit 2 when bad, or missing where required)."""
+    mv, key = modules.verify(_ctx(ctx).registry, ref, policy=_ctx(ctx).signing)
+    signed = f"; signature verified with {key}" if key else ""
+    console.print(f"[green]ok[/] {mv.ref}: {len(mv.files)} file(s) match {mv.digest}{signed}")
 
 
 @app.command()

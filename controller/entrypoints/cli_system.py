@@ -122,7 +122,7 @@ def build(
     """Validate, lock, run the contract tests (golden inputs + smoke set), then build the Bento."""
     obj: Context = ctx.obj
     lk, local = prepare(obj, file, today=_today(today))
-    tag = bento.build(lk, local, bentoml_home=obj.settings.bentoml_home)
+    tag = bento.build(lk, local, bentoml_home=obj.settings.bentoml_home, policy=obj.signing)
     emit(
         {"system": lk.name, "revision": lk.revision, "bento": tag},
         output,

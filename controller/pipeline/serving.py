@@ -1,11 +1,13 @@
 """What the composed Bento runs: load a locked system from its bundle directory and answer requests.
 
 A bundle directory holds ``modship.lock.yaml`` and ``modules/<name>-<version>/``. Loading verifies
-every file's digest against the lock and refuses to start on a mismatch.
+every file's digest against the lock and refuses to start on a mismatch; when the bundle carries a
+signing policy (``signing/``, written at build), every module's signature is verified too.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -18,10 +20,12 @@ from controller.compose.revision import Lock
 from controller.pipeline.engine import Outcome, Pipeline, module_dir
 from controller.pipeline.response_cache import ResponseCache
 from controller.pipeline.telemetry import PrometheusTelemetry
-from controller.registry import digests
+from controller.registry import digests, signing
+from controller.spec import signing as signing_spec
 
 LOCK_FILE = "modship.lock.yaml"
 MODULES_DIR = "modules"
+SIGNING_DIR = "signing"
 
 
 def read_lock(bundle: Path) -> Lock:
@@ -53,8 +57,32 @@ def verify(bundle: Path, lock: Lock) -> None:
         digests.verify(module_dir(bundle / MODULES_DIR, ref), m.files, what=ref)
 
 
+def write_signing(bundle: Path, policy: signing_spec.SigningPolicy) -> None:
+    """Copy the policy and its trusted public keys into the bundle (for ``check_signatures``)."""
+    root = bundle / SIGNING_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, key in enumerate(policy.trusted_keys):
+        (root / f"key-{i}.pem").write_bytes(key.read_bytes())
+        names.append(f"key-{i}.pem")
+    doc = {"requireSignature": policy.require_signature, "trustedKeys": names}
+    (root / "policy.json").write_text(json.dumps(doc, indent=2))
+
+
+def check_signatures(bundle: Path, lock: Lock) -> None:
+    """Verify every module's signature when the bundle carries a signing policy (SignatureError)."""
+    path = bundle / SIGNING_DIR / "policy.json"
+    if not path.exists():
+        return
+    policy = signing_spec.load(path)
+    for ref in lock.modules:
+        signing.check(module_dir(bundle / MODULES_DIR, ref), policy, what=ref)
+
+
 def load(bundle: Path, *, verify: bool = True) -> App:
     lock = read_lock(bundle)
+    if verify:
+        check_signatures(bundle, lock)
     flags_file = os.environ.get("MODSHIP_FLAGS_FILE")
     pipeline = Pipeline.load(
         lock,
