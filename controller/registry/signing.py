@@ -3,7 +3,8 @@ and offline: an elliptic-curve private key signs the SHA-256 manifest of every f
 directory; trusted public keys verify it.
 
 The signature lives in the module directory as ``module.sig`` (a Sigstore bundle holding an in-toto
-statement of the file digests). It is left out of the files it signs, and is itself one of the
+statement of the file digests). It is left out of the files it signs (with the ``MLmodel`` file the
+MLflow registry adds at the root), and is itself one of the
 module's registered files, so it travels with the module into the registry, the Bento and the
 serving process, where each place verifies it again. ``model_signing`` is imported only when a
 signature is made or checked (it costs about a second to import).
@@ -23,6 +24,9 @@ from controller.errors import SpecError
 from controller.spec.signing import SigningPolicy
 
 SIGNATURE_FILE = "module.sig"
+# The MLflow registry writes its own ``MLmodel`` (the contract as an MLflow signature, made from the
+# signed module.yaml) at the root of every version it stores: never part of what an author signs.
+UNSIGNED = (SIGNATURE_FILE, "MLmodel")
 
 
 class SignatureError(SpecError):
@@ -37,7 +41,7 @@ def _hashing() -> Any:
 
     # git paths are files like any other here: modship's own digests cover every file too
     cfg = hashing.Config()  # type: ignore[no-untyped-call]
-    return cfg.set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
+    return cfg.set_ignored_paths(paths=list(UNSIGNED), ignore_git_paths=False)
 
 
 def sign(root: Path, key: Path) -> Path:

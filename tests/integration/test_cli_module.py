@@ -51,3 +51,32 @@ def test_embedded_default_needs_no_server(embedded_cli: Cli, tmp_path: Path) -> 
     assert again[0]["skipped"] and again[0]["version"] == 1
     assert (embedded_cli.home / "mlflow.db").exists()
     assert "ok" in embedded_cli.ok("module", "verify", "local-head@1").out
+
+
+def test_signed_modules_where_a_signature_is_required(embedded_cli: Cli, tmp_path: Path) -> None:
+    from tests.support import keys
+
+    private, public = keys.pair(tmp_path / "keys")
+    _, stranger = keys.pair(tmp_path / "keys", "stranger")
+    embedded_cli.home.mkdir(parents=True, exist_ok=True)
+    policy = embedded_cli.home / "signing.yaml"
+    policy.write_text(yaml.safe_dump({"requireSignature": True, "trustedKeys": [str(public)]}))
+    plain = modules.write(tmp_path / "plain", modules.head_manifest("plain-head"))
+    signed = modules.write(tmp_path / "signed", modules.head_manifest("signed-head"), seed=1)
+    assert "signed signed-head" in embedded_cli.ok("module", "sign", str(signed), "--key", str(private)).out
+    # one unsigned directory refuses the whole command: one line, exit 2, nothing registered
+    r = embedded_cli("module", "register", str(signed), str(plain))
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "plain-head" in r.err and "signature: not signed" in r.err and "Traceback" not in r.err
+    assert json.loads(embedded_cli.ok("module", "list", "-o", "json").out) == []
+    # tampered after signing: refused, naming the file
+    (signed / "stats.json").write_text('{"embedding": {"kind": "other"}}')
+    r = embedded_cli("module", "register", str(signed))
+    assert r.code == 2 and "stats.json changed since it was signed" in r.err, r.err
+    embedded_cli.ok("module", "sign", str(signed), "--key", str(private))
+    embedded_cli.ok("module", "register", str(signed))
+    assert "signature verified with" in embedded_cli.ok("module", "verify", "signed-head@1").out
+    # a key nobody trusts any more: what is stored no longer verifies
+    policy.write_text(yaml.safe_dump({"requireSignature": True, "trustedKeys": [str(stranger)]}))
+    r = embedded_cli("module", "verify", "signed-head@1")
+    assert r.code == 2 and "Key mismatch" in r.err, r.err
