@@ -4,6 +4,7 @@
   (SQLite + local artifacts), the module cache, built Bentos, local runtime state.
 - ``MODSHIP_REGISTRY`` (or ``MLFLOW_TRACKING_URI``): any MLflow URL; default the embedded SQLite.
 - ``MODSHIP_SIGNING``: the module signing policy file (default ``$MODSHIP_HOME/signing.yaml``).
+- ``MODSHIP_NOTIFICATIONS``: sinks and subscriptions (default ``$MODSHIP_HOME/notifications.yaml``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ class Settings:
     @property
     def state_dir(self) -> Path:
         return self.home / "state"
+
+    @property
+    def notifications_file(self) -> Path:
+        return Path(os.environ.get("MODSHIP_NOTIFICATIONS") or self.home / "notifications.yaml")
+
+    @property
+    def dead_letter_file(self) -> Path:
+        """Notifications no sink accepted (JSON lines)."""
+        return self.home / "notifications" / "dead-letter.jsonl"
 
     @property
     def signing_file(self) -> Path:

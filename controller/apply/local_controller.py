@@ -22,10 +22,12 @@ from controller import backoff, ports, settings
 from controller.adapters.builtin_metrics import BuiltinSource
 from controller.adapters.local_runtime import LocalRuntime
 from controller.adapters.local_store import LocalStore
+from controller.adapters.notify import Notifier
 from controller.apply import reconcile
 from controller.errors import ModshipError, Unavailable
 from controller.plan import rollout as machine
 from controller.plan.actions import Event, SetAliases
+from controller.spec import notifications
 from controller.spec.rollout import Provider
 
 log = logging.getLogger("modship.controller")
@@ -52,6 +54,7 @@ class LocalController:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.RLock()
+        self.notifier = notifier_for(cfg)
 
     @property
     def registry(self) -> ports.Registry:
@@ -121,6 +124,7 @@ class LocalController:
                 record=lambda e: self._record(m.name, e, now),
                 aliases=self._aliases(m.name),
                 reference=lambda rev: self.reference(m.name, rev),
+                notify=self.notifier.on_decision if self.notifier is not None else None,
             )
             m.last, m.failures = d, 0
             wait = d.requeue_after if d.requeue_after is not None else IDLE_RECHECK
@@ -184,6 +188,18 @@ class LocalController:
     def close(self, *, stop_processes: bool) -> None:
         for name in list(self.systems):
             self.forget(name, stop=stop_processes)
+        if self.notifier is not None:
+            self.notifier.close(timeout=2.0)
+
+
+def notifier_for(cfg: settings.Settings) -> Notifier | None:
+    """The sender for the notifications file, if it names any sink (a bad file is a SpecError)."""
+    spec = notifications.load(cfg.notifications_file)
+    if not spec.sinks:
+        return None
+    if spec.links.mlflow is None and cfg.registry_uri.startswith(("http://", "https://")):
+        spec = spec.model_copy(update={"links": spec.links.model_copy(update={"mlflow": cfg.registry_uri})})
+    return Notifier(spec, dead_letter=cfg.dead_letter_file)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,6 +15,8 @@ from controller.plan.status import RolloutStatus
 from controller.spec.rollout import Provider, Rollout
 
 BeforeSave = Callable[[Rollout, RolloutStatus, Observations, machine.Decision], None]
+Notify = Callable[[Rollout, RolloutStatus, machine.Decision, float], None]
+log = logging.getLogger("modship.reconcile")
 
 
 def reconcile_once(
@@ -27,10 +30,13 @@ def reconcile_once(
     aliases: Callable[[SetAliases], None] | None = None,
     reference: Callable[[str], dict[str, Any] | None] = lambda rev: None,
     before_save: BeforeSave | None = None,
+    notify: Notify | None = None,
 ) -> machine.Decision:
     """One cycle. ``before_save`` sees the rollout, the status before, the observations and the
     decision once its runtime actions are done and before the status is saved (the operator stages
-    the cycle's Events into the status it saves, and measures the cycle)."""
+    the cycle's Events into the status it saves, and measures the cycle). ``notify`` sees the
+    rollout, the status before and the decision once it is saved; it must not block (a sender
+    enqueues), and its failure never fails the cycle."""
     r, s, controls = store.load(system)
     obs = observe.observe(r, s, controls, target=target, sources=sources, now=now, reference=reference)
     decision = machine.step(r, s, obs, now)
@@ -40,4 +46,9 @@ def reconcile_once(
     if decision.status != s:
         store.save(system, decision.status)
     execute.after_save(decision.actions, record=record, aliases=aliases)
+    if notify is not None:
+        try:
+            notify(r, s, decision, now)
+        except Exception as exc:  # telling people is best effort: never hold a rollout on it
+            log.warning("%s: notifications not sent: %s", system, exc)
     return decision

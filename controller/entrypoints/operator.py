@@ -160,6 +160,8 @@ async def serve(opts: Options, *, stop: asyncio.Event | None = None) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(None, elector.release)
         scheduler.close()
+        if op.notifier is not None:
+            op.notifier.close(timeout=2.0)
         api.close()
 
 
@@ -197,6 +199,16 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         default=int(port) if port else None,
         help="serve /metrics (env MODSHIP_METRICS_PORT)",
     )
+    p.add_argument(
+        "--notifications",
+        default=os.environ.get("MODSHIP_NOTIFICATIONS"),
+        help="sinks and subscriptions for CloudEvents of every transition (env MODSHIP_NOTIFICATIONS)",
+    )
+    p.add_argument(
+        "--dead-letter",
+        default=os.environ.get("MODSHIP_DEAD_LETTER", "/tmp/modship/dead-letter.jsonl"),
+        help="where undeliverable notifications are kept (env MODSHIP_DEAD_LETTER)",
+    )
     p.add_argument("--log-level", default=os.environ.get("MODSHIP_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     if a.renew_deadline >= a.lease_duration:
@@ -222,6 +234,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         resync=a.resync,
         liveness=a.liveness,
         metrics_port=a.metrics_port,
+        notifications=a.notifications,
+        dead_letter=a.dead_letter,
     )
 
 

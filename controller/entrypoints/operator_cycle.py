@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from controller import backoff, ports
@@ -21,6 +22,7 @@ from controller.adapters.kube.rollouts import Entry, RolloutCache, wire_spec
 from controller.adapters.kube.store import KubernetesStore
 from controller.adapters.kube.target import KubernetesTarget
 from controller.adapters.kube.traffic import Notes
+from controller.adapters.notify import Notifier
 from controller.apply import aliases, reconcile
 from controller.apply.operator_metrics import Metrics
 from controller.errors import ModshipError, NotFound, SpecError, Unavailable
@@ -28,6 +30,7 @@ from controller.plan import rollout as machine
 from controller.plan.actions import Event
 from controller.plan.observations import Observations
 from controller.plan.status import RolloutStatus
+from controller.spec import notifications
 from controller.spec.rollout import Provider, Rollout, TrafficRouting
 
 log = logging.getLogger("modship.operator")
@@ -51,6 +54,8 @@ class Options:
     resync: float = 300.0
     liveness: str | None = None
     metrics_port: int | None = None
+    notifications: str | None = None  # a notifications file: CloudEvents of transitions to its sinks
+    dead_letter: str = "/tmp/modship/dead-letter.jsonl"
 
 
 class Operator:
@@ -71,6 +76,14 @@ class Operator:
         self._failures: dict[Key, int] = {}
         self._errors: dict[Key, str] = {}
         self.metrics = Metrics()
+        self.notifier: Notifier | None = None
+        if opts.notifications:  # the same sender the local controller uses
+            if not Path(opts.notifications).exists():
+                raise SpecError("file not found", source=opts.notifications)
+            spec = notifications.load(Path(opts.notifications))
+            if opts.registry_url and spec.links.mlflow is None:
+                spec = spec.model_copy(update={"links": spec.links.model_copy(update={"mlflow": opts.registry_url})})
+            self.notifier = Notifier(spec, dead_letter=Path(opts.dead_letter))
 
     def reconcile(self, key: Key) -> float | None:
         """One cycle; seconds after its start when the Rollout is due again (None: on a change)."""
@@ -128,6 +141,7 @@ class Operator:
             record=lambda ev: store.record(name, ev),
             aliases=moves,
             before_save=before_save,
+            notify=self.notifier.on_decision if self.notifier is not None else None,
         )
         if d.status != s:
             st = d.status
