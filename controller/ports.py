@@ -16,7 +16,7 @@ from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
 from controller.spec import control
 from controller.spec.refs import ModuleRef
-from controller.spec.rollout import Check, Rollout
+from controller.spec.rollout import Check, Gate, Rollout
 
 
 class ModuleCatalog(Protocol):
@@ -117,6 +117,16 @@ class Target(Protocol):
 
     def health(self, stable: str | None, canary: str | None) -> Health:
         """Readiness of the stable and canary revisions right now."""
+        ...
+
+
+class Gates(Protocol):
+    """Webhook gates: an HTTP POST whose answer lets a rollout through, holds it or fails it."""
+
+    def ask(self, gate: Gate, payload: dict[str, object]) -> tuple[bool, str]:
+        """POST ``payload`` to the gate: ``(True, "HTTP 200")`` for a 2xx answer, else ``(False, why)``.
+        Never raises: a gate that cannot be reached or times out answers ``False``. ``why`` never
+        holds the URL."""
         ...
 
 

@@ -21,7 +21,7 @@ from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
 from controller.spec import control
 from controller.spec.refs import ModuleRef
-from controller.spec.rollout import Check, Rollout
+from controller.spec.rollout import Check, Gate, Rollout
 
 
 class MemoryRegistry:
@@ -228,3 +228,16 @@ class MemoryRollouts:
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
         self.read(name)
         return self.posted.get(name, [])[-limit:]
+
+
+class MemoryGates:
+    """Gates that answer as a test says: ``answers[name]`` is a status code (default 200)."""
+
+    def __init__(self, answers: dict[str, int] | None = None) -> None:
+        self.answers = dict(answers or {})
+        self.asked: list[tuple[str, dict[str, object]]] = []
+
+    def ask(self, gate: Gate, payload: dict[str, object]) -> tuple[bool, str]:
+        self.asked.append((gate.name, payload))
+        code = self.answers.get(gate.name, 200)
+        return 200 <= code < 300, f"HTTP {code}"

@@ -11,7 +11,17 @@ import logging
 from collections.abc import Callable
 
 from controller import ports
-from controller.plan.actions import Action, EnsureRevision, Event, SetAliases, SetFlags, SetTraffic, StopRevision
+from controller.plan.actions import (
+    Action,
+    CallGate,
+    EnsureRevision,
+    Event,
+    SetAliases,
+    SetFlags,
+    SetTraffic,
+    StopRevision,
+)
+from controller.spec.rollout import Rollout
 
 log = logging.getLogger("modship.execute")
 
@@ -47,3 +57,12 @@ def after_save(
                 aliases(a)
             except Exception as exc:  # the registry is advisory here: never block a rollback on it
                 log.warning("could not move registry aliases: %s", exc)
+
+
+def call_gates(actions: tuple[Action, ...], r: Rollout, gates: ports.Gates) -> None:
+    """Tell post-rollout gates the outcome; their answer is logged, never acted on."""
+    by_name = {g.name: g for g in r.spec.gates}
+    for a in actions:
+        if isinstance(a, CallGate) and a.gate in by_name:
+            ok, why = gates.ask(by_name[a.gate], dict(a.payload))
+            (log.info if ok else log.warning)("post-rollout gate %s: %s", a.gate, why)

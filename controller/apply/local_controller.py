@@ -20,6 +20,7 @@ from typing import Any
 
 from controller import backoff, ports, settings
 from controller.adapters.builtin_metrics import BuiltinSource
+from controller.adapters.gates import HttpGates
 from controller.adapters.local_runtime import LocalRuntime
 from controller.adapters.local_store import LocalStore
 from controller.adapters.notify import Notifier
@@ -55,6 +56,7 @@ class LocalController:
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self.notifier = notifier_for(cfg)
+        self.gates = HttpGates()
 
     @property
     def registry(self) -> ports.Registry:
@@ -125,6 +127,7 @@ class LocalController:
                 aliases=self._aliases(m.name),
                 reference=lambda rev: self.reference(m.name, rev),
                 notify=self.notifier.on_decision if self.notifier is not None else None,
+                gates=self.gates,
             )
             m.last, m.failures = d, 0
             wait = d.requeue_after if d.requeue_after is not None else IDLE_RECHECK
@@ -190,6 +193,7 @@ class LocalController:
             self.forget(name, stop=stop_processes)
         if self.notifier is not None:
             self.notifier.close(timeout=2.0)
+        self.gates.close()
 
 
 def notifier_for(cfg: settings.Settings) -> Notifier | None:

@@ -1,4 +1,4 @@
-"""Observe: health of the revisions and samples for the checks that are due."""
+"""Observe: health of the revisions, samples for the checks that are due, answers of the gates due."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import ports
+from controller.plan import gates as gate_plan
 from controller.plan import rollout as machine
-from controller.plan.observations import Controls, Observations, QueryContext, Sample
+from controller.plan.observations import Controls, GateAnswer, Observations, QueryContext, Sample
 from controller.plan.status import RolloutStatus
 from controller.spec.rollout import Provider, Rollout
 
@@ -21,6 +22,7 @@ def observe(
     sources: Mapping[Provider, ports.MetricsSource],
     now: float,
     reference: Callable[[str], dict[str, Any] | None] = lambda rev: None,
+    gates: ports.Gates | None = None,
 ) -> Observations:
     canary = candidate(r, s)
     health = target.health(s.stable, canary)
@@ -42,7 +44,12 @@ def observe(
                 reference=reference(s.canary),
             )
             samples[name] = source.sample(check, ctx)
-    return Observations(health=health, samples=samples, controls=controls)
+    answers: dict[str, GateAnswer] = {}
+    if gates is not None:
+        for g in gate_plan.due(r, s):
+            ok, why = gates.ask(g, gate_plan.payload(r, s, g))
+            answers[g.name] = GateAnswer(ok, s.step, why)
+    return Observations(health=health, samples=samples, controls=controls, gates=answers)
 
 
 def candidate(r: Rollout, s: RolloutStatus) -> str | None:

@@ -31,14 +31,16 @@ def reconcile_once(
     reference: Callable[[str], dict[str, Any] | None] = lambda rev: None,
     before_save: BeforeSave | None = None,
     notify: Notify | None = None,
+    gates: ports.Gates | None = None,
 ) -> machine.Decision:
     """One cycle. ``before_save`` sees the rollout, the status before, the observations and the
     decision once its runtime actions are done and before the status is saved (the operator stages
     the cycle's Events into the status it saves, and measures the cycle). ``notify`` sees the
     rollout, the status before and the decision once it is saved; it must not block (a sender
-    enqueues), and its failure never fails the cycle."""
+    enqueues), and its failure never fails the cycle. ``gates`` asks the webhook gates that are due
+    (without it, a rollout with gates holds at the first one)."""
     r, s, controls = store.load(system)
-    obs = observe.observe(r, s, controls, target=target, sources=sources, now=now, reference=reference)
+    obs = observe.observe(r, s, controls, target=target, sources=sources, now=now, reference=reference, gates=gates)
     decision = machine.step(r, s, obs, now)
     execute.runtime(decision.actions, target)
     if before_save is not None:
@@ -46,6 +48,8 @@ def reconcile_once(
     if decision.status != s:
         store.save(system, decision.status)
     execute.after_save(decision.actions, record=record, aliases=aliases)
+    if gates is not None:
+        execute.call_gates(decision.actions, r, gates)
     if notify is not None:
         try:
             notify(r, s, decision, now)

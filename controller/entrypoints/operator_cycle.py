@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import backoff, ports
+from controller.adapters.gates import HttpGates
 from controller.adapters.kube import api as kube_api
 from controller.adapters.kube import caches, cleanup
 from controller.adapters.kube.events import EventRecorder
@@ -76,6 +77,7 @@ class Operator:
         self._failures: dict[Key, int] = {}
         self._errors: dict[Key, str] = {}
         self.metrics = Metrics()
+        self.gates = HttpGates()
         self.notifier: Notifier | None = None
         if opts.notifications:  # the same sender the local controller uses
             if not Path(opts.notifications).exists():
@@ -142,6 +144,7 @@ class Operator:
             aliases=moves,
             before_save=before_save,
             notify=self.notifier.on_decision if self.notifier is not None else None,
+            gates=self.gates,
         )
         if d.status != s:
             st = d.status

@@ -58,4 +58,13 @@ class Event:
     warning: bool = False
 
 
-Action = EnsureRevision | StopRevision | SetTraffic | SetFlags | SetAliases | Event
+@dataclass(frozen=True, slots=True)
+class CallGate:
+    """Tell a post-rollout gate how the rollout ended, after the status is saved (its answer is
+    logged, never acted on)."""
+
+    gate: str
+    payload: tuple[tuple[str, object], ...]
+
+
+Action = EnsureRevision | StopRevision | SetTraffic | SetFlags | SetAliases | Event | CallGate

@@ -66,7 +66,18 @@ class Controls:
 
 
 @dataclass(frozen=True, slots=True)
+class GateAnswer:
+    """What a webhook gate answered, asked at ``step``: ``ok`` for 2xx; ``message`` says what came
+    back (``HTTP 409``, ``no answer within 10s``) and never holds the gate's URL."""
+
+    ok: bool
+    step: int
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Observations:
     health: Health
     samples: dict[str, Sample] = field(default_factory=dict)
     controls: Controls = Controls()
+    gates: dict[str, GateAnswer] = field(default_factory=dict)  # by gate name, those asked this cycle

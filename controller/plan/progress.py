@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.plan import analysis, schedule, transitions
+from controller.plan import analysis, gates, schedule, transitions
 from controller.plan.actions import Event
 from controller.plan.observations import Controls, Observations
 from controller.plan.reasons import Reason, Waiting
@@ -34,7 +34,7 @@ def handled(c: Controls, s: RolloutStatus, mark: float) -> float:
 
 def progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Moved:
     c, health = obs.controls, obs.health
-    if s.waiting in (Waiting.CANARY, Waiting.METRICS):  # re-established below while it lasts
+    if s.waiting in (Waiting.CANARY, Waiting.METRICS, Waiting.GATE, Waiting.GATE_ASK):  # re-established while it lasts
         s = replace(s, waiting=None)
     if is_new(c.abort, s):
         return transitions.abort(s, Reason.ABORTED_BY_USER, "abort requested", now)
@@ -62,6 +62,10 @@ def progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Mov
         s = replace(s, phase=Phase.PROGRESSING, reason=Reason.RESUMED, message="resumed", waiting=None)
     if s.phase is Phase.PAUSED:
         return s, events  # a pause step or an inconclusive analysis: only resume or abort continue
+    s, more, stop = gates.before_steps(r, s, obs, now)
+    events += more
+    if stop:
+        return s, events  # a gate holds (no progress deadline meanwhile) or aborted the canary
     deadline = r.spec.policies.progress_deadline
     if s.step_started is not None and now - s.step_started > deadline:
         why = f"step {s.step} made no progress for {deadline:g}s"
@@ -71,7 +75,7 @@ def progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Mov
         return replace(s, waiting=Waiting.CANARY, message=f"waiting for canary {s.canary} to be ready"), events
     if hold:
         return s, events
-    s, more = _advance(r, s, now)
+    s, more = _advance(r, s, obs, now)
     return s, events + more
 
 
@@ -147,27 +151,35 @@ def judge(
             return s, (), False
 
 
-def _advance(r: Rollout, s: RolloutStatus, now: float) -> Moved:
+def _advance(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Moved:
     events: tuple[Event, ...] = ()
     while s.step < len(r.steps):
-        s, more, stop = _one_step(r, s, now)
+        s, more, stop = _one_step(r, s, obs, now)
         events += more
         if stop:
             return s, events
         s = replace(s, reason=Reason.STEP_COMPLETED, message=f"at step {s.step} of {len(r.steps)}")
-    s, more = transitions.promote(r, s, now, Reason.STEPS_COMPLETED)
-    return s, events + more
+    s, more, hold = gates.confirm_promotion(r, s, obs, now)
+    if hold:
+        return s, events + more
+    s, promoted = transitions.promote(r, s, now, Reason.STEPS_COMPLETED)
+    return s, events + more + promoted
 
 
-def _one_step(r: Rollout, s: RolloutStatus, now: float) -> tuple[RolloutStatus, tuple[Event, ...], bool]:
+def _one_step(
+    r: Rollout, s: RolloutStatus, obs: Observations, now: float
+) -> tuple[RolloutStatus, tuple[Event, ...], bool]:
     """Carry out the current step: the status after it and whether to stop here this cycle."""
     st = r.steps[s.step]
+    s, said, hold = gates.confirm_traffic(r, s, obs, now)
+    if hold:
+        return s, said, True
     nxt = replace(s, step=s.step + 1, step_started=now, step_analysis={})
     if st.set_weight is not None:
         w = min(st.set_weight, r.spec.strategy.canary.max_weight)
         return (
             replace(nxt, traffic=replace(s.traffic, weight=w)),
-            (Event(Reason.WEIGHT_CHANGED, f"canary {s.canary} at {w:g} %"),),
+            (*said, Event(Reason.WEIGHT_CHANGED, f"canary {s.canary} at {w:g} %")),
             False,
         )
     if st.set_flag is not None:

@@ -41,6 +41,9 @@ class Reason(enum.StrEnum):
     ROLLED_BACK = "RolledBack"  # back to the previous (warm) stable at once
     ROLLBACK_WINDOW_CLOSED = "RollbackWindowClosed"
     PROCESS_CRASHED = "ProcessCrashed"  # event: a process of a revision or the router died (local runtime)
+    GATE_HOLDING = "GateHolding"  # a gate has not answered 2xx: the rollout waits for it
+    GATE_PASSED = "GatePassed"  # event: a gate let the rollout through
+    GATE_FAILED = "GateFailed"  # pre-rollout failed too often, or a rollback gate asked for it: aborted
 
     @classmethod
     def parse(cls, value: str) -> Reason:
@@ -69,11 +72,13 @@ class Waiting(enum.StrEnum):
     USER = "User"  # a pause people asked for: unpausing releases it
     REVIEW = "Review"  # an inconclusive analysis: resume re-runs it, or abort
     METRICS = "Metrics"  # the metrics provider to answer again (metricsDown: hold)
+    GATE = "Gate"  # a webhook gate to answer 2xx: asked again after its interval
+    GATE_ASK = "GateAsk"  # a gate reached this cycle: asked at the next one, within a second
 
     @property
     def poll_soon(self) -> bool:
         """True when the condition can clear any moment (worth a look every HEALTH_POLL)."""
-        return self is Waiting.CANARY
+        return self in (Waiting.CANARY, Waiting.GATE_ASK)
 
     @classmethod
     def parse(cls, value: str | None) -> Waiting | None:
@@ -98,6 +103,7 @@ _MOVES_ALIASES = frozenset(
         Reason.PROGRESS_DEADLINE_EXCEEDED,
         Reason.TARGET_REVERTED,
         Reason.SUPERSEDED,
+        Reason.GATE_FAILED,
     }
 )
 _ROLLED_BACK = frozenset(
@@ -108,5 +114,6 @@ _ROLLED_BACK = frozenset(
         Reason.METRICS_UNAVAILABLE,
         Reason.PROGRESS_DEADLINE_EXCEEDED,
         Reason.ROLLED_BACK,
+        Reason.GATE_FAILED,
     }
 )

@@ -19,10 +19,10 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 
-from controller.plan import progress, schedule, transitions
+from controller.plan import gates, progress, schedule, transitions
 from controller.plan.actions import Action, EnsureRevision, Event, SetAliases, SetFlags, SetTraffic, StopRevision
 from controller.plan.observations import Controls, Observations
-from controller.plan.reasons import Reason
+from controller.plan.reasons import Reason, Waiting
 from controller.plan.status import HistoryEntry, Phase, RolloutStatus, Traffic
 from controller.spec.rollout import Check, Rollout
 
@@ -43,6 +43,9 @@ class Decision:
 def spec_hash(r: Rollout) -> str:
     """What, when changed mid-rollout, restarts the rollout at step 0 (not the pause switch)."""
     body = r.spec.model_dump(mode="json", by_alias=True, exclude={"paused"})
+    for added in ("gates", "loadTest"):  # fields added later: absent, they leave the hash as it was
+        if not body.get(added):
+            body.pop(added, None)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -127,6 +130,7 @@ def _finish(r: Rollout, s: RolloutStatus, events: tuple[Event, ...], now: float,
     if aliases or any(e.reason.moves_aliases for e in events):
         actions.append(SetAliases(stable=stable, canary=s.canary if in_flight else None))
     actions.extend(events)
+    actions.extend(gates.after(r, s, events))
     return Decision(s, tuple(actions), _requeue(r, s, now))
 
 
@@ -136,6 +140,8 @@ def _requeue(r: Rollout, s: RolloutStatus, now: float) -> float | None:
         times.extend(schedule.schedule(r, s).values())
         if s.waiting is not None and s.waiting.poll_soon:
             times.append(now + HEALTH_POLL)
+        if s.waiting is Waiting.GATE:
+            times.append(now + gates.interval(r))
     if s.in_flight and s.phase is Phase.PROGRESSING:
         times.append(now + MAX_REQUEUE)
         if s.step < len(r.steps):

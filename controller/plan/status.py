@@ -105,6 +105,8 @@ class RolloutStatus:
     message: str = ""
     history: tuple[HistoryEntry, ...] = ()
     waiting: Waiting | None = None  # what a rollout in flight waits for; None: it moves on its own
+    gates_passed: tuple[str, ...] = ()  # one-time gates (confirm-rollout, pre-rollout) passed this rollout
+    gate_failures: dict[str, int] = field(default_factory=dict)  # pre-rollout failures this rollout
 
     HISTORY = 20
 
@@ -153,6 +155,8 @@ class RolloutStatus:
             message=d.get("message", ""),
             history=tuple(HistoryEntry(**h) for h in d.get("history", [])),
             waiting=Waiting.parse(d.get("waiting")) if "waiting" in d else _waiting_of_old(d),
+            gates_passed=tuple(str(g) for g in d.get("gates_passed") or ()),
+            gate_failures={str(k): int(v) for k, v in (d.get("gate_failures") or {}).items()},
         )
 
     def remember(self, entry: HistoryEntry) -> tuple[HistoryEntry, ...]:

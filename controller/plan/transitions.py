@@ -41,6 +41,8 @@ def start(s: RolloutStatus, target: str, h: str, *, now: float) -> Moved:
         reason=Reason.ROLLOUT_STARTED,
         message=f"canary {target} at step 0",
         waiting=None,
+        gates_passed=(),
+        gate_failures={},
     ), events
 
 

@@ -260,6 +260,41 @@ class TrafficRouting(Spec):
         return self
 
 
+class GateType(enum.StrEnum):
+    """Flagger's webhook gates. A confirm-* gate holds the rollout until its URL answers 2xx (any
+    other answer, or none: asked again after ``interval``); pre-rollout must answer 2xx before the
+    canary gets traffic (more than ``failureLimit`` failures abort it); a rollback gate answering
+    2xx aborts the canary; post-rollout is told the outcome (its answer changes nothing)."""
+
+    CONFIRM_ROLLOUT = "confirm-rollout"
+    PRE_ROLLOUT = "pre-rollout"
+    CONFIRM_TRAFFIC_INCREASE = "confirm-traffic-increase"
+    CONFIRM_PROMOTION = "confirm-promotion"
+    POST_ROLLOUT = "post-rollout"
+    ROLLBACK = "rollback"
+
+
+class Gate(Spec):
+    name: str = Field(min_length=1)
+    type: GateType
+    url: str = Field(pattern=r"^https?://", description="POSTed a JSON description of the rollout")
+    timeout: Duration = 10.0
+    interval: Duration = Field(default=5.0, description="how soon a holding gate is asked again")
+    failure_limit: int = Field(default=2, ge=0, description="pre-rollout: failures tolerated before the abort")
+    metadata: dict[str, str] = Field(default_factory=dict, description="passed to the gate as is")
+
+
+class LoadTest(Spec):
+    """The built-in load-test hook (local runtime): while a canary is in flight, replay a dataset of
+    request bodies through the system's router at ``rate`` requests per second, so analysis has
+    samples on systems with little live traffic."""
+
+    dataset: str = Field(min_length=1, description="a JSON-lines file: one request body per line")
+    rate: float = Field(default=5.0, gt=0, le=1000, description="requests per second")
+    path: str = Field(default="/predict", pattern=r"^/")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
 class AnalysisChecks(Spec):
     checks: list[Check] = Field(default_factory=list)
 
@@ -282,6 +317,8 @@ class RolloutBody(Spec):
     prometheus: str | None = Field(default=None, description="Prometheus URL for checks with provider prometheus")
     workload: Workload | None = None  # Kubernetes only
     traffic_routing: TrafficRouting | None = None  # Kubernetes only
+    gates: tuple[Gate, ...] = Field(default=(), description="webhook gates with Flagger's semantics")
+    load_test: LoadTest | None = None
 
 
 class Rollout(Spec):
@@ -332,6 +369,9 @@ def problems(r: Rollout) -> list[tuple[str, str]]:
         ]
         if canary.analysis.starting_step >= len(canary.steps):
             out.append(("spec.strategy.canary.analysis.startingStep", "beyond the last step"))
+    gate_names = [g.name for g in r.spec.gates]
+    if len(set(gate_names)) != len(gate_names):
+        out.append(("spec.gates", "duplicate gate names"))
     if any(c.provider is Provider.PROMETHEUS for c in r.spec.analysis.checks) and not r.spec.prometheus:
         out.append(("spec.prometheus", "checks with provider prometheus need the Prometheus URL"))
     return out
