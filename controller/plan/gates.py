@@ -148,13 +148,14 @@ def _answer(obs: Observations, g: Gate, s: RolloutStatus) -> GateAnswer | None:
 
 
 def _hold(s: RolloutStatus, g: Gate, a: GateAnswer | None) -> tuple[RolloutStatus, Events]:
-    said = a.message if a is not None else "not asked yet"
-    msg = f"waiting for {g.type.value} gate {g.name} ({said})"
+    if a is None:  # reached this cycle: asked at the next one (the reason stays what it was)
+        msg = f"asking {g.type.value} gate {g.name}"
+        return replace(s, message=msg, waiting=Waiting.GATE_ASK), ()
+    msg = f"waiting for {g.type.value} gate {g.name} ({a.message})"
     events: Events = ()
-    if s.reason is not Reason.GATE_HOLDING and a is not None:
+    if s.reason is not Reason.GATE_HOLDING:
         events = (Event(Reason.GATE_HOLDING, f"step {s.step}: {msg}"),)
-    waiting = Waiting.GATE if a is not None else Waiting.GATE_ASK
-    return replace(s, reason=Reason.GATE_HOLDING, message=msg, waiting=waiting), events
+    return replace(s, reason=Reason.GATE_HOLDING, message=msg, waiting=Waiting.GATE), events
 
 
 def _pass(s: RolloutStatus, g: Gate, a: GateAnswer, now: float) -> tuple[RolloutStatus, Events]:

@@ -148,7 +148,7 @@ def _requeue(r: Rollout, s: RolloutStatus, now: float) -> float | None:
             st = r.steps[s.step]
             if st.pause is not None and st.pause.duration is not None and s.step_started is not None:
                 times.append(s.step_started + st.pause.duration)
-        if s.step_started is not None:
+        if s.step_started is not None and s.waiting not in (Waiting.GATE, Waiting.GATE_ASK):  # no deadline at a gate
             times.append(s.step_started + r.spec.policies.progress_deadline + 0.001)
     if s.previous_stable is not None and s.promoted_at is not None:
         times.append(s.promoted_at + r.spec.policies.rollback_window)
