@@ -21,6 +21,7 @@ from typing import Any
 from controller import backoff, ports, settings
 from controller.adapters.builtin_metrics import BuiltinSource
 from controller.adapters.gates import HttpGates
+from controller.adapters.loadtest import LoadRunner
 from controller.adapters.local_runtime import LocalRuntime
 from controller.adapters.local_store import LocalStore
 from controller.adapters.notify import Notifier
@@ -29,7 +30,7 @@ from controller.errors import ModshipError, Unavailable
 from controller.plan import rollout as machine
 from controller.plan.actions import Event, SetAliases
 from controller.spec import notifications
-from controller.spec.rollout import Provider
+from controller.spec.rollout import LoadTest, Provider
 
 log = logging.getLogger("modship.controller")
 IDLE_RECHECK = 5.0  # supervise processes at least this often
@@ -44,6 +45,8 @@ class Managed:
     last: machine.Decision | None = None
     failures: int = 0
     sources: dict[Provider, ports.MetricsSource] = field(default_factory=dict)
+    load: LoadRunner | None = None  # the load-test hook, while a canary is in flight
+    load_refused: LoadTest | None = None  # a load test whose dataset could not be read
 
 
 class LocalController:
@@ -90,6 +93,8 @@ class LocalController:
         with self._lock:
             m = self.systems.pop(name, None)
         if m is not None:
+            if m.load is not None:
+                m.load.stop()
             if stop:
                 m.runtime.stop_all()
             m.exit_stack.close()
@@ -130,6 +135,7 @@ class LocalController:
                 gates=self.gates,
             )
             m.last, m.failures = d, 0
+            self._load_test(m, d)
             wait = d.requeue_after if d.requeue_after is not None else IDLE_RECHECK
             m.next_at = now + min(wait, IDLE_RECHECK)
         except Unavailable as exc:  # retried: the runtime may still be starting
@@ -140,6 +146,19 @@ class LocalController:
             m.failures += 1
             m.next_at = now + 5.0
             log.error("%s: %s", m.name, exc)
+
+    def _load_test(self, m: Managed, d: machine.Decision) -> None:
+        """Run the rollout's load-test hook while its canary is in flight, and only then."""
+        spec = self.store.rollout(m.name).spec.load_test if d.status.in_flight else None
+        if m.load is not None and (spec is None or m.load.spec != spec):
+            m.load.stop()
+            m.load = None
+        if spec is not None and m.load is None and spec != m.load_refused:
+            try:
+                m.load = LoadRunner(spec, f"http://127.0.0.1:{m.runtime.router_port}", home=self.cfg.home).start()
+            except ModshipError as exc:  # told once; the rollout goes on without it
+                m.load_refused = spec
+                log.error("%s: load test not started: %s", m.name, exc)
 
     def _sources(self, m: Managed) -> dict[Provider, ports.MetricsSource]:
         if Provider.BUILTIN not in m.sources:
