@@ -118,6 +118,7 @@ def status_document(name: str, r: Rollout | None, s: RolloutStatus, facts: Facts
         phase=phase,
         reason=reason,
         message=message,
+        waiting=s.waiting.value if in_flight and s.waiting is not None else None,
         target=facts.target,
         stable=_ref(facts, s.stable),
         canary=_ref(facts, s.canary) if in_flight or s.phase is Phase.ABORTED else None,

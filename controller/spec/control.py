@@ -246,6 +246,7 @@ class StatusDocument(Model):
     phase: str
     reason: str
     message: str
+    waiting: str | None = None  # what a rollout in flight waits for (Gate, Metrics, Review...), if anything
     target: str | None
     stable: RevisionRef | None
     canary: RevisionRef | None
