@@ -33,6 +33,7 @@ from controller.errors import ModshipError, SpecError
 from controller.plan import notifications as plan
 from controller.plan import rollout as machine
 from controller.plan.actions import Event
+from controller.plan.reasons import Reason
 from controller.plan.status import RolloutStatus
 from controller.spec.notifications import Notifications, Sink, SinkType
 from controller.spec.rollout import Rollout
@@ -77,6 +78,7 @@ class Notifier:
         self._workers = {s.name: _Worker(self, s) for s in cfg.sinks}
         self.delivered: list[Delivery] = []  # the latest outcomes, for tests and `notify test`
         self.dead: list[Delivery] = []
+        self._analysis: dict[str, dict[str, Any]] = {}  # per system: the latest values of this rollout's checks
 
     # -- what the controller calls --------------------------------------------------------------
     def on_decision(self, r: Rollout, before: RolloutStatus, d: machine.Decision, now: float) -> None:
@@ -87,9 +89,14 @@ class Notifier:
         self, r: Rollout, before: RolloutStatus, after: RolloutStatus, events: list[Event], now: float
     ) -> None:
         """Enqueue the cycle's transitions for their subscribers; returns at once."""
+        system = r.spec.system
+        if any(e.reason in (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED) for e in events):
+            self._analysis.pop(system, None)  # a new rollout: what the last one measured does not count
+            before = RolloutStatus()
+        seen = self._analysis[system] = {**self._analysis.get(system, {}), **plan.analysis_of(before, after)}
         if not events or not self.cfg.subscriptions:
             return
-        for ev, trigger in plan.cloud_events(r, before, after, events, now=now, links=self.cfg.links):
+        for ev, trigger in plan.cloud_events(r, before, after, events, now=now, links=self.cfg.links, analysis=seen):
             for name in plan.sinks_for(self.cfg, r.spec.system, trigger):
                 self.publish(name, ev)
 

@@ -102,15 +102,31 @@ def sinks_for(cfg: Notifications, system: str, trigger: Trigger | None) -> list[
     return out
 
 
+def analysis_of(before: RolloutStatus, after: RolloutStatus) -> dict[str, dict[str, Any]]:
+    """Each check's latest measurement in the cycle's statuses (a step's results leave the status
+    when the step completes: a sender keeps them, see ``cloud_events``' ``analysis``)."""
+    runs = {**before.background, **before.step_analysis, **after.background, **after.step_analysis}
+    return {name: _last(run) for name, run in sorted(runs.items()) if run.recent}
+
+
 def cloud_events(
-    r: Rollout, before: RolloutStatus, after: RolloutStatus, events: list[Event], *, now: float, links: Links
+    r: Rollout,
+    before: RolloutStatus,
+    after: RolloutStatus,
+    events: list[Event],
+    *,
+    now: float,
+    links: Links,
+    analysis: dict[str, dict[str, Any]] | None = None,
 ) -> list[tuple[CloudEvent, Trigger | None]]:
-    """One CloudEvent per transition event of a cycle, with the trigger it answers to."""
+    """One CloudEvent per transition event of a cycle, with the trigger it answers to. ``analysis``:
+    the values that decided (default: those in the two statuses)."""
+    decided = analysis if analysis is not None else analysis_of(before, after)
     out = []
     stamp = dt.datetime.fromtimestamp(now, dt.UTC).isoformat().replace("+00:00", "Z")
     for i, e in enumerate(events):
         trigger = trigger_of(e, after)
-        details = _details(r, before, after, e, trigger=trigger, links=links)
+        details = _details(r, after, e, trigger=trigger, links=links, analysis=decided)
         key = f"{r.spec.system}|{e.reason.value}|{now!r}|{i}|{e.message}"
         ev_id = hashlib.sha256(key.encode()).hexdigest()[:32]
         kind = _CDEVENT.get(e.reason) or (_ROLLED_BACK if e.reason.rolled_back or e.reason in _ABORTS else None)
@@ -137,9 +153,14 @@ def test_event(system: str, *, now: float, links: Links) -> CloudEvent:
 
 
 def _details(
-    r: Rollout, before: RolloutStatus, after: RolloutStatus, e: Event, *, trigger: Trigger | None, links: Links
+    r: Rollout,
+    after: RolloutStatus,
+    e: Event,
+    *,
+    trigger: Trigger | None,
+    links: Links,
+    analysis: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    runs = {**before.background, **before.step_analysis, **after.background, **after.step_analysis}
     return {
         "system": r.spec.system,
         "revision": after.canary or after.stable,
@@ -153,7 +174,7 @@ def _details(
         "message": e.message,
         "warning": e.warning,
         "modules": list(r.spec.modules),
-        "analysis": {name: _last(run) for name, run in sorted(runs.items()) if run.recent},
+        "analysis": analysis,
         "links": _links(r.spec.system, r.spec.modules, links),
     }
 
