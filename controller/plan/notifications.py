@@ -39,6 +39,7 @@ _TRIGGERS = {
 # reasons other branches add (approvals, gates): known by their value until both are merged
 _TRIGGERS_BY_VALUE = {
     "AwaitingApproval": Trigger.AWAITING_APPROVAL,
+    "Rejected": Trigger.ABORTED,
     "GateHolding": Trigger.GATE,
     "GateFailed": Trigger.GATE,
     "GatePassed": Trigger.GATE,
