@@ -273,6 +273,16 @@ def test_template_watch_namespace(control_plane: ControlPlane) -> None:
     assert args[0] == "--namespace=ml" and "--lease-namespace=$(POD_NAMESPACE)" in args  # the Lease stays in ops
 
 
+def test_template_notifications_secret(control_plane: ControlPlane) -> None:
+    pod = find(template(control_plane, "notifications.secretName=hooks"), "Deployment")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert "--notifications=/etc/modship/notifications/notifications.yaml" in c["args"]
+    assert {"name": "notifications", "mountPath": "/etc/modship/notifications", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "notifications", "secret": {"secretName": "hooks"}} in pod["volumes"]
+    plain = find(template(control_plane), "Deployment")["spec"]["template"]["spec"]
+    assert not any(a.startswith("--notifications") for a in plain["containers"][0]["args"])
+
+
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
@@ -284,6 +294,7 @@ def test_template_watch_namespace(control_plane: ControlPlane) -> None:
         ({"serviceMonitor": {"enabled": "yes"}}, "/serviceMonitor/enabled"),
         ({"prometheus": {"url": "prometheus:9090"}}, "/prometheus/url"),
         ({"watchNamespace": "Not_A_Namespace"}, "/watchNamespace"),
+        ({"notifications": {"secretName": "Hooks!"}}, "/notifications/secretName"),
     ],
 )
 def test_values_schema_rejects_bad_values(
