@@ -46,7 +46,7 @@ def observe(
             samples[name] = source.sample(check, ctx)
     answers: dict[str, GateAnswer] = {}
     if gates is not None:
-        for g in gate_plan.due(r, s):
+        for g in gate_plan.due(r, s, canary_ready=health.canary_ready):
             ok, why = gates.ask(g, gate_plan.payload(r, s, g))
             answers[g.name] = GateAnswer(ok, s.step, why)
     return Observations(health=health, samples=samples, controls=controls, gates=answers)

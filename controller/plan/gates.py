@@ -4,6 +4,8 @@
 the state machine then reads the answers: a gate answers for the step the status was at when it was
 asked, so a step reached later in the same cycle waits one cycle for its own answer.
 
+Gates are asked once the canary is ready (a pre-rollout gate typically tests it).
+
 - confirm-rollout: before the canary's first step, once per rollout; holds until 2xx.
 - pre-rollout: after confirm-rollout, before the first step; a failure is counted and re-asked, more
   than ``failureLimit`` failures abort the canary (``GateFailed``).
@@ -35,9 +37,10 @@ def of(r: Rollout, kind: GateType) -> list[Gate]:
     return [g for g in r.spec.gates if g.type is kind]
 
 
-def due(r: Rollout, s: RolloutStatus) -> list[Gate]:
-    """The gates to ask before this cycle's decision."""
-    if not s.in_flight or not r.spec.gates:
+def due(r: Rollout, s: RolloutStatus, *, canary_ready: bool = True) -> list[Gate]:
+    """The gates to ask before this cycle's decision (none before the canary is ready: a
+    pre-rollout gate typically tests it)."""
+    if not s.in_flight or not r.spec.gates or not canary_ready:
         return []
     confirmed = all(g.name in s.gates_passed for g in of(r, GateType.CONFIRM_ROLLOUT))
     out = [g for g in of(r, GateType.CONFIRM_ROLLOUT) if g.name not in s.gates_passed]

@@ -62,17 +62,18 @@ def progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Mov
         s = replace(s, phase=Phase.PROGRESSING, reason=Reason.RESUMED, message="resumed", waiting=None)
     if s.phase is Phase.PAUSED:
         return s, events  # a pause step or an inconclusive analysis: only resume or abort continue
-    s, more, stop = gates.before_steps(r, s, obs, now)
-    events += more
-    if stop:
-        return s, events  # a gate holds (no progress deadline meanwhile) or aborted the canary
     deadline = r.spec.policies.progress_deadline
-    if s.step_started is not None and now - s.step_started > deadline:
+    at_gate = s.reason is Reason.GATE_HOLDING  # waiting for a gate is not a lack of progress
+    if s.step_started is not None and now - s.step_started > deadline and not at_gate:
         why = f"step {s.step} made no progress for {deadline:g}s"
         s, more = transitions.abort(s, Reason.PROGRESS_DEADLINE_EXCEEDED, why, now)
         return s, events + more
     if not health.canary_ready:
         return replace(s, waiting=Waiting.CANARY, message=f"waiting for canary {s.canary} to be ready"), events
+    s, more, stop = gates.before_steps(r, s, obs, now)
+    events += more
+    if stop:
+        return s, events  # a gate holds, or aborted the canary
     if hold:
         return s, events
     s, more = _advance(r, s, obs, now)

@@ -165,3 +165,13 @@ def test_rollouts_without_gates_keep_their_spec_hash() -> None:
     old = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     assert machine.spec_hash(r) == old  # an upgrade does not restart rollouts in flight
     assert gate_plan.due(r, RolloutStatus()) == []
+
+
+def test_gates_are_asked_only_once_the_canary_is_ready() -> None:
+    w = World([{"name": "pre", "type": "pre-rollout", "failureLimit": 0}], {"pre": 500})
+    w.target.start_delay = 5  # rB answers ready at its 6th health check
+    w.run(3)
+    assert w.status.phase is Phase.PROGRESSING and w.status.waiting is Waiting.CANARY
+    assert not w.asked("pre")  # a pre-rollout test never runs against a canary that is not up
+    w.run(10)
+    assert w.status.reason is Reason.GATE_FAILED and len(w.asked("pre")) == 1
