@@ -5,7 +5,8 @@
     ├── NotFound         a module, version, alias, system or rollout that does not exist (exit 3)
     ├── IntegrityError   a digest mismatch: the stored bytes are not what was registered (exit 4)
     ├── Conflict         someone else holds the lock / the object changed underneath (exit 5)
-    └── Unavailable      a backend is down or slow; retried with backoff, then reported (exit 6)
+    ├── Unavailable      a backend is down or slow; retried with backoff, then reported (exit 6)
+    └── Forbidden        the governance policy refuses this person this request now (exit 9)
 
 A failed canary is a *verdict*, not an exception. Adapters translate library errors into these at
 one choke point (``raise Unavailable(...) from exc``) so callers never see a library's exceptions.
@@ -75,3 +76,14 @@ class Unavailable(ModshipError):
     def __init__(self, message: str, *, delay: float = 1.0) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class Forbidden(ModshipError):
+    """The policy refuses the request: not a promoter or approver, self-approval, outside a change
+    window, a reason missing. ``kind`` names the rule (``plan.governance.Refused``)."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind

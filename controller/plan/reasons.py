@@ -41,6 +41,9 @@ class Reason(enum.StrEnum):
     ROLLED_BACK = "RolledBack"  # back to the previous (warm) stable at once
     ROLLBACK_WINDOW_CLOSED = "RollbackWindowClosed"
     PROCESS_CRASHED = "ProcessCrashed"  # event: a process of a revision or the router died (local runtime)
+    AWAITING_APPROVAL = "AwaitingApproval"  # governance: steps done, approvals missing (held at its weight)
+    AWAITING_SOAK = "AwaitingSoak"  # governance: steps done, the policy's minimum soak not elapsed
+    REJECTED = "Rejected"  # governance: an approver rejected the canary: aborted
 
     @classmethod
     def parse(cls, value: str) -> Reason:
@@ -69,6 +72,8 @@ class Waiting(enum.StrEnum):
     USER = "User"  # a pause people asked for: unpausing releases it
     REVIEW = "Review"  # an inconclusive analysis: resume re-runs it, or abort
     METRICS = "Metrics"  # the metrics provider to answer again (metricsDown: hold)
+    APPROVAL = "Approval"  # approvals the policy requires: `modship approve` releases it
+    SOAK = "Soak"  # the policy's minimum soak time: released when it elapses
 
     @property
     def poll_soon(self) -> bool:
@@ -98,6 +103,7 @@ _MOVES_ALIASES = frozenset(
         Reason.PROGRESS_DEADLINE_EXCEEDED,
         Reason.TARGET_REVERTED,
         Reason.SUPERSEDED,
+        Reason.REJECTED,
     }
 )
 _ROLLED_BACK = frozenset(
@@ -108,5 +114,6 @@ _ROLLED_BACK = frozenset(
         Reason.METRICS_UNAVAILABLE,
         Reason.PROGRESS_DEADLINE_EXCEEDED,
         Reason.ROLLED_BACK,
+        Reason.REJECTED,
     }
 )
