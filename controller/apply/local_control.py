@@ -19,6 +19,7 @@ from typing import Any
 from controller import ports
 from controller.apply import control as rules
 from controller.apply import promotion
+from controller.apply.approvals import LocalApprovals
 from controller.apply.local_controller import LocalController
 from controller.errors import Conflict, SpecError
 from controller.spec import control
@@ -34,6 +35,7 @@ class LocalControl:
         self.store = c.store
         self._lock = threading.Lock()
         self._preparing: dict[str, str] = {}  # system -> what a promote being built rolls out
+        self.approvals = LocalApprovals(c)
 
     # -- reading -----------------------------------------------------------------------------------
     def systems(self) -> list[control.Summary]:
@@ -72,7 +74,8 @@ class LocalControl:
             router=f"http://127.0.0.1:{port}" if port else None,
             processes=m.runtime.report() if m is not None else None,
         )
-        return rules.status_document(system, r, s, facts)
+        doc = rules.status_document(system, r, s, facts)
+        return doc.model_copy(update={"governance": self.approvals.governance_of(system)})
 
     def history(self, system: str) -> list[control.HistoryRow]:
         self.store.rollout(system)
@@ -80,14 +83,14 @@ class LocalControl:
             rules.Revision(x.number, x.revision, x.created, x.modules, x.changed, x.overrides)
             for x in self.store.revisions(system)
         ]
-        return rules.history(self.store.status(system), revisions)
+        return self.approvals.flag_history(system, rules.history(self.store.status(system), revisions))
 
     def events(self, system: str, *, limit: int = 200) -> list[control.EventRow]:
         self.store.rollout(system)
         return [control.EventRow.model_validate(e) for e in self.store.events(system, limit=limit)]
 
     # -- requests ----------------------------------------------------------------------------------
-    def promote(self, system: str, req: control.PromoteRequest) -> control.PromoteResult:
+    def promote(self, system: str, req: control.PromoteRequest, *, actor: control.Actor) -> control.PromoteResult:
         if req.only_full:
             self.command(system, Command.PROMOTE_FULL)
             return control.PromoteResult(system=system, promote_full=True)
@@ -104,10 +107,12 @@ class LocalControl:
                 bentoml_home=self.c.cfg.bentoml_home,
                 force=req.force,
             )
+            change = self.approvals.check_promote(system, prepared.lock, actor=actor, break_glass=req.break_glass)
             with self._lock:
                 promotion.set_target(self.store, system, prepared.lock.revision, req.modules)
                 if req.full:
                     self.store.command(system, promote_full=time.time() + 0.001)
+                self.approvals.accepted(system, change, number=prepared.record.number, force=prepared.overrides)
         self.c.wake(system)
         return control.PromoteResult(
             system=system,
@@ -156,6 +161,9 @@ class LocalControl:
         self.store.toggle(system, req.flag, enabled=req.enabled, percent=float(req.percent))
         self.c.manage(system).runtime.refresh_toggles()
         return control.ToggleResult(system=system, flag=req.flag, enabled=req.enabled, percent=req.percent)
+
+    def approve(self, system: str, req: control.ApproveRequest, *, actor: control.Actor) -> control.ApproveResult:
+        return self.approvals.decide(system, req, actor=actor)
 
     # -- the local runtime only --------------------------------------------------------------------
     def deploy(self, req: control.DeployRequest) -> control.DeployResult:

@@ -19,13 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from controller import backoff, ports, settings
+from controller.adapters.audit_log import AuditLog
 from controller.adapters.builtin_metrics import BuiltinSource
+from controller.adapters.local_governance import LocalGovernance
 from controller.adapters.local_runtime import LocalRuntime
 from controller.adapters.local_store import LocalStore
-from controller.apply import reconcile
-from controller.errors import ModshipError, Unavailable
+from controller.apply import governance, reconcile
+from controller.errors import ModshipError, NotFound, Unavailable
+from controller.plan import governance as gov
 from controller.plan import rollout as machine
 from controller.plan.actions import Event, SetAliases
+from controller.plan.audit import Action
+from controller.plan.reasons import Reason
+from controller.plan.status import RolloutStatus
+from controller.spec.refs import ModuleRef
 from controller.spec.rollout import Provider
 
 log = logging.getLogger("modship.controller")
@@ -47,6 +54,8 @@ class LocalController:
     def __init__(self, cfg: settings.Settings, *, registry: ports.Registry | None = None) -> None:
         self.cfg = cfg
         self.store = LocalStore(cfg.home)
+        self.governance = LocalGovernance(cfg.home)
+        self.audit = AuditLog(audit_file(cfg))
         self._registry = registry
         self.systems: dict[str, Managed] = {}
         self._wake = threading.Event()
@@ -121,6 +130,7 @@ class LocalController:
                 record=lambda e: self._record(m.name, e, now),
                 aliases=self._aliases(m.name),
                 reference=lambda rev: self.reference(m.name, rev),
+                release=lambda s: self.release(m.name, s),
             )
             m.last, m.failures = d, 0
             wait = d.requeue_after if d.requeue_after is not None else IDLE_RECHECK
@@ -146,6 +156,20 @@ class LocalController:
 
     def _record(self, name: str, e: Event, now: float) -> None:
         self.store.append_event(name, e, now=now)
+        action = _AUDITED.get(e.reason) or (Action.ABORT if e.reason.rolled_back else None)
+        if action is not None:
+            body = governance.entry(
+                action, system=name, actor=governance.CONTROLLER, reason=e.message, now=now, event=e.reason.value
+            )
+            self.audit.append(body)
+
+    def release(self, name: str, s: RolloutStatus) -> gov.Release | None:
+        """What governs the canary in flight (None: no change recorded for it)."""
+        change = self.governance.change(name)
+        if change is None or change.revision != s.canary:
+            return None
+        approvals = self.governance.approvals(name, change.revision)
+        return gov.release(self.governance.policy(), name, change, approvals)
 
     def _aliases(self, name: str) -> Any:
         def move(a: SetAliases) -> None:
@@ -155,15 +179,41 @@ class LocalController:
             c_versions = {m.name: m.version for m in canary.modules.values()} if canary else {}
             reg = self.registry
             for module, version in s_versions.items():
-                reg.set_alias(module, "stable", version)
+                self._alias(name, module, "stable", version)
             for module in sorted(set(s_versions) | set(c_versions)):
                 v = c_versions.get(module)
                 if v is not None and v != s_versions.get(module):
-                    reg.set_alias(module, "canary", v)
-                else:
+                    self._alias(name, module, "canary", v)
+                elif (was := self._was(module, "canary")) is not None:
                     reg.delete_alias(module, "canary")
+                    self._audit_alias(name, module, "canary", was, None)
 
         return move
+
+    def _was(self, module: str, alias: str) -> int | None:
+        try:
+            return self.registry.resolve(ModuleRef(module, alias=alias)).version
+        except NotFound:
+            return None
+
+    def _alias(self, system: str, module: str, alias: str, version: int) -> None:
+        was = self._was(module, alias)
+        if was != version:
+            self.registry.set_alias(module, alias, version)
+            self._audit_alias(system, module, alias, was, version)
+
+    def _audit_alias(self, system: str, module: str, alias: str, was: int | None, version: int | None) -> None:
+        what = {"module": module, "alias": alias}
+        body = governance.entry(
+            Action.ALIAS,
+            system=system,
+            actor=governance.CONTROLLER,
+            reason=None,
+            now=time.time(),
+            before={**what, "version": was},
+            after={**what, "version": version},
+        )
+        self.audit.append(body)
 
     def reference(self, name: str, rev: str) -> dict[str, Any] | None:
         """Reference input statistics of the revision's text encoder (for input drift checks)."""
@@ -198,6 +248,13 @@ def running(cfg: settings.Settings, *, stop_processes: bool) -> Iterator[LocalCo
         c.stop()
         t.join(timeout=10)
         c.close(stop_processes=stop_processes)
+
+
+_AUDITED = {Reason.PROMOTED: Action.PROMOTED, Reason.ROLLED_BACK: Action.ROLLBACK}
+
+
+def audit_file(cfg: settings.Settings) -> Path:
+    return cfg.home / "audit.jsonl"
 
 
 def controller_file(cfg: settings.Settings) -> Path:

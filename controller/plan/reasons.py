@@ -44,6 +44,8 @@ class Reason(enum.StrEnum):
     AWAITING_APPROVAL = "AwaitingApproval"  # governance: steps done, approvals missing (held at its weight)
     AWAITING_SOAK = "AwaitingSoak"  # governance: steps done, the policy's minimum soak not elapsed
     REJECTED = "Rejected"  # governance: an approver rejected the canary: aborted
+    APPROVED = "Approved"  # event: an approval was given
+    BREAK_GLASS = "BreakGlass"  # event: a change started with the policy's windows and soak overridden
 
     @classmethod
     def parse(cls, value: str) -> Reason:

@@ -50,6 +50,30 @@ def request(model: type[M], body: dict[str, Any]) -> M:
         raise SpecError(msg, field=field) from None
 
 
+# -- who asks --------------------------------------------------------------------------------------
+
+
+class Actor(Model):
+    """Who made a request that changes something, and why. The backend sets ``user`` from the
+    credential it checked (the local API's token, the Kubernetes user), never from the request;
+    ``reason`` is the person's own words (CLI ``--reason``; the HTTP body's ``"reason"``)."""
+
+    user: str
+    reason: str | None = None
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _reason(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, str) or len(v) > MAX_REASON or any(c in v for c in "\r\n\x00"):
+            raise ValueError(f"reason must be one line of text, at most {MAX_REASON} characters")
+        return v.strip() or None
+
+
+MAX_REASON = 500
+
+
 # -- requests --------------------------------------------------------------------------------------
 
 
@@ -62,6 +86,7 @@ class PromoteRequest(Model):
     revision: str | None = None
     full: bool = False
     force: bool = False
+    break_glass: bool = False  # override the policy's change windows and soak (needs a reason; audited)
 
     @field_validator("modules", mode="before")
     @classmethod
@@ -116,6 +141,14 @@ class ToggleRequest(Model):
         return v
 
 
+class ApproveRequest(Model):
+    """Approve (or reject) the change awaiting approval; ``revision`` guards against deciding on
+    another change than the one looked at."""
+
+    revision: str | None = None
+    approve: bool = True
+
+
 class DeployRequest(Model):
     """Local runtime only: register a system; its first revision becomes stable at once."""
 
@@ -167,6 +200,13 @@ class ToggleResult(Model):
     flag: str
     enabled: bool
     percent: float
+
+
+class ApproveResult(Model):
+    system: str
+    revision: str
+    approve: bool
+    missing: list[str]  # what is still missing after this decision ([]: nothing)
 
 
 class DeployResult(Model):
@@ -238,6 +278,25 @@ class TrafficFigures(Model):
     mirrored: int
 
 
+class ApprovalRow(Model):
+    user: str
+    approve: bool
+    at: float
+    reason: str | None = None
+
+
+class Governance(Model):
+    """The change in flight as the policy sees it: who made it and why, and the decisions on it."""
+
+    revision: str
+    author: str
+    reason: str | None = None
+    break_glass: bool = False
+    approvals_required: int = 0
+    decisions: list[ApprovalRow] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list)
+
+
 class StatusDocument(Model):
     """``status -o json``: the rollout as people see it."""
 
@@ -267,6 +326,7 @@ class StatusDocument(Model):
     conditions: list[dict[str, Any]] | None = None  # Kubernetes only
     history: list[Outcome]
     drift: list[str]
+    governance: Governance | None = None  # the change's author, reason, break-glass and approvals
 
 
 class HistoryOutcome(Model):

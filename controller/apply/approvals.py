@@ -1,0 +1,108 @@
+"""Governance on the local runtime: the policy checks of a promote, approvals and rejections, and
+the audit entries of people's requests. ``LocalControl`` calls it; state is in
+``adapters.local_governance`` and the audit log in ``$MODSHIP_HOME/audit.jsonl``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from controller.apply import governance
+from controller.apply.local_controller import LocalController
+from controller.compose.revision import Lock
+from controller.plan.actions import Event
+from controller.plan.audit import Action
+from controller.plan.governance import Change
+from controller.plan.reasons import Reason
+from controller.spec import control
+from controller.spec.policy import Policy
+
+
+class LocalApprovals:
+    def __init__(self, c: LocalController) -> None:
+        self.c = c
+        self.gov = c.governance
+
+    def check_promote(
+        self, system: str, new: Lock, *, actor: control.Actor, break_glass: bool, now: float | None = None
+    ) -> Change:
+        """The change ``new`` makes, if the policy lets ``actor`` start it now (else Forbidden)."""
+        now = time.time() if now is None else now
+        s = self.c.store.status(system)
+        stable = self.c.store.lock(system, s.stable) if s.stable else None
+        change = governance.change_of(
+            stable, new, author=actor.user, reason=actor.reason or "", break_glass=break_glass, now=now
+        )
+        governance.check_promote(self.gov.policy(), system, change, now=now)
+        return change
+
+    def accepted(self, system: str, change: Change, *, number: int, force: list[str]) -> None:
+        """Record the change as in flight (its author can no longer approve it) and audit it."""
+        self.gov.put_change(system, change)
+        after = {"revision": change.revision, "number": number}
+        self.record(Action.PROMOTE, system, change.author, change.reason, before=None, after=after)
+        if change.break_glass:
+            self.record(Action.OVERRIDE, system, change.author, change.reason, after={"breakGlass": True, **after})
+            why = f"{change.author} broke glass for {change.revision}: {change.reason}"
+            self.c.store.append_event(system, Event(Reason.BREAK_GLASS, why, warning=True), now=change.at)
+        if force:
+            self.record(Action.OVERRIDE, system, change.author, change.reason, after={"forced": force, **after})
+
+    def decide(self, system: str, req: control.ApproveRequest, *, actor: control.Actor) -> control.ApproveResult:
+        s = self.c.store.status(system)
+        release = self.c.release(system, s) if s.in_flight else None
+        release = governance.check_approve(system, release, user=actor.user, reason=actor.reason, revision=req.revision)
+        now = time.time()
+        decision = governance.approval(actor.user, approve=req.approve, reason=actor.reason, now=now)
+        self.gov.add_approval(system, release.revision, decision)
+        action = Action.APPROVE if req.approve else Action.REJECT
+        self.record(action, system, actor.user, actor.reason, after={"revision": release.revision})
+        if req.approve:
+            why = f"{release.revision} approved by {actor.user}" + (f": {actor.reason}" if actor.reason else "")
+            self.c.store.append_event(system, Event(Reason.APPROVED, why), now=now)
+        self.c.wake(system)
+        after = self.c.release(system, s)
+        missing = governance.view(after, self.gov.change(system))
+        return control.ApproveResult(
+            system=system, revision=release.revision, approve=req.approve, missing=missing.missing if missing else []
+        )
+
+    def governance_of(self, system: str) -> control.Governance | None:
+        s = self.c.store.status(system)
+        change = self.gov.change(system)
+        if change is None or change.revision not in (s.canary, s.stable):
+            return None
+        release = self.c.release(system, s)
+        return governance.view(release, change)
+
+    def flag_history(self, system: str, rows: list[control.HistoryRow]) -> list[control.HistoryRow]:
+        """History rows with the change's break-glass among its overrides."""
+        change = self.gov.change(system)
+        if change is None or not change.break_glass:
+            return rows
+        mark = f"break-glass by {change.author}: {change.reason}"
+        return [
+            r.model_copy(update={"overrides": [*r.overrides, mark]}) if r.revision == change.revision else r
+            for r in rows
+        ]
+
+    def set_policy(self, p: Policy, *, actor: control.Actor) -> None:
+        before = self.gov.policy().dump() if self.gov.policy_path.exists() else None
+        self.gov.set_policy(p)
+        self.record(Action.POLICY, None, actor.user, actor.reason, before=before, after=p.dump())
+
+    def record(
+        self,
+        action: Action,
+        system: str | None,
+        user: str,
+        reason: str | None,
+        *,
+        before: Any = None,
+        after: Any = None,
+    ) -> None:
+        body = governance.entry(
+            action, system=system, actor=user, reason=reason, now=time.time(), before=before, after=after
+        )
+        self.c.audit.append(body)
