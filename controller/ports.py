@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller.plan.actions import SetTraffic
+from controller.plan.governance import Approval
 from controller.plan.observations import Controls, Health, QueryContext, Sample
 from controller.plan.status import RolloutStatus
 from controller.registry.bundle import Bundle
@@ -138,7 +139,9 @@ class Control(Protocol):
     per backend: the local controller (in process, and its HTTP API for the CLI) and Kubernetes
     (the Rollout resource). Refusals are errors: ``NotFound`` (no such system), ``SpecError`` (a
     bad request), ``Conflict`` (the rollout's state does not allow it now: a rollout in progress,
-    nothing to go back to...)."""
+    nothing to go back to...). Every request that changes something takes ``actor``: who asks and
+    why, recorded in the events and the history (the backend decides ``actor.user`` from the
+    credential it checked: an adapter may replace what the caller put there)."""
 
     def systems(self) -> list[control.Summary]:
         """Every system this backend runs, sorted by name."""
@@ -156,21 +159,27 @@ class Control(Protocol):
         """The timeline, oldest first, at most ``limit`` events."""
         ...
 
-    def promote(self, system: str, req: control.PromoteRequest) -> control.PromoteResult:
+    def promote(self, system: str, req: control.PromoteRequest, *, actor: control.Actor) -> control.PromoteResult:
         """Start rolling out a new revision, or (``full``) finish the one in flight. Accepting is
         atomic: of two promotes sent at once, one is accepted, the other raises Conflict."""
         ...
 
-    def undo(self, system: str, req: control.UndoRequest) -> control.UndoResult:
+    def undo(self, system: str, req: control.UndoRequest, *, actor: control.Actor) -> control.UndoResult:
         """Go back to an earlier revision (instant while it is still warm)."""
         ...
 
-    def command(self, system: str, cmd: control.Command) -> control.CommandResult:
+    def command(self, system: str, cmd: control.Command, *, actor: control.Actor) -> control.CommandResult:
         """Pause, resume, abort, retry, roll back, or promote the canary in flight fully."""
         ...
 
-    def toggle(self, system: str, req: control.ToggleRequest) -> control.ToggleResult:
+    def toggle(self, system: str, req: control.ToggleRequest, *, actor: control.Actor) -> control.ToggleResult:
         """Turn a feature flag on or off for a share of requests on every revision (idempotent)."""
+        ...
+
+    def approve(self, system: str, req: control.ApproveRequest, *, actor: control.Actor) -> control.ApproveResult:
+        """Approve (or with ``req.approve`` False, reject) the change awaiting approval. Forbidden
+        when the policy does not let ``actor`` decide on it (its author, not an approver); Conflict
+        when no change (or not ``req.revision``) is in flight."""
         ...
 
 
@@ -211,9 +220,24 @@ class RolloutResources(Protocol):
         paused: bool | None = None,
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> None:
         """One merge patch: a new target (revision, modules), the pause switch, commands given
-        at a time (``abort``, ``resume``, ``retry``, ``promote_full``) and the toggles."""
+        at a time (``abort``, ``resume``, ``retry``, ``promote_full``), the toggles, and the
+        request that made it (``{"what", "user", "reason", "at"}``, kept as an annotation)."""
+        ...
+
+    def user(self) -> str:
+        """Who the API server says the caller is (SelfSubjectReview): the actor of requests."""
+        ...
+
+    def decide(self, name: str, *, revision: str, approve: bool, reason: str | None) -> str:
+        """Record the caller's approval (or rejection) of ``revision`` as an object the API server
+        attributes to them; returns the approver's name. Forbidden when it refuses."""
+        ...
+
+    def approvals(self, name: str, revision: str) -> list[Approval]:
+        """Every decision recorded on ``revision`` of the Rollout, oldest first."""
         ...
 
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:

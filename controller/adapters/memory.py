@@ -14,6 +14,7 @@ from typing import Any
 from controller import ports
 from controller.errors import NotFound
 from controller.plan.actions import SetTraffic
+from controller.plan.governance import Approval
 from controller.plan.observations import Controls, Health, QueryContext, Sample
 from controller.plan.status import RolloutStatus
 from controller.registry import digests
@@ -194,6 +195,12 @@ class MemoryRollouts:
         self.items: dict[str, ports.RolloutRecord] = {}
         self.commands: dict[str, dict[str, float]] = {}
         self.posted: dict[str, list[control.EventRow]] = {}
+        self.requests: dict[str, list[dict[str, Any]]] = {}
+        self.caller = "memory-user"  # what ``user()`` answers (the API server's view of the caller)
+        self.decisions: dict[str, list[tuple[str, Approval]]] = {}
+
+    def user(self) -> str:
+        return self.caller
 
     def put(self, record: ports.RolloutRecord) -> None:
         self.items[record.name] = record
@@ -214,8 +221,11 @@ class MemoryRollouts:
         paused: bool | None = None,
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> None:
         x = self.read(name)
+        if request is not None:
+            self.requests.setdefault(name, []).append(dict(request))
         if target is not None:
             x = replace(x, target=target[0], modules=list(target[1]))
         if paused is not None:
@@ -228,3 +238,11 @@ class MemoryRollouts:
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
         self.read(name)
         return self.posted.get(name, [])[-limit:]
+
+    def decide(self, name: str, *, revision: str, approve: bool, reason: str | None) -> str:
+        self.read(name)
+        self.decisions.setdefault(name, []).append((revision, Approval(self.caller, approve, 0.0, reason or "")))
+        return self.caller
+
+    def approvals(self, name: str, revision: str) -> list[Approval]:
+        return [a for rev, a in self.decisions.get(name, []) if rev == revision]

@@ -24,6 +24,15 @@ class LocalApprovals:
         self.c = c
         self.gov = c.governance
 
+    def precheck(self, system: str, *, actor: control.Actor, break_glass: bool) -> None:
+        """Before anything is built: a system with its own rule is checked at once (a tier's rule
+        needs the composed revision to know which modules change: ``check_promote``)."""
+        policy = self.gov.policy()
+        if system in policy.spec.systems:
+            now = time.time()
+            change = Change("", actor.user, now, actor.reason or "", break_glass)
+            governance.check_promote(policy, system, change, now=now)
+
     def check_promote(
         self, system: str, new: Lock, *, actor: control.Actor, break_glass: bool, now: float | None = None
     ) -> Change:
@@ -48,6 +57,24 @@ class LocalApprovals:
             self.c.store.append_event(system, Event(Reason.BREAK_GLASS, why, warning=True), now=change.at)
         if force:
             self.record(Action.OVERRIDE, system, change.author, change.reason, after={"forced": force, **after})
+
+    def requested(
+        self, system: str, what: str, detail: str, actor: control.Actor, revision: str | None, *, now: float
+    ) -> None:
+        """Audit a person's request (``LocalControl`` names it: Abort, Toggle...); a promote is
+        audited by ``accepted`` with its change."""
+        action = _REQUESTS.get(what)
+        if action is None:
+            return
+        s = self.c.store.status(system) if what != "Deploy" else None
+        before = (
+            {"stable": s.stable, "canary": s.canary if s.in_flight else None, "phase": s.phase.value} if s else None
+        )
+        body = governance.entry(
+            action, system=system, actor=actor.user, reason=actor.reason, now=now, before=before,
+            after={"request": what, "detail": detail, "revision": revision},
+        )  # fmt: skip
+        self.c.audit.append(body)
 
     def decide(self, system: str, req: control.ApproveRequest, *, actor: control.Actor) -> control.ApproveResult:
         s = self.c.store.status(system)
@@ -106,3 +133,17 @@ class LocalApprovals:
             action, system=system, actor=user, reason=reason, now=time.time(), before=before, after=after
         )
         self.c.audit.append(body)
+
+
+_REQUESTS = {
+    "Deploy": Action.DEPLOY,
+    "Abort": Action.ABORT,
+    "Rollback": Action.ROLLBACK,
+    "Undo": Action.UNDO,
+    "Toggle": Action.TOGGLE,
+    "PromoteFull": Action.PROMOTE,
+    "Pause": Action.COMMAND,
+    "Resume": Action.COMMAND,
+    "Retry": Action.COMMAND,
+    "Delete": Action.COMMAND,
+}

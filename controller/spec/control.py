@@ -333,6 +333,7 @@ class HistoryOutcome(Model):
     outcome: str
     at: float
     reason: str
+    actor: Actor | None = None  # the person whose request caused it (abort, rollback, undo, promote --full)
 
 
 class HistoryRow(Model):
@@ -344,6 +345,7 @@ class HistoryRow(Model):
     overrides: list[str]
     role: str | None
     outcomes: list[HistoryOutcome]
+    actor: Actor | None = None  # who asked for this revision (deploy, promote, undo) and why
 
 
 class EventRow(Model):
@@ -351,3 +353,4 @@ class EventRow(Model):
     reason: str
     message: str
     warning: bool
+    actor: Actor | None = None  # set on the events that record a person's request
