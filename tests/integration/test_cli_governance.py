@@ -40,7 +40,8 @@ def test_policy_set_audit_and_verify_detect_tampering(tmp_path: Path) -> None:
     assert shown["spec"]["systems"]["sys"]["approvals"] == 1
 
     rows = json.loads(modship(tmp_path, "audit", "--action", "policy", "-o", "json").stdout)
-    assert [(e["seq"], e["reason"], e["before"] is None) for e in rows] == [(0, "first rules", True), (1, "again", False)]
+    got = [(e["seq"], e["reason"], e["before"] is None) for e in rows]
+    assert got == [(0, "first rules", True), (1, "again", False)]
     assert json.loads(modship(tmp_path, "audit", "--system", "other", "-o", "json").stdout) == []
     assert modship(tmp_path, "audit", "--action", "nonsense").returncode == 2
 
