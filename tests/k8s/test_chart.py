@@ -202,6 +202,8 @@ def test_template_default_values(control_plane: ControlPlane) -> None:
         "RoleBinding",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     for d in docs:  # standard labels everywhere
         labels = d["metadata"]["labels"]
@@ -250,6 +252,8 @@ def test_template_cluster_scope_and_service_monitor(control_plane: ControlPlane)
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     role = find(docs, "ClusterRole")
     assert role["metadata"]["name"] == "ops-modship" and "namespace" not in role["metadata"]
