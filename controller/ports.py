@@ -221,10 +221,13 @@ class RolloutResources(Protocol):
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
         request: dict[str, Any] | None = None,
+        break_glass: str | None = None,
     ) -> None:
         """One merge patch: a new target (revision, modules), the pause switch, commands given
         at a time (``abort``, ``resume``, ``retry``, ``promote_full``), the toggles, and the
-        request that made it (``{"what", "user", "reason", "at"}``, kept as an annotation)."""
+        request that made it (``{"what", "user", "reason", "at"}``, kept as an annotation). A new
+        target also records its author (the caller) and ``break_glass``, the reason the change
+        overrides the policy's windows and soak (None: it does not)."""
         ...
 
     def user(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from controller import ports
 from controller.adapters.kube import api as k8s
-from controller.adapters.kube.rollouts import CONTROLS, TOGGLES, entry_of
+from controller.adapters.kube.rollouts import AUTHOR, BREAK_GLASS, CONTROLS, TOGGLES, entry_of
 from controller.errors import Forbidden, NotFound, SpecError
 from controller.plan.governance import Approval
 from controller.spec import control
@@ -55,10 +55,13 @@ class KubeRollouts:
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
         request: dict[str, Any] | None = None,
+        break_glass: str | None = None,
     ) -> None:
         spec: dict[str, Any] = {}
+        stamp: dict[str, str | None] = {}
         if target is not None:
             spec.update(revision=target[0], modules=target[1])
+            stamp = {AUTHOR: self.user(), BREAK_GLASS: break_glass}  # None deletes a break-glass left over
         if paused is not None:
             spec["paused"] = paused
         annotations = {CONTROLS[k]: f"{at:.6f}" for k, at in (commands or {}).items()}
@@ -69,8 +72,8 @@ class KubeRollouts:
         body: dict[str, Any] = {}
         if spec:
             body["spec"] = spec
-        if annotations:
-            body["metadata"] = {"annotations": annotations}
+        if annotations or stamp:
+            body["metadata"] = {"annotations": {**annotations, **stamp}}
         self._get(name)
         self.kube.merge(k8s.ROLLOUTS, self.namespace, name, body)
 

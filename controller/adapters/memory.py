@@ -198,6 +198,7 @@ class MemoryRollouts:
         self.requests: dict[str, list[dict[str, Any]]] = {}
         self.caller = "memory-user"  # what ``user()`` answers (the API server's view of the caller)
         self.decisions: dict[str, list[tuple[str, Approval]]] = {}
+        self.authors: dict[str, tuple[str, str | None]] = {}  # the last target's author, break-glass reason
 
     def user(self) -> str:
         return self.caller
@@ -222,8 +223,11 @@ class MemoryRollouts:
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
         request: dict[str, Any] | None = None,
+        break_glass: str | None = None,
     ) -> None:
         x = self.read(name)
+        if target is not None:
+            self.authors[name] = (self.caller, break_glass)
         if request is not None:
             self.requests.setdefault(name, []).append(dict(request))
         if target is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from controller import ports
 from controller.apply import control as rules
-from controller.errors import Conflict, NotFound, SpecError
+from controller.errors import Conflict, Forbidden, NotFound, SpecError
 from controller.plan.status import Phase
 from controller.spec import control
 
@@ -110,6 +110,8 @@ class KubeControl:
         s = x.status
         rules.ensure_no_rollout(system, s, x.target, revision=req.revision)
         rules.ensure_new(system, s, req.revision)
+        if req.break_glass and not actor.reason:
+            raise Forbidden(f"{system}: --break-glass needs a reason: give --reason", kind="ReasonRequired")
         # a new target starts clean: a standing pause does not carry over
         self.resources.write(
             system,
@@ -117,6 +119,7 @@ class KubeControl:
             paused=False,
             commands={"promote_full": now + 0.001} if req.full else None,
             request=asked,
+            break_glass=actor.reason if req.break_glass else None,
         )
         number = rules.numbers(s, req.revision)[req.revision]
         return control.PromoteResult(

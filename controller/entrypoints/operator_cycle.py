@@ -15,6 +15,7 @@ from typing import Any
 from controller import backoff, ports
 from controller.adapters.kube import api as kube_api
 from controller.adapters.kube import caches, cleanup
+from controller.adapters.kube import governance as kube_governance
 from controller.adapters.kube.events import EventRecorder
 from controller.adapters.kube.no_router import NoRouterSource
 from controller.adapters.kube.rollouts import Entry, RolloutCache, wire_spec
@@ -128,6 +129,7 @@ class Operator:
             record=lambda ev: store.record(name, ev),
             aliases=moves,
             before_save=before_save,
+            release=lambda st: kube_governance.release(self.kube, store.namespace, name, e.annotations, st),
         )
         if d.status != s:
             st = d.status

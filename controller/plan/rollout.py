@@ -22,11 +22,12 @@ from dataclasses import dataclass, replace
 from controller.plan import progress, schedule, transitions
 from controller.plan.actions import Action, EnsureRevision, Event, SetAliases, SetFlags, SetTraffic, StopRevision
 from controller.plan.observations import Controls, Observations
-from controller.plan.reasons import Reason
+from controller.plan.reasons import Reason, Waiting
 from controller.plan.status import HistoryEntry, Phase, RolloutStatus, Traffic
 from controller.spec.rollout import Check, Rollout
 
 HEALTH_POLL = 1.0
+APPROVAL_POLL = 5.0  # approvals on Kubernetes are objects nobody wakes the operator for: look again this often
 MAX_REQUEUE = 30.0
 
 due_checks = schedule.due_checks
@@ -136,6 +137,8 @@ def _requeue(r: Rollout, s: RolloutStatus, now: float) -> float | None:
         times.extend(schedule.schedule(r, s).values())
         if s.waiting is not None and s.waiting.poll_soon:
             times.append(now + HEALTH_POLL)
+        if s.waiting is Waiting.APPROVAL:
+            times.append(now + APPROVAL_POLL)
     if s.in_flight and s.phase is Phase.PROGRESSING:
         times.append(now + MAX_REQUEUE)
         if s.step < len(r.steps):

@@ -50,6 +50,7 @@ EXPECTED_RULES = {
     ("modship.dev", "rollouts"): {"get", "list", "watch", "update", "patch"},
     ("modship.dev", "rollouts/status"): {"get", "update", "patch"},
     ("modship.dev", "rollouts/finalizers"): {"update"},
+    ("modship.dev", "approvals"): {"list"},
     ("", "pods"): {"list"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "update", "patch", "delete"},
@@ -203,6 +204,8 @@ def test_template_default_values(control_plane: ControlPlane) -> None:
         "Service",
         "ServiceAccount",
         "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
         "ValidatingAdmissionPolicyBinding",
     ]
     for d in docs:  # standard labels everywhere
@@ -253,6 +256,8 @@ def test_template_cluster_scope_and_service_monitor(control_plane: ControlPlane)
         "ServiceAccount",
         "ServiceMonitor",
         "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
         "ValidatingAdmissionPolicyBinding",
     ]
     role = find(docs, "ClusterRole")

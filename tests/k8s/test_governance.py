@@ -17,9 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.adapters.kube.rollouts import AUTHOR
 from controller.adapters.kube_rollouts import KubeRollouts, approval_object, approvals_of
+from controller.apply.kube_control import KubeControl
 from controller.errors import Forbidden
-from tests.k8s.operator_support import poll, rev, rollout_doc
+from controller.spec import control
+from tests.k8s.operator_support import Cluster, poll, rev, rollout_doc
+from tests.k8s.test_operator import StartOperator, cluster, ns, operators  # noqa: F401 (fixtures)
 from tests.support.k8senv import ADMIN_USER, TEST_USER, ControlPlane
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
@@ -47,6 +51,22 @@ def _forged(approver: str) -> dict[str, Any]:
     return approval_object(SYSTEM, REVISION, user=approver, approve=True, reason="looks fine")
 
 
+def _approver_rbac(cp: ControlPlane, namespace: str) -> None:
+    """The test user may read Rollouts, change them and create Approvals in ``namespace``."""
+    rbac = [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "approver", "namespace": namespace},
+         "rules": [{"apiGroups": ["modship.dev"], "resources": ["approvals"],
+                    "verbs": ["create", "get", "list", "update", "patch"]},
+                   {"apiGroups": ["modship.dev"], "resources": ["rollouts"], "verbs": ["get", "list", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "approver", "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approver"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TEST_USER}]},
+    ]  # fmt: skip
+    cp.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in rbac))
+
+
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> Iterator[Plane]:
     cp = control_plane
@@ -55,32 +75,26 @@ def plane(control_plane: ControlPlane) -> Iterator[Plane]:
                "crd/approvals.modship.dev")  # fmt: skip
     policy = cp.helm("template", "modship", str(CHART), "--show-only", "templates/governance.yaml").stdout
     cp.kubectl("apply", "--server-side", "--field-manager=modship-test", "-f", "-", input=policy)
-    ns = f"gov-{uuid.uuid4().hex[:6]}"
-    cp.kubectl("create", "namespace", ns)
-    rbac = [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": "approver", "namespace": ns},
-         "rules": [{"apiGroups": ["modship.dev"], "resources": ["approvals"],
-                    "verbs": ["create", "get", "list", "update", "patch"]},
-                   {"apiGroups": ["modship.dev"], "resources": ["rollouts"], "verbs": ["get", "list"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": "approver", "namespace": ns},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approver"},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TEST_USER}]},
-    ]  # fmt: skip
-    cp.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in rbac))
+    space = f"gov-{uuid.uuid4().hex[:6]}"
+    cp.kubectl("create", "namespace", space)
+    _approver_rbac(cp, space)
     doc = rollout_doc(SYSTEM, revision=REVISION, steps=[{"setWeight": 50}])
-    cp.kubectl("apply", "--server-side", "-n", ns, "-f", "-", input=json.dumps(doc))
-    p = Plane(cp, ns)
+    cp.kubectl("apply", "--server-side", "-n", space, "-f", "-", input=json.dumps(doc))
+    p = Plane(cp, space)
 
     def enforced() -> bool:  # the policy reaches the admission plugin asynchronously: probe with a dry run
-        res = cp.kubectl("create", "--dry-run=server", "-n", ns, "-f", "-", kubeconfig=cp.user_kubeconfig,
+        res = cp.kubectl("create", "--dry-run=server", "-n", space, "-f", "-", kubeconfig=cp.user_kubeconfig,
                          input=json.dumps(_forged(ADMIN_USER)), check=False)  # fmt: skip
-        return res.returncode != 0 and "spec.approver must be the user creating" in res.stderr
+        if res.returncode == 0 or "spec.approver must be the user creating" not in res.stderr:
+            return False
+        claim = {"metadata": {"annotations": {AUTHOR: ADMIN_USER}}, "spec": {"revision": rev(99)}}
+        res = cp.kubectl("patch", "rollout", SYSTEM, "-n", space, "--dry-run=server", "--type=merge",
+                         "-p", json.dumps(claim), kubeconfig=cp.user_kubeconfig, check=False)  # fmt: skip
+        return res.returncode != 0 and "must be the user making the change" in res.stderr
 
-    poll("the approver admission policy to be enforced", enforced, timeout=60.0, interval=0.5)
+    poll("the admission policies to be enforced", enforced, timeout=60.0, interval=0.5)
     yield p
-    cp.kubectl("delete", "namespace", ns, "--wait=false")
+    cp.kubectl("delete", "namespace", space, "--wait=false")
 
 
 def test_an_approval_in_the_callers_own_name_is_accepted_and_read_back(plane: Plane) -> None:
@@ -136,3 +150,72 @@ def test_modships_adapter_turns_the_refusal_into_forbidden(plane: Plane) -> None
             admin.close()
     finally:
         rollouts.close()
+
+
+# -- the author of a change ------------------------------------------------------------------------
+
+
+def _patch(plane: Plane, patch: dict[str, Any], *, as_admin: bool) -> subprocess.CompletedProcess[str]:
+    kubeconfig = None if as_admin else plane.cp.user_kubeconfig
+    return plane.cp.kubectl("patch", "rollout", SYSTEM, "-n", plane.ns, "--type=merge", "-p", json.dumps(patch),
+                            kubeconfig=kubeconfig, check=False)  # fmt: skip
+
+
+def test_the_author_of_a_change_is_whoever_makes_it(plane: Plane) -> None:
+    rollouts = KubeRollouts(kubeconfig=str(plane.cp.user_kubeconfig), namespace=plane.ns)
+    try:
+        rollouts.write(SYSTEM, target=(rev(9), ["head@2"]))  # modship promote stamps the caller
+    finally:
+        rollouts.close()
+    got = json.loads(plane.cp.kubectl("get", "rollout", SYSTEM, "-n", plane.ns, "-o", "json").stdout)
+    assert got["metadata"]["annotations"][AUTHOR] == TEST_USER
+    # the admin moves the revision but leaves the test user as its author: refused
+    res = _patch(plane, {"spec": {"revision": rev(10)}}, as_admin=True)
+    assert res.returncode != 0 and f"must be the user making the change ({ADMIN_USER})" in res.stderr
+    # claiming someone else authored it: refused
+    res = _patch(plane, {"spec": {"revision": rev(10)}, "metadata": {"annotations": {AUTHOR: ADMIN_USER}}},
+                 as_admin=False)  # fmt: skip
+    assert res.returncode != 0 and f"not {ADMIN_USER}" in res.stderr
+    # an edit that leaves the revision alone keeps the author; in one's own name the change is accepted
+    assert _patch(plane, {"spec": {"paused": True}}, as_admin=True).returncode == 0
+    ok = _patch(plane, {"spec": {"revision": rev(10)}, "metadata": {"annotations": {AUTHOR: ADMIN_USER}}},
+                as_admin=True)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+
+
+# -- the operator holds the canary until an approver approves ---------------------------------------
+
+
+def test_the_operator_waits_for_an_approval_then_promotes(
+    plane: Plane,
+    cluster: Cluster,  # noqa: F811
+    ns: str,  # noqa: F811
+    operators: StartOperator,  # noqa: F811
+) -> None:
+    cp = cluster.cp
+    policy = {"apiVersion": "modship.dev/v1alpha1", "kind": "Policy",
+              "spec": {"systems": {"gated": {"approvals": 1, "approvers": [TEST_USER, ADMIN_USER]}}}}  # fmt: skip
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "modship-policy"},
+          "data": {"policy.yaml": yaml.safe_dump(policy)}}  # fmt: skip
+    cluster.apply(ns, cm)
+    _approver_rbac(cp, ns)
+    cluster.apply(ns, rollout_doc("gated", revision=rev(1), steps=[{"setWeight": 50}]))
+    operators()
+    cluster.wait_phase(ns, "gated", "Idle", stable=rev(1))
+
+    admin = KubeControl(KubeRollouts(kubeconfig=str(cp.kubeconfig), namespace=ns))
+    approver = KubeControl(KubeRollouts(kubeconfig=str(cp.user_kubeconfig), namespace=ns))
+    admin.promote("gated", control.PromoteRequest(revision=rev(2)), actor=control.Actor(user="x", reason="v2"))
+
+    def awaiting() -> dict[str, Any] | None:
+        st = cluster.status(ns, "gated")
+        return st if st.get("reason") == "AwaitingApproval" else None
+
+    st = poll("the canary to await approval", awaiting)
+    assert st["phase"] == "Progressing" and st["weight"] == 50 and "1 more approval(s) of 1" in st["message"]
+    # the author's own approval is recorded (in their own name) but does not count
+    admin.approve("gated", control.ApproveRequest(), actor=control.Actor(user="x", reason="mine"))
+    approver.approve("gated", control.ApproveRequest(revision=rev(2)), actor=control.Actor(user="x", reason="ok"))
+    cluster.wait_phase(ns, "gated", "Promoted", stable=rev(2))
+    reasons = [e.reason for e in cluster.events(ns, "gated")]
+    assert "AwaitingApproval" in reasons and "Promoted" in reasons
