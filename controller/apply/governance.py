@@ -15,6 +15,7 @@ from controller.errors import Conflict, Forbidden
 from controller.plan import governance as gov
 from controller.plan.audit import Action
 from controller.plan.governance import Approval, Change, Release
+from controller.plan.reasons import Reason
 from controller.spec import control
 from controller.spec.policy import Policy
 
@@ -101,6 +102,23 @@ def entry(
         "after": after,
         **extra,
     }
+
+
+def controller_action(reason: Reason) -> Action | None:
+    """The audit action of a transition the controller makes on its own (None: not audited)."""
+    if reason is Reason.PROMOTED:
+        return Action.PROMOTED
+    if reason is Reason.ROLLED_BACK:
+        return Action.ROLLBACK
+    return Action.ABORT if reason.rolled_back else None
+
+
+def release_facts(release: Release | None) -> dict[str, Any]:
+    """Who approved the canary and who authored it, for the audit entry of its promotion."""
+    if release is None:
+        return {}
+    approvals = [a.user for a in gov.counted(release) if a.approve]
+    return {"author": release.author or None, "approvedBy": approvals, "breakGlass": release.break_glass}
 
 
 def approval(user: str, *, approve: bool, reason: str | None, now: float) -> Approval:

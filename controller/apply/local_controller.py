@@ -30,7 +30,6 @@ from controller.plan import governance as gov
 from controller.plan import rollout as machine
 from controller.plan.actions import Event, SetAliases
 from controller.plan.audit import Action
-from controller.plan.reasons import Reason
 from controller.plan.status import RolloutStatus
 from controller.spec.refs import ModuleRef
 from controller.spec.rollout import Provider
@@ -156,7 +155,7 @@ class LocalController:
 
     def _record(self, name: str, e: Event, now: float) -> None:
         self.store.append_event(name, e, now=now)
-        action = _AUDITED.get(e.reason) or (Action.ABORT if e.reason.rolled_back else None)
+        action = governance.controller_action(e.reason)
         if action is not None:
             body = governance.entry(
                 action, system=name, actor=governance.CONTROLLER, reason=e.message, now=now, event=e.reason.value
@@ -248,9 +247,6 @@ def running(cfg: settings.Settings, *, stop_processes: bool) -> Iterator[LocalCo
         c.stop()
         t.join(timeout=10)
         c.close(stop_processes=stop_processes)
-
-
-_AUDITED = {Reason.PROMOTED: Action.PROMOTED, Reason.ROLLED_BACK: Action.ROLLBACK}
 
 
 def audit_file(cfg: settings.Settings) -> Path:

@@ -197,6 +197,11 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         default=int(port) if port else None,
         help="serve /metrics (env MODSHIP_METRICS_PORT)",
     )
+    p.add_argument(
+        "--audit-file",
+        default=os.environ.get("MODSHIP_AUDIT_FILE"),
+        help="append the hash-chained audit log to this file, on a persistent volume (env MODSHIP_AUDIT_FILE)",
+    )
     p.add_argument("--log-level", default=os.environ.get("MODSHIP_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     if a.renew_deadline >= a.lease_duration:
@@ -222,6 +227,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         resync=a.resync,
         liveness=a.liveness,
         metrics_port=a.metrics_port,
+        audit_file=a.audit_file,
     )
 
 

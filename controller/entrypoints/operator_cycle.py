@@ -10,24 +10,28 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from controller import backoff, ports
+from controller.adapters.audit_log import AuditLog
 from controller.adapters.kube import api as kube_api
 from controller.adapters.kube import caches, cleanup
 from controller.adapters.kube import governance as kube_governance
 from controller.adapters.kube.events import EventRecorder
 from controller.adapters.kube.no_router import NoRouterSource
-from controller.adapters.kube.rollouts import Entry, RolloutCache, wire_spec
+from controller.adapters.kube.rollouts import AUTHOR, Entry, RolloutCache, wire_spec
 from controller.adapters.kube.store import KubernetesStore
 from controller.adapters.kube.target import KubernetesTarget
 from controller.adapters.kube.traffic import Notes
-from controller.apply import aliases, reconcile
+from controller.apply import aliases, governance, reconcile
 from controller.apply.operator_metrics import Metrics
 from controller.errors import ModshipError, NotFound, SpecError, Unavailable
 from controller.plan import rollout as machine
 from controller.plan.actions import Event
+from controller.plan.audit import Action
 from controller.plan.observations import Observations
+from controller.plan.reasons import Reason
 from controller.plan.status import RolloutStatus
 from controller.spec.rollout import Provider, Rollout, TrafficRouting
 
@@ -52,6 +56,7 @@ class Options:
     resync: float = 300.0
     liveness: str | None = None
     metrics_port: int | None = None
+    audit_file: str | None = None  # append the hash-chained audit log here (a file on a volume)
 
 
 class Operator:
@@ -72,6 +77,7 @@ class Operator:
         self._failures: dict[Key, int] = {}
         self._errors: dict[Key, str] = {}
         self.metrics = Metrics()
+        self.audit = AuditLog(Path(opts.audit_file)) if opts.audit_file else None
 
     def reconcile(self, key: Key) -> float | None:
         """One cycle; seconds after its start when the Rollout is due again (None: on a change)."""
@@ -126,7 +132,7 @@ class Operator:
             target=target,
             sources=self._sources(r),
             now=now,
-            record=lambda ev: store.record(name, ev),
+            record=lambda ev: self._record(store, e, name, ev, seen),
             aliases=moves,
             before_save=before_save,
             release=lambda st: kube_governance.release(self.kube, store.namespace, name, e.annotations, st),
@@ -139,6 +145,25 @@ class Operator:
         store.sync(name)
         self.metrics.cycle((e.namespace, name), r, s=s, obs=seen[0], d=d, now=now)
         return now + (d.requeue_after if d.requeue_after is not None else self.opts.resync)
+
+    def _record(self, store: KubernetesStore, e: Entry, name: str, ev: Event, seen: list[Observations]) -> None:
+        """The Event on the Rollout, and what the audit log keeps of it: the operator's own
+        transitions, and a new canary under its author's name (the admission policy's word)."""
+        store.record(name, ev)
+        if self.audit is None:
+            return
+        action = governance.controller_action(ev.reason)
+        actor = governance.CONTROLLER
+        if ev.reason in (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED):
+            action, actor = Action.PROMOTE, e.annotations.get(AUTHOR) or "unknown"
+        if action is None:
+            return
+        facts = governance.release_facts(seen[0].release if seen else None)
+        body = governance.entry(
+            action, system=name, actor=actor, reason=ev.message, now=time.time(), namespace=store.namespace,
+            event=ev.reason.value, after=facts or None,
+        )  # fmt: skip
+        self.audit.append(body)
 
     def _sources(self, r: Rollout) -> dict[Provider, ports.MetricsSource]:
         out: dict[Provider, ports.MetricsSource] = {Provider.BUILTIN: NoRouterSource()}

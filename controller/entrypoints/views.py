@@ -52,7 +52,24 @@ def render(d: dict[str, Any]) -> Group:
         + (f", header route {d['headerRoute']}" if d["headerRoute"] else "")
     )
     notes = [Text(f"⚠ {line}", style="yellow") for line in d.get("drift") or []]
-    return Group(head, weight, *notes, *_processes(d), revs, steps, checks)
+    return Group(head, weight, *notes, *_governance(d), *_processes(d), revs, steps, checks)
+
+
+def _governance(d: dict[str, Any]) -> list[Text]:
+    """Who made the change in flight and why, break-glass, and the decisions on it."""
+    g = d.get("governance")
+    if not g:
+        return []
+    why = f": {g['reason']}" if g.get("reason") else ""
+    lines = [Text(f"change {g['revision']} by {g['author']}{why}", style="dim")]
+    if g.get("breakGlass"):
+        lines.append(Text("⚠ break-glass: the policy's windows and soak were overridden", style="yellow"))
+    for x in g.get("decisions") or []:
+        verb = "approved" if x["approve"] else "rejected"
+        lines.append(Text(f"{verb} by {x['user']}" + (f": {x['reason']}" if x.get("reason") else ""), style="dim"))
+    if g.get("missing"):
+        lines.append(Text("awaiting " + "; ".join(g["missing"]), style="cyan"))
+    return lines
 
 
 def _fmt(m: dict[str, Any]) -> str:

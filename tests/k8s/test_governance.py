@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.adapters.audit_log import AuditLog
 from controller.adapters.kube.rollouts import AUTHOR
 from controller.adapters.kube_rollouts import KubeRollouts, approval_object, approvals_of
 from controller.apply.kube_control import KubeControl
@@ -191,6 +192,7 @@ def test_the_operator_waits_for_an_approval_then_promotes(
     cluster: Cluster,  # noqa: F811
     ns: str,  # noqa: F811
     operators: StartOperator,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     cp = cluster.cp
     policy = {"apiVersion": "modship.dev/v1alpha1", "kind": "Policy",
@@ -200,7 +202,8 @@ def test_the_operator_waits_for_an_approval_then_promotes(
     cluster.apply(ns, cm)
     _approver_rbac(cp, ns)
     cluster.apply(ns, rollout_doc("gated", revision=rev(1), steps=[{"setWeight": 50}]))
-    operators()
+    audit = tmp_path / "audit.jsonl"
+    operators(env={"MODSHIP_AUDIT_FILE": str(audit)})
     cluster.wait_phase(ns, "gated", "Idle", stable=rev(1))
 
     admin = KubeControl(KubeRollouts(kubeconfig=str(cp.kubeconfig), namespace=ns))
@@ -219,3 +222,10 @@ def test_the_operator_waits_for_an_approval_then_promotes(
     cluster.wait_phase(ns, "gated", "Promoted", stable=rev(2))
     reasons = [e.reason for e in cluster.events(ns, "gated")]
     assert "AwaitingApproval" in reasons and "Promoted" in reasons
+    # the operator's audit log: the change under its author's name, the promotion with who approved it
+    log = AuditLog(audit)
+    assert log.verify() is None
+    entries = [(e["action"], e["actor"], e.get("after")) for e in log.entries()]
+    assert ("promote", ADMIN_USER, None) in entries
+    promoted = [a for act, _, a in entries if act == "promoted"]
+    assert promoted == [{"author": ADMIN_USER, "approvedBy": [TEST_USER], "breakGlass": False}]

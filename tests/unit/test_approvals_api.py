@@ -103,6 +103,14 @@ def test_an_approver_approves_once_and_it_is_recorded_everywhere(home: Path, as_
     gov = alice.get("/v1/systems/sys").json()["governance"]
     assert (gov["author"], gov["approvalsRequired"], gov["missing"]) == ("owner", 1, [])
     assert [(d["user"], d["approve"], d["reason"]) for d in gov["decisions"]] == [("alice", True, "metrics look right")]
+    from rich.console import Console
+
+    from controller.entrypoints.views import render
+
+    console = Console(record=True, width=200)
+    console.print(render(alice.get("/v1/systems/sys").json()))
+    shown = console.export_text()
+    assert f"change {B} by owner: new head" in shown and "approved by alice: metrics look right" in shown
     events = alice.get("/v1/systems/sys/events").json()
     assert any(e["reason"] == "Approved" and "alice" in e["message"] for e in events)
     log = AuditLog(home / "audit.jsonl")
