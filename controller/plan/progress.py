@@ -74,7 +74,7 @@ def progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Mov
         return replace(s, waiting=Waiting.CANARY, message=f"waiting for canary {s.canary} to be ready"), events
     if hold:
         return s, events
-    s, more = _advance(r, s, now, gate)
+    s, more = _advance(r, s, obs, now)
     return s, events + more
 
 
@@ -157,7 +157,7 @@ def judge(
             return s, (), False
 
 
-def _advance(r: Rollout, s: RolloutStatus, now: float, gate: governance.Gate) -> Moved:
+def _advance(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Moved:
     events: tuple[Event, ...] = ()
     while s.step < len(r.steps):
         s, more, stop = _one_step(r, s, now)
@@ -165,6 +165,7 @@ def _advance(r: Rollout, s: RolloutStatus, now: float, gate: governance.Gate) ->
         if stop:
             return s, events
         s = replace(s, reason=Reason.STEP_COMPLETED, message=f"at step {s.step} of {len(r.steps)}")
+    gate = governance.gate(obs.release, s, now)  # the policy: approvals and soak
     if not gate.open:
         s, more = _held(s, gate)
         return s, events + more
