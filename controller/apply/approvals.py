@@ -46,6 +46,16 @@ class LocalApprovals:
         governance.check_promote(self.gov.policy(), system, change, now=now)
         return change
 
+    def check_full(self, system: str, *, actor: control.Actor, now: float) -> None:
+        """``promote --full`` skips the remaining steps: only a promoter may, in a window, with a
+        reason when the policy wants one (approvals and soak still hold the canary)."""
+        s, change = self.c.store.status(system), self.gov.change(system)
+        if change is None or not s.in_flight or change.revision != s.canary:
+            return
+        policy = self.gov.policy()
+        asked = Change(change.revision, actor.user, now, actor.reason or "", False, change.tiers, change.owners)
+        governance.check_promote(policy, system, asked, now=now)
+
     def accepted(self, system: str, change: Change, *, number: int, force: list[str]) -> None:
         """Record the change as in flight (its author can no longer approve it) and audit it."""
         self.gov.put_change(system, change)

@@ -158,6 +158,7 @@ class LocalControl:
                 case Command.RETRY:
                     self.store.command(system, retry=now)
                 case Command.PROMOTE_FULL:
+                    self.approvals.check_full(system, actor=actor, now=now)
                     self.store.command(system, promote_full=now)
                 case Command.ROLLBACK:
                     self._ensure_not_preparing(system)

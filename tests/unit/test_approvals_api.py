@@ -165,3 +165,10 @@ def test_a_promote_by_someone_not_a_promoter_is_refused_before_anything_is_built
     _refused(r, "mallory may not promote")
     r = as_user["alice"].post("/v1/systems/sys/promote", json={"modules": ["head@3"]})
     _refused(r, "requires a reason")
+
+
+def test_promote_full_needs_a_promoter_and_still_waits_for_approval(home: Path, as_user: dict[str, TestClient]) -> None:
+    _refused(as_user["mallory"].post("/v1/systems/sys/promote-full", json={"reason": "hurry"}), "may not promote")
+    r = as_user["alice"].post("/v1/systems/sys/promote-full", json={"reason": "enough data"})
+    assert r.status_code == 200, r.text
+    assert LocalStore(home).controls("sys").promote_full is not None
