@@ -354,3 +354,50 @@ def subprocess_cli(cli: Cli, extra: dict[str, str], *args: str) -> Any:
 
     modship = str(Path(sys.executable).parent / "modship")
     return subprocess.run([modship, *args], capture_output=True, text=True, env={**cli.env(), **extra}, timeout=300)
+
+
+def test_a_policy_holds_the_canary_until_another_user_approves(stack: dict[str, Any]) -> None:
+    """Governance end to end: a policy set by the owner, a promote refused without the reason it
+    requires, the canary held in AwaitingApproval, its author's own approval refused, a second
+    user's accepted; the whole story in the hash-chained audit log."""
+    cli = stack["cli"]
+    wait_steady(cli)
+    owner = json.loads((cli.home / "controller.json").read_text())["user"]
+    bob = cli.ok("token", "create", "bob").out.strip()
+    rule = {"approvers": ["bob", owner], "approvals": 1, "requireReason": True}
+    policy = {"apiVersion": "modship.dev/v1alpha1", "kind": "Policy", "spec": {"systems": {"topic-classifier": rule}}}
+    (stack["tmp"] / "policy.yaml").write_text(yaml.safe_dump(policy))
+    (stack["tmp"] / "no-policy.yaml").write_text(yaml.safe_dump({**policy, "spec": {}}))
+    cli.ok("policy", "set", str(stack["tmp"] / "policy.yaml"), "--reason", "four eyes")
+    try:
+        system = yaml.safe_load((REPO / "examples" / "systems" / "topic-classifier.yaml").read_text())
+        spec = stack["tmp"] / "gov-system.yaml"
+        spec.write_text(yaml.safe_dump({**system, "spec": {**system["spec"], "latencyBudgetMs": 255}}))
+        r = cli("promote", "topic-classifier", "--spec", str(spec))
+        assert r.code == 9 and "requires a reason" in r.err and "Traceback" not in r.err, r.err
+        cli.ok("promote", "topic-classifier", "--spec", str(spec), "--reason", "budget 255 ms", timeout=600)
+        s = wait_until(
+            lambda: (x := status(cli, "topic-classifier"))["reason"] == "AwaitingApproval" and x,
+            timeout=180,
+            what="the canary to await approval",
+        )
+        assert s["phase"] == "Progressing" and s["weight"] == 50 and s["governance"]["author"] == owner
+        r = cli("approve", "topic-classifier", "--reason", "my own change")
+        assert r.code == 9 and "cannot approve" in r.err, r.err
+        as_bob = Cli(home=cli.home, registry=cli.registry)
+        r = subprocess_cli(as_bob, {"MODSHIP_TOKEN": bob}, "approve", "topic-classifier", "--reason", "eval ok")
+        assert r.returncode == 0, r.stderr
+        r = cli("status", "topic-classifier", "--wait", "--timeout", "120", "-o", "json", timeout=180)
+        assert r.code == 0 and json.loads(r.out)["stable"]["revision"] == s["canary"]["revision"], r.out
+        assert "AwaitingApproval" in [e["reason"] for e in events(cli)]
+    finally:
+        cli.ok("policy", "set", str(stack["tmp"] / "no-policy.yaml"), "--reason", "back to no rules")
+    entries = json.loads(cli.ok("audit", "-o", "json").out)
+    did = [(e["action"], e["actor"], e["reason"]) for e in entries]
+    assert ("policy", owner, "four eyes") in did and ("promote", owner, "budget 255 ms") in did
+    assert ("approve", "bob", "eval ok") in did
+    assert any(a == "promoted" and who == "modship-controller" for a, who, _ in did)
+    # the first test of this module promoted topic-head@2: its @stable alias moved, audited
+    assert any(e["action"] == "alias" and e["after"] == {"module": "topic-head", "alias": "stable", "version": 2}
+               for e in entries)  # fmt: skip
+    assert "intact" in cli.ok("audit", "verify").out

@@ -110,3 +110,19 @@ def test_select_filters_by_system_actor_action_and_time(tmp_path: Path) -> None:
     assert [e["seq"] for e in audit.select(entries, audit.Query(system="s1"))] == [1, 3]
     assert [e["seq"] for e in audit.select(entries, audit.Query(actor="bob", since=1.5))] == [2, 4]
     assert audit.select(entries, audit.Query(action="approve")) == []
+
+
+def test_a_registration_is_audited_under_the_os_user(tmp_path: Path) -> None:
+    import getpass
+
+    from controller.entrypoints.cli_governance import record_registration
+
+    record_registration(tmp_path, [])  # nothing registered: nothing written
+    assert not (tmp_path / "audit.jsonl").exists()
+    record_registration(tmp_path, ["text-encoder@1", "topic-head@2"])
+    (e,) = AuditLog(tmp_path / "audit.jsonl").entries()
+    assert (e["action"], e["actor"], e["after"]) == (
+        "register",
+        getpass.getuser(),
+        {"modules": ["text-encoder@1", "topic-head@2"]},
+    )
