@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from controller import atomic
+from controller.errors import IntegrityError
 from controller.plan import audit
 
 ANCHOR_SUFFIX = ".head"
@@ -35,9 +36,14 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked() as f:
             last = _last_line(f)
-            prev = json.loads(last) if last else None
-            seq = int(prev["seq"]) + 1 if prev else 0
-            entry = audit.seal(body, seq=seq, prev=prev["hash"] if prev else audit.GENESIS)
+            try:
+                prev = json.loads(last) if last else None
+                seq, head = (int(prev["seq"]) + 1, str(prev["hash"])) if prev else (0, audit.GENESIS)
+            except (ValueError, KeyError, TypeError):
+                raise IntegrityError(
+                    f"{self.path}: its last entry is damaged, nothing appended (see `modship audit verify`)"
+                ) from None
+            entry = audit.seal(body, seq=seq, prev=head)
             f.seek(0, os.SEEK_END)
             f.write((json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n").encode())
             f.flush()

@@ -84,7 +84,7 @@ class LocalApprovals:
             action, system=system, actor=actor.user, reason=actor.reason, now=now, before=before,
             after={"request": what, "detail": detail, "revision": revision},
         )  # fmt: skip
-        self.c.audit.append(body)
+        self.c.record_audit(body)
 
     def decide(self, system: str, req: control.ApproveRequest, *, actor: control.Actor) -> control.ApproveResult:
         s = self.c.store.status(system)
@@ -142,7 +142,7 @@ class LocalApprovals:
         body = governance.entry(
             action, system=system, actor=user, reason=reason, now=time.time(), before=before, after=after
         )
-        self.c.audit.append(body)
+        self.c.record_audit(body)
 
 
 _REQUESTS = {

@@ -160,7 +160,15 @@ class LocalController:
             body = governance.entry(
                 action, system=name, actor=governance.CONTROLLER, reason=e.message, now=now, event=e.reason.value
             )
+            self.record_audit(body)
+
+    def record_audit(self, body: dict[str, Any]) -> None:
+        """Append to the audit log; a log that cannot be written is reported, never a reason to
+        stop a rollout or a rollback halfway."""
+        try:
             self.audit.append(body)
+        except (ModshipError, OSError) as exc:
+            log.error("audit log: %s", exc)
 
     def release(self, name: str, s: RolloutStatus) -> gov.Release | None:
         """What governs the canary in flight (None: no change recorded for it)."""
@@ -212,7 +220,7 @@ class LocalController:
             before={**what, "version": was},
             after={**what, "version": version},
         )
-        self.audit.append(body)
+        self.record_audit(body)
 
     def reference(self, name: str, rev: str) -> dict[str, Any] | None:
         """Reference input statistics of the revision's text encoder (for input drift checks)."""

@@ -163,7 +163,10 @@ class Operator:
             action, system=name, actor=actor, reason=ev.message, now=time.time(), namespace=store.namespace,
             event=ev.reason.value, after=facts or None,
         )  # fmt: skip
-        self.audit.append(body)
+        try:
+            self.audit.append(body)
+        except (ModshipError, OSError) as exc:  # reported, never a reason to stop a rollout halfway
+            log.error("audit log: %s", exc)
 
     def _sources(self, r: Rollout) -> dict[Provider, ports.MetricsSource]:
         out: dict[Provider, ports.MetricsSource] = {Provider.BUILTIN: NoRouterSource()}

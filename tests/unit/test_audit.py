@@ -126,3 +126,15 @@ def test_a_registration_is_audited_under_the_os_user(tmp_path: Path) -> None:
         getpass.getuser(),
         {"modules": ["text-encoder@1", "topic-head@2"]},
     )
+
+
+def test_appending_after_a_damaged_last_entry_is_refused_not_chained(tmp_path: Path) -> None:
+    import pytest
+
+    from controller.errors import IntegrityError
+
+    log = _log(tmp_path, 2)
+    _rewrite(log, [*log.lines(), '{"seq": 2'])
+    with pytest.raises(IntegrityError, match="last entry is damaged"):
+        log.append({"action": "toggle"})
+    assert len(log.lines()) == 3
