@@ -16,6 +16,7 @@ from controller.plan.status import RolloutStatus
 from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
 from controller.spec import control
+from controller.spec.policy import Policy
 from controller.spec.refs import ModuleRef
 from controller.spec.rollout import Check, Rollout
 
@@ -241,6 +242,10 @@ class RolloutResources(Protocol):
 
     def approvals(self, name: str, revision: str) -> list[Approval]:
         """Every decision recorded on ``revision`` of the Rollout, oldest first."""
+        ...
+
+    def policy(self) -> Policy | None:
+        """The namespace's governance policy (None: there is none)."""
         ...
 
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:

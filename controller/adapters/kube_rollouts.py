@@ -19,6 +19,7 @@ from controller.adapters.kube.rollouts import AUTHOR, BREAK_GLASS, CONTROLS, TOG
 from controller.errors import Forbidden, NotFound, SpecError
 from controller.plan.governance import Approval
 from controller.spec import control
+from controller.spec.policy import Policy
 
 LAST_REQUEST = "modship.dev/last-request"
 
@@ -102,6 +103,11 @@ class KubeRollouts:
 
     def approvals(self, name: str, revision: str) -> list[Approval]:
         return approvals_of(self.kube, self.namespace, name, revision)
+
+    def policy(self) -> Policy | None:
+        from controller.adapters.kube import governance
+
+        return governance.policy(self.kube, self.namespace)
 
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
         obj = self._get(name)

@@ -21,6 +21,7 @@ from controller.registry import digests
 from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
 from controller.spec import control
+from controller.spec.policy import Policy
 from controller.spec.refs import ModuleRef
 from controller.spec.rollout import Check, Rollout
 
@@ -199,6 +200,7 @@ class MemoryRollouts:
         self.caller = "memory-user"  # what ``user()`` answers (the API server's view of the caller)
         self.decisions: dict[str, list[tuple[str, Approval]]] = {}
         self.authors: dict[str, tuple[str, str | None]] = {}  # the last target's author, break-glass reason
+        self.governance: Policy | None = None  # what ``policy()`` answers
 
     def user(self) -> str:
         return self.caller
@@ -247,6 +249,9 @@ class MemoryRollouts:
         self.read(name)
         self.decisions.setdefault(name, []).append((revision, Approval(self.caller, approve, 0.0, reason or "")))
         return self.caller
+
+    def policy(self) -> Policy | None:
+        return self.governance
 
     def approvals(self, name: str, revision: str) -> list[Approval]:
         return [a for rev, a in self.decisions.get(name, []) if rev == revision]

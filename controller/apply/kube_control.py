@@ -15,9 +15,12 @@ from typing import Any
 
 from controller import ports
 from controller.apply import control as rules
+from controller.apply import governance
 from controller.errors import Conflict, Forbidden, NotFound, SpecError
+from controller.plan.governance import Change
 from controller.plan.status import Phase
 from controller.spec import control
+from controller.spec.modules import Stability
 
 _REVISION = re.compile(r"^r[0-9a-f]{12}$")
 
@@ -110,8 +113,7 @@ class KubeControl:
         s = x.status
         rules.ensure_no_rollout(system, s, x.target, revision=req.revision)
         rules.ensure_new(system, s, req.revision)
-        if req.break_glass and not actor.reason:
-            raise Forbidden(f"{system}: --break-glass needs a reason: give --reason", kind="ReasonRequired")
+        self._check_policy(system, req, actor, now)
         # a new target starts clean: a standing pause does not carry over
         self.resources.write(
             system,
@@ -157,6 +159,17 @@ class KubeControl:
             raise Conflict(f"{system}: {what} is not awaiting approval (see `modship status {system}`)")
         self.resources.decide(system, revision=revision, approve=req.approve, reason=actor.reason)
         return control.ApproveResult(system=system, revision=revision, approve=req.approve, missing=[])
+
+    def _check_policy(self, system: str, req: control.PromoteRequest, actor: control.Actor, now: float) -> None:
+        """Who may promote, windows, reasons: checked here, by the client (advisory: on Kubernetes
+        the right to change a Rollout is RBAC's; approvals and soak are the operator's to enforce)."""
+        if req.break_glass and not actor.reason:
+            raise Forbidden(f"{system}: --break-glass needs a reason: give --reason", kind="ReasonRequired")
+        p = self.resources.policy()
+        if p is not None:
+            user, why = self.resources.user(), actor.reason or ""
+            change = Change(req.revision or "", user, now, why, req.break_glass, (Stability.STABLE.value,))
+            governance.check_promote(p, system, change, now=now)
 
     def _request(self, what: str, actor: control.Actor, now: float) -> dict[str, Any]:
         """The request as recorded on the Rollout: the user is the API server's view of the caller

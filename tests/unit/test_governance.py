@@ -271,3 +271,43 @@ def test_a_rejection_aborts_the_canary_to_stable() -> None:
     assert d.status.phase is Phase.ABORTED and d.status.reason is Reason.REJECTED
     assert d.status.traffic.weight == 0 and d.status.stable == "A"
     assert any(getattr(a, "reason", None) is Reason.REJECTED for a in d.actions)
+
+
+# -- the Kubernetes control plane, on its in-memory Rollout resources ---------------------------------
+
+
+def test_kube_promote_checks_the_namespace_policy_and_stamps_break_glass() -> None:
+    from controller.errors import Forbidden
+    from controller.spec import control
+    from tests.unit.test_control import IDLE, A, C, kube
+
+    k, mem = kube(IDLE, target=A)
+    mem.governance = policy_spec.from_document(
+        {"kind": "Policy", "spec": {"systems": {"sys": {"promoters": ["alice"], "windows": [{"cron": "* * 31 2 *"}]}}}}
+    )  # February 31st: never inside the window
+    with pytest.raises(Forbidden, match="memory-user may not promote"):
+        k.promote("sys", control.PromoteRequest(revision=C), actor=control.Actor(user="x", reason="why"))
+    mem.caller = "alice"
+    with pytest.raises(Forbidden, match="outside the change windows"):
+        k.promote("sys", control.PromoteRequest(revision=C), actor=control.Actor(user="x", reason="why"))
+    with pytest.raises(Forbidden, match="needs a reason"):
+        k.promote("sys", control.PromoteRequest(revision=C, breakGlass=True), actor=control.Actor(user="x"))
+    k.promote("sys", control.PromoteRequest(revision=C, breakGlass=True), actor=control.Actor(user="x", reason="INC-1"))
+    assert mem.authors["sys"] == ("alice", "INC-1") and mem.read("sys").target == C
+
+
+def test_kube_approve_records_a_decision_on_the_canary_in_flight_only() -> None:
+    from controller.errors import Conflict
+    from controller.spec import control
+    from tests.unit.test_control import FLYING, IDLE, B, kube
+
+    me = control.Actor(user="ignored", reason="ok")
+    k, mem = kube(IDLE)
+    with pytest.raises(Conflict, match="not awaiting approval"):
+        k.approve("sys", control.ApproveRequest(), actor=me)
+    k, mem = kube(FLYING)
+    with pytest.raises(Conflict):
+        k.approve("sys", control.ApproveRequest(revision="r" + "f" * 12), actor=me)
+    done = k.approve("sys", control.ApproveRequest(approve=False), actor=me)
+    assert (done.revision, done.approve) == (B, False)
+    assert [(a.user, a.approve, a.reason) for a in mem.approvals("sys", B)] == [("memory-user", False, "ok")]
