@@ -129,6 +129,18 @@ def policy_show(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
     emit(p.dump(), output, lambda d: console.print(yaml.safe_dump(d, sort_keys=False).rstrip()))
 
 
+FileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", help="another audit log, e.g. copied from the operator's volume (its .head beside it)"),
+]
+
+
+def _log(ctx: typer.Context, file: Path | None) -> AuditLog:
+    if file is not None and not file.is_file():
+        raise SpecError("no such file", field="--file", source=str(file))
+    return AuditLog(file or _home(ctx) / "audit.jsonl")
+
+
 def _since(value: str | None) -> float | None:
     if value is None:
         return None
@@ -152,6 +164,7 @@ def audit(
     since: Annotated[
         str | None, typer.Option(help="only entries newer than a duration ago (2h) or an ISO time")
     ] = None,
+    file: FileOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Show the audit log: who did what, when and why, with before and after."""
@@ -160,7 +173,7 @@ def audit(
     if action is not None and action not in {a.value for a in Action}:
         raise SpecError(f"unknown action {action!r}", field="--action")
     q = chain.Query(system=system, actor=actor, action=action, since=_since(since))
-    rows = chain.select(AuditLog(_home(ctx) / "audit.jsonl").entries(), q)
+    rows = chain.select(_log(ctx, file).entries(), q)
 
     def show(entries: list[dict[str, Any]]) -> None:
         t = Table("#", "time (UTC)", "actor", "action", "system", "reason", "after", box=None)
@@ -179,9 +192,9 @@ def _short(v: Any) -> str:
 
 
 @audit_app.command("verify")
-def audit_verify(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
+def audit_verify(ctx: typer.Context, file: FileOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Check the hash chain: exit 1 naming the first entry that was edited, removed or reordered."""
-    log = AuditLog(_home(ctx) / "audit.jsonl")
+    log = _log(ctx, file)
     broken = log.verify()
     lines = log.lines()
     head = log.anchor()

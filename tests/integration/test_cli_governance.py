@@ -47,6 +47,13 @@ def test_policy_set_audit_and_verify_detect_tampering(tmp_path: Path) -> None:
 
     ok = modship(tmp_path, "audit", "verify")
     assert ok.returncode == 0 and "intact: 2 entries" in ok.stdout
+    copied = tmp_path / "copy"  # e.g. the operator's log, copied off its volume with its head
+    copied.mkdir()
+    for name in ("audit.jsonl", "audit.jsonl.head"):
+        (copied / name).write_bytes((tmp_path / name).read_bytes())
+    assert modship(tmp_path, "audit", "verify", "--file", str(copied / "audit.jsonl")).returncode == 0
+    r = modship(tmp_path, "audit", "verify", "--file", str(copied / "nope.jsonl"))
+    assert r.returncode == 2 and "--file" in r.stderr
 
     log = tmp_path / "audit.jsonl"
     lines = log.read_text().splitlines()
