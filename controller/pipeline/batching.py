@@ -19,22 +19,32 @@ every batchable step behind a socket and a pickle per request; this batches in-p
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from controller.pipeline import values
 from controller.pipeline.errors import Batch, Kernel
 
 
-def cores() -> int:
-    """CPU cores this process may run on: model calls in flight at once, each single-threaded."""
+def cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPU cores this process may use (its affinity, capped by a cgroup v2 CPU quota, as a
+    container's CPU limit sets): model calls in flight at once, each single-threaded."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,3 +135,14 @@ def test_sub_batches_bound_padding_and_rows() -> None:
         assert len(r) == 1 or 1 - ls.sum() / (ls.max() * len(r)) <= PAD_WASTE
     assert len(sub_batches(np.asarray([30] * 40))) == 3  # equal lengths: cut by rows only
     assert [list(r) for r in sub_batches(np.asarray([7]))] == [[0]]
+
+
+def test_cores_follow_a_cgroup_cpu_limit(tmp_path: Path) -> None:
+    from controller.pipeline.batching import cores
+
+    unlimited = cores(tmp_path / "absent")
+    assert unlimited >= 1
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a limit of 1.5 CPUs
+    assert cores(tmp_path / "cpu.max") == min(unlimited, 2)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cores(tmp_path / "cpu.max") == unlimited
