@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.errors import Conflict
-from controller.plan import analysis
-from controller.plan.status import CheckRun, HistoryEntry, Phase, RolloutStatus
+from controller.plan import analysis, explain
+from controller.plan.reasons import Reason
+from controller.plan.status import CheckRun, HistoryEntry, Measurement, Phase, RolloutStatus
 from controller.spec import control
-from controller.spec.rollout import CanaryStep, Rollout
+from controller.spec.rollout import CanaryStep, Check, Rollout
 
 GO_BACK_OUTCOMES = ("Promoted", "Initial", "RolledBack")  # revisions that served as stable
 
@@ -102,6 +103,7 @@ class Facts:
     namespace: str | None = None
     conditions: list[dict[str, Any]] | None = None
     shown: tuple[str, str, str] | None = None  # phase, reason, message as the backend reports them
+    aborted_by: control.Actor | None = None  # who asked for the abort in effect (when recorded)
 
 
 def status_document(name: str, r: Rollout | None, s: RolloutStatus, facts: Facts) -> control.StatusDocument:
@@ -113,6 +115,9 @@ def status_document(name: str, r: Rollout | None, s: RolloutStatus, facts: Facts
         extra["namespace"] = facts.namespace
     if facts.conditions is not None:
         extra["conditions"] = facts.conditions
+    cause = explain.why_aborted(r, s)
+    if cause is not None:
+        extra["aborted"] = _cause(r, cause, facts.aborted_by)
     doc = control.StatusDocument(
         system=name,
         phase=phase,
@@ -183,13 +188,44 @@ def _run(r: Rollout, name: str, run: CheckRun, *, background: bool) -> control.C
         errors_in_row=run.errors_in_row,
         count=count,
         threshold=check.threshold.dump(),
-        recent=[
-            control.Measured(
-                at=m.at, verdict=m.verdict.value, value=m.value, stable=m.stable, samples=m.samples, error=m.error
-            )
-            for m in run.recent
-        ],
+        recent=[_measured(check, m) for m in run.recent],
+        provider=check.provider.value,
+        measures=check.metric.value if check.metric is not None else check.query,
+        interval=check.interval,
+        window=check.window,
+        limits={
+            "failureLimit": check.failure_limit,
+            "inconclusiveLimit": check.inconclusive_limit,
+            "consecutiveErrorLimit": check.consecutive_error_limit,
+            "minSamples": check.min_samples,
+        },
     )
+
+
+def _measured(check: Check, m: Measurement) -> control.Measured:
+    return control.Measured(
+        at=m.at,
+        verdict=m.verdict.value,
+        value=m.value,
+        stable=m.stable,
+        samples=m.samples,
+        error=m.error,
+        compared=explain.compared(check, m),
+    )
+
+
+def _cause(r: Rollout | None, c: explain.Cause, actor: control.Actor | None) -> control.AbortCause:
+    check = r.check(c.check) if r is not None and c.check is not None else None
+    extra: dict[str, Any] = {}
+    if check is not None:
+        extra["check"], extra["background"], extra["threshold"] = check.name, c.background, check.threshold.dump()
+        if c.measurement is not None:
+            extra["measurement"] = _measured(check, c.measurement)
+    sentence = c.sentence
+    if c.reason is Reason.ABORTED_BY_USER and actor is not None:
+        extra["actor"] = actor
+        sentence = f"Aborted by {actor.user}" + (f": {actor.reason}." if actor.reason else ".")
+    return control.AbortCause(reason=c.reason.value, sentence=sentence, **extra)
 
 
 def drift(d: control.StatusDocument) -> list[str]:
@@ -217,9 +253,46 @@ class Revision:
     overrides: Sequence[str] = ()
 
 
-def history(s: RolloutStatus, revisions: Sequence[Revision]) -> list[control.HistoryRow]:
+@dataclass(frozen=True)
+class Request:
+    """A person's accepted request as the backend recorded it (``AbortRequested``...)."""
+
+    at: float
+    what: str
+    actor: control.Actor
+    revision: str | None = None
+
+
+# the requests that cause an outcome with this reason (the machine's own outcomes have none)
+_CAUSED_BY = {
+    "AbortedByUser": ("AbortRequested", "RollbackRequested"),
+    "PromotedFull": ("PromoteFullRequested", "PromoteRequested"),
+    "RolledBack": ("RollbackRequested", "UndoRequested"),
+    "TargetReverted": ("UndoRequested", "PromoteRequested"),
+}
+_ASKS_FOR_REVISION = ("DeployRequested", "PromoteRequested", "UndoRequested")
+
+
+def history(
+    s: RolloutStatus, revisions: Sequence[Revision], requests: Sequence[Request] = ()
+) -> list[control.HistoryRow]:
+    """The revisions with their outcomes; with ``requests``, who asked for each revision and whose
+    request caused each outcome (the latest fitting request before it)."""
+
+    def asked(rev: str) -> control.Actor | None:
+        return next((q.actor for q in reversed(requests) if q.what in _ASKS_FOR_REVISION and q.revision == rev), None)
+
+    def caused(h: HistoryEntry, since: float) -> control.Actor | None:
+        if h.outcome == "Initial":
+            return asked(h.revision)
+        kinds = _CAUSED_BY.get(h.reason, ())
+        fits = [q for q in requests if q.what in kinds and since <= q.at <= h.at]
+        return fits[-1].actor if fits else None
+
+    since = {id(h): (s.history[i - 1].at if i else 0.0) for i, h in enumerate(s.history)}
+
     def outcomes(rev: str) -> list[control.HistoryOutcome]:
-        return [_outcome(h) for h in s.history if h.revision == rev]
+        return [_outcome(h, caused(h, since[id(h)])) for h in s.history if h.revision == rev]
 
     return [
         control.HistoryRow(
@@ -235,10 +308,12 @@ def history(s: RolloutStatus, revisions: Sequence[Revision]) -> list[control.His
             if rec.revision == s.canary and s.in_flight
             else None,
             outcomes=outcomes(rec.revision),
+            **({"actor": a} if (a := asked(rec.revision)) else {}),
         )
         for rec in revisions
     ]
 
 
-def _outcome(h: HistoryEntry) -> control.HistoryOutcome:
-    return control.HistoryOutcome(outcome=h.outcome, at=h.at, reason=h.reason)
+def _outcome(h: HistoryEntry, actor: control.Actor | None) -> control.HistoryOutcome:
+    extra = {"actor": actor} if actor is not None else {}
+    return control.HistoryOutcome(outcome=h.outcome, at=h.at, reason=h.reason, **extra)

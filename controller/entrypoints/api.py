@@ -11,10 +11,16 @@ Every CLI verb goes through it (on Kubernetes the same verbs patch the Rollout r
     POST   /v1/systems/{name}/toggle        {"flag": str, "enabled": bool, "percent": float}
     GET    /v1/systems/{name}/history       revisions and outcomes
     GET    /v1/systems/{name}/events        the timeline
-    GET    /metrics                         the local runtime's processes, memory and crashes
+    GET    /metrics                         the local runtime's processes, memory and crashes (no token)
 
-Errors are ``{"error": message, "exitCode": n}`` with 400 (bad input), 404, 409 (a conflict: the
-rollout's state does not allow the request now), 503 or 500.
+Every request passes ``guard.Guard`` first: a token (``Authorization: Bearer``), no foreign
+``Origin``, JSON bodies for everything that changes something. Every POST and DELETE body may carry
+``"reason"``: with the user the token belongs to it is the request's ``Actor``, recorded in the
+events and the history.
+
+Errors are ``{"error": message, "exitCode": n}`` with 400 (bad input), 401 (no valid token), 403 (a
+foreign origin), 404, 409 (a conflict: the rollout's state does not allow the request now), 415 (not
+JSON), 503 or 500.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controller.apply.local_control import LocalControl
 from controller.apply.local_controller import LocalController
-from controller.entrypoints import runtime_metrics
+from controller.entrypoints import guard, runtime_metrics
 from controller.errors import Conflict, ModshipError, NotFound, SpecError, Unavailable
 from controller.spec import control
 from controller.spec.control import Command, request
@@ -39,7 +46,7 @@ from controller.spec.control import Command, request
 log = logging.getLogger("modship.api")
 _STATUS = {SpecError: 400, NotFound: 404, Conflict: 409, Unavailable: 503}
 
-Handler = Callable[[str, dict[str, Any], dict[str, str]], Any]
+Handler = Callable[[str, dict[str, Any], dict[str, str], control.Actor], Any]
 
 
 def _error(exc: ModshipError) -> JSONResponse:
@@ -48,6 +55,8 @@ def _error(exc: ModshipError) -> JSONResponse:
 
 
 async def _json(request: Request) -> dict[str, Any]:
+    if not await request.body():
+        return {}  # a DELETE or a command with nothing to add
     try:
         body = await request.json()
     except ValueError:
@@ -58,13 +67,12 @@ async def _json(request: Request) -> dict[str, Any]:
 
 
 def _endpoint(fn: Handler) -> Any:
-    import anyio
-
     async def endpoint(req: Request) -> JSONResponse:
         try:
-            body = await _json(req) if req.method in ("POST", "PUT") else {}
+            body = await _json(req) if req.method in guard.MUTATING else {}
             name = req.path_params.get("name", "")
-            result = await anyio.to_thread.run_sync(lambda: fn(name, body, dict(req.query_params)))
+            actor = control.request(control.Actor, {"user": req.state.user, "reason": body.get("reason")})
+            result = await anyio.to_thread.run_sync(lambda: fn(name, body, dict(req.query_params), actor))
             return JSONResponse(_wire(result))
         except ModshipError as exc:
             return _error(exc)
@@ -94,27 +102,41 @@ def _limit(q: dict[str, str]) -> int:
 
 def routes(ctl: LocalControl) -> list[Route]:
     def command(cmd: Command) -> Handler:
-        return lambda n, b, q: ctl.command(n, cmd)
+        return lambda n, b, q, a: ctl.command(n, cmd, actor=a)
 
     table: list[tuple[str, str, Handler]] = [
-        ("GET", "/v1/systems", lambda n, b, q: ctl.systems()),
-        ("POST", "/v1/systems", lambda n, b, q: ctl.deploy(request(control.DeployRequest, b))),
-        ("GET", "/v1/systems/{name}", lambda n, b, q: ctl.status(n)),
-        ("DELETE", "/v1/systems/{name}", lambda n, b, q: ctl.delete(n)),
-        ("POST", "/v1/systems/{name}/promote", lambda n, b, q: ctl.promote(n, request(control.PromoteRequest, b))),
-        ("POST", "/v1/systems/{name}/undo", lambda n, b, q: ctl.undo(n, request(control.UndoRequest, b))),
-        ("POST", "/v1/systems/{name}/toggle", lambda n, b, q: ctl.toggle(n, request(control.ToggleRequest, b))),
-        ("GET", "/v1/systems/{name}/history", lambda n, b, q: ctl.history(n)),
-        ("GET", "/v1/systems/{name}/events", lambda n, b, q: ctl.events(n, limit=_limit(q))),
-        ("GET", "/v1/healthz", lambda n, b, q: {"ok": True}),
+        ("GET", "/v1/systems", lambda n, b, q, a: ctl.systems()),
+        ("POST", "/v1/systems", lambda n, b, q, a: ctl.deploy(request(control.DeployRequest, b), actor=a)),
+        ("GET", "/v1/systems/{name}", lambda n, b, q, a: ctl.status(n)),
+        ("DELETE", "/v1/systems/{name}", lambda n, b, q, a: ctl.delete(n, actor=a)),
+        (
+            "POST",
+            "/v1/systems/{name}/promote",
+            lambda n, b, q, a: ctl.promote(n, request(control.PromoteRequest, b), actor=a),
+        ),
+        ("POST", "/v1/systems/{name}/undo", lambda n, b, q, a: ctl.undo(n, request(control.UndoRequest, b), actor=a)),
+        (
+            "POST",
+            "/v1/systems/{name}/toggle",
+            lambda n, b, q, a: ctl.toggle(n, request(control.ToggleRequest, b), actor=a),
+        ),
+        ("GET", "/v1/systems/{name}/history", lambda n, b, q, a: ctl.history(n)),
+        ("GET", "/v1/systems/{name}/events", lambda n, b, q, a: ctl.events(n, limit=_limit(q))),
+        ("GET", "/v1/healthz", lambda n, b, q, a: {"ok": True, "user": a.user}),
     ]
     table += [("POST", f"/v1/systems/{{name}}/{cmd.value}", command(cmd)) for cmd in Command]
     return [Route(path, _endpoint(fn), methods=[method]) for method, path, fn in table]
 
 
-def app(c: LocalController) -> Starlette:
+def app(c: LocalController, *, user_of: Callable[[str], str | None], origins: list[str]) -> Starlette:
+    """The API behind its guard: ``user_of`` maps a presented token to its user (None: nobody's),
+    ``origins`` are the controller's own (``guard.own_origins``)."""
+
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(lambda: runtime_metrics.render(c))
         return Response(body, media_type=runtime_metrics.CONTENT_TYPE)
 
-    return Starlette(routes=[*routes(LocalControl(c)), Route("/metrics", metrics, methods=["GET"])])
+    return Starlette(
+        routes=[*routes(LocalControl(c)), Route("/metrics", metrics, methods=["GET"])],
+        middleware=[Middleware(guard.Guard, user_of=user_of, origins=origins)],
+    )

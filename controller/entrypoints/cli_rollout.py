@@ -1,12 +1,10 @@
-"""Progressive delivery verbs: up, deploy, promote, status, pause, resume, abort, retry, rollback,
-undo, toggle, history, events, down. Every verb talks to the ``Control`` port: the local
-controller's HTTP API, or with --context/--namespace the Rollout resource on Kubernetes."""
+"""Progressive delivery verbs: deploy, promote, status, pause, resume, abort, retry, rollback,
+undo, toggle, history, events. Every verb talks to the ``Control`` port: the local controller's HTTP
+API, or with --context/--namespace the Rollout resource on Kubernetes. Every verb that changes
+something takes ``--reason``, recorded with who asked in the events and the history."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,9 +14,10 @@ from rich.live import Live
 from rich.table import Table
 
 from controller import ports
+from controller.entrypoints.cli_up import actor_of
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import Format, console, emit
-from controller.entrypoints.views import render
+from controller.entrypoints.views import checks_over_time, render
 from controller.errors import SpecError
 from controller.spec import control, parse
 from controller.spec.control import Command
@@ -33,6 +32,7 @@ KubeContextOpt = Annotated[
     str | None, typer.Option("--context", help="act on the Rollout resource in this kubeconfig context")
 ]
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Kubernetes namespace of the Rollout")]
+ReasonOpt = Annotated[str | None, typer.Option(help="why: recorded with who asked in the events and the history")]
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_WAIT_TIMEOUT = 0, 1, 7  # status --wait
 
@@ -63,8 +63,6 @@ def _control(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(up)
-    app.command()(down)
     app.command()(deploy)
     app.command()(promote)
     app.command()(status)
@@ -86,56 +84,6 @@ def register(app: typer.Typer) -> None:
     app.command()(events)
 
 
-def up(
-    ctx: typer.Context,
-    api_port: Annotated[int, typer.Option(help="the controller API port (0: any free port)")] = 0,
-    stop_on_exit: Annotated[
-        bool,
-        typer.Option(
-            help="stop revisions and routers when the controller exits "
-            "(default: they keep serving; `modship down` stops them)"
-        ),
-    ] = False,
-) -> None:
-    """Run the local controller (foreground): reconcile every deployed system and serve the API."""
-    import logging
-
-    import uvicorn
-
-    from controller.apply import local_controller
-    from controller.entrypoints import api
-    from controller.entrypoints.context import quiet_libraries
-
-    obj: Context = ctx.obj
-    quiet_libraries()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    cfg = obj.settings
-    cfg.home.mkdir(parents=True, exist_ok=True)
-    from controller.adapters.local_runtime import free_port
-
-    port = api_port or free_port()
-    with local_controller.running(cfg, stop_processes=stop_on_exit) as c:
-        server = uvicorn.Server(uvicorn.Config(api.app(c), host="127.0.0.1", port=port, log_level="warning"))
-        info = {"pid": os.getpid(), "url": f"http://127.0.0.1:{port}", "started": time.time()}
-        local_controller.controller_file(cfg).write_text(json.dumps(info))
-        console.print(
-            f"modship controller on {info['url']} managing {', '.join(c.store.systems()) or 'no systems yet'} "
-            f"(data: {cfg.home})"
-        )
-        server.run()  # returns on SIGINT/SIGTERM (uvicorn handles both)
-    local_controller.controller_file(cfg).unlink(missing_ok=True)
-
-
-def down(ctx: typer.Context) -> None:
-    """Stop the local controller and everything it runs (revisions and routers)."""
-    local = _local(ctx)
-    for s in local.systems():
-        local.delete(s.system)
-    os.kill(local.pid, signal.SIGTERM)
-    console.print("stopped")
-
-
 def _doc(path: Path) -> dict[str, Any]:
     docs = parse.load_documents(path)
     if len(docs) != 1 or not isinstance(docs[0], dict):
@@ -148,11 +96,12 @@ def deploy(
     system: Annotated[Path, typer.Argument(help="the System spec (YAML)")],
     rollout: Annotated[Path | None, typer.Option(help="the Rollout spec (steps, analysis, policies)")] = None,
     port: Annotated[int, typer.Option(help="the router's port: where clients send requests")] = 8080,
+    reason: ReasonOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Deploy a system on the local runtime: its first revision becomes stable behind a router."""
     req = control.DeployRequest(system=_doc(system), rollout=_doc(rollout) if rollout else None, port=port)
-    out = _local(ctx).deploy(req).wire()
+    out = _local(ctx).deploy(req, actor=actor_of(reason)).wire()
     emit(
         out,
         output,
@@ -177,6 +126,7 @@ def promote(
     revision: Annotated[str | None, typer.Option(help="Kubernetes: the revision to roll out (r + 12 hex)")] = None,
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
+    reason: ReasonOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Roll out new module versions as one canary revision (grouped), or --full to finish one."""
@@ -192,7 +142,7 @@ def promote(
     req = control.PromoteRequest(
         modules=modules or [], full=full, force=force, revision=revision, system=_doc(spec) if spec else None
     )
-    out = _control(ctx, context, namespace).promote(system, req).wire()
+    out = _control(ctx, context, namespace).promote(system, req, actor=actor_of(reason)).wire()
 
     def render(d: dict[str, Any]) -> None:
         if "revision" not in d:
@@ -220,12 +170,17 @@ def status(
         ),
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
+    checks: Annotated[
+        bool,
+        typer.Option("--checks", help="every check's measurements over time against its threshold (canary vs stable)"),
+    ] = False,
     gitops: Annotated[Path | None, typer.Option(help="compare with the Rollout manifest in this Git tree")] = None,
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
-    """The rollout: phase, steps, weights, each check's measurements and verdict, traffic per revision.
+    """The rollout: phase, steps, weights, each check's measurements and verdict, traffic per revision;
+    when it aborted, why (one sentence with the measurement that decided it).
 
     It also says when what runs differs from what the spec (or Git) asks for, e.g. after an automatic
     rollback, so that Git and the cluster never diverge silently."""
@@ -249,12 +204,13 @@ def status(
         raise typer.Exit(1 if d["drift"] else 0)
     if wait:
         raise typer.Exit(_wait(get, timeout, output))
+    view = checks_over_time if checks else render
     if watch:
-        with Live(render(get()), console=console, refresh_per_second=2) as live:
+        with Live(view(get()), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(1.0)
-                live.update(render(get()))
-    emit(get(), output, lambda d: console.print(render(d)))
+                live.update(view(get()))
+    emit(get(), output, lambda d: console.print(view(d)))
 
 
 def _wait(get: Any, timeout: float, output: Format) -> int:
@@ -283,9 +239,10 @@ def _verb(verb: Command) -> Any:
         system: SystemArg,
         context: KubeContextOpt = None,
         namespace: NamespaceOpt = None,
+        reason: ReasonOpt = None,
         output: OutputOpt = Format.TABLE,
     ) -> None:
-        out = _control(ctx, context, namespace).command(system, verb).wire()
+        out = _control(ctx, context, namespace).command(system, verb, actor=actor_of(reason)).wire()
         emit(out, output, lambda d: console.print(d.get("message") or f"{system}: {verb} requested"))
 
     run.__name__ = verb.value
@@ -298,10 +255,12 @@ def undo(
     to_revision: Annotated[int | None, typer.Option(help="revision number (see history); default the previous")] = None,
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
+    reason: ReasonOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Go back to an earlier revision: instant while it is still warm, else a normal rollout."""
-    out = _control(ctx, context, namespace).undo(system, control.UndoRequest(to_revision=to_revision)).wire()
+    req = control.UndoRequest(to_revision=to_revision)
+    out = _control(ctx, context, namespace).undo(system, req, actor=actor_of(reason)).wire()
     emit(out, output, lambda d: console.print(f"{system}: back to revision {d['number']} ({d['revision']})"))
 
 
@@ -313,13 +272,14 @@ def toggle(
     percent: Annotated[float, typer.Option(help="share of requests with the flag on (0-100)")] = 100.0,
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
+    reason: ReasonOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Turn a feature flag on or off (for a percentage of requests) on every revision of a system."""
     if state not in ("on", "off"):
         raise SpecError(f"state must be on or off, got {state!r}", field="STATE")
     req = control.request(control.ToggleRequest, {"flag": flag, "enabled": state == "on", "percent": percent})
-    out = _control(ctx, context, namespace).toggle(system, req).wire()
+    out = _control(ctx, context, namespace).toggle(system, req, actor=actor_of(reason)).wire()
     emit(out, output, lambda d: console.print(f"{system}: flag {flag} {state} at {percent:g} %"))
 
 
@@ -328,16 +288,26 @@ def history(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TA
     out = [x.wire() for x in _local(ctx).history(system)]
 
     def show(rows: list[dict[str, Any]]) -> None:
-        t = Table("#", "revision", "created", "changed", "outcomes", "now", box=None)
+        t = Table("#", "revision", "created", "changed", "asked by", "outcomes", "now", box=None)
         for r in rows:
             created = time.strftime("%H:%M:%S", time.localtime(r["created"]))
-            outcomes = ", ".join(o["outcome"] + (f" ({o['reason']})" if o["reason"] else "") for o in r["outcomes"])
-            t.add_row(
-                str(r["number"]), r["revision"], created, " ".join(r["changed"]) or "-", outcomes, r["role"] or ""
+            outcomes = ", ".join(
+                o["outcome"] + (f" ({o['reason']})" if o["reason"] else "") + _by(o.get("actor"), " by ")
+                for o in r["outcomes"]
             )
+            changed = " ".join(r["changed"]) or "-"
+            asked = _by(r.get("actor")) or "-"
+            t.add_row(str(r["number"]), r["revision"], created, changed, asked, outcomes, r["role"] or "")
         console.print(t)
 
     emit(out, output, show)
+
+
+def _by(actor: dict[str, Any] | None, prefix: str = "") -> str:
+    """``alice ("p99 over budget")`` for a table; "" when nobody asked."""
+    if not actor:
+        return ""
+    return prefix + str(actor["user"]) + (f' ("{actor["reason"]}")' if actor.get("reason") else "")
 
 
 def events(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TABLE) -> None:

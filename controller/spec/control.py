@@ -50,6 +50,30 @@ def request(model: type[M], body: dict[str, Any]) -> M:
         raise SpecError(msg, field=field) from None
 
 
+# -- who asks --------------------------------------------------------------------------------------
+
+
+class Actor(Model):
+    """Who made a request that changes something, and why. The backend sets ``user`` from the
+    credential it checked (the local API's token, the Kubernetes user), never from the request;
+    ``reason`` is the person's own words (CLI ``--reason``; the HTTP body's ``"reason"``)."""
+
+    user: str
+    reason: str | None = None
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _reason(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, str) or len(v) > MAX_REASON or any(c in v for c in "\r\n\x00"):
+            raise ValueError(f"reason must be one line of text, at most {MAX_REASON} characters")
+        return v.strip() or None
+
+
+MAX_REASON = 500
+
+
 # -- requests --------------------------------------------------------------------------------------
 
 
@@ -199,23 +223,47 @@ class StepState(Model):
 
 
 class Measured(Model):
-    at: float
-    verdict: str
-    value: float | None
-    stable: float | None
-    samples: int
-    error: str | None
+    """One measurement of a check, as ``plan.analysis`` judged it."""
+
+    at: float  # unix seconds
+    verdict: str  # Successful | Failed | Inconclusive | Error | Running
+    value: float | None  # the canary's figure (None: no data)
+    stable: float | None  # stable's figure over the same window, when the check compares with it
+    samples: int  # requests (or series points) behind the figure
+    error: str | None  # why the provider gave no figure (verdict Error)
+    compared: float | None = None  # what was held against the threshold: value, or value - stable
 
 
 class CheckState(Model):
+    """One check of the current (or last) analysis: its counters, its definition and its latest
+    measurements, oldest first (up to ``plan.status.CheckRun.RECENT``): enough to draw the check
+    over time against its threshold, canary and stable side by side."""
+
     verdict: str
     successes: int
     failures: int
     inconclusive: int
     errors_in_row: int
-    count: int | None
-    threshold: dict[str, Any]
+    count: int | None  # measurements it needs to succeed (None: until the step ends)
+    threshold: dict[str, Any]  # {"min"?, "max"?, "relativeTo"?: "stable"}: bounds on ``compared``
     recent: list[Measured]
+    provider: str | None = None  # builtin | prometheus
+    measures: str | None = None  # the builtin metric's name, or the PromQL query (template)
+    interval: float | None = None  # seconds between measurements
+    window: float | None = None  # seconds of traffic each measurement covers
+    limits: dict[str, int] | None = None  # failureLimit, inconclusiveLimit, consecutiveErrorLimit, minSamples
+
+
+class AbortCause(Model):
+    """Why the rollout aborted, in one sentence, with the measurement that decided it."""
+
+    reason: str  # the status' reason: AnalysisFailed, MetricsUnavailable, AbortedByUser, CanaryFailed...
+    sentence: str  # for people: "Aborted because check error-rate (analysis) failed: ...; the last: ..."
+    check: str | None = None  # the deciding check (analysis and metrics aborts)
+    background: bool = False  # True when it ran in the background analysis
+    measurement: Measured | None = None  # its last measurement with the deciding verdict
+    threshold: dict[str, Any] | None = None  # that check's threshold
+    actor: Actor | None = None  # AbortedByUser: who asked, and why (when the backend records it)
 
 
 class Analysis(Model):
@@ -267,12 +315,14 @@ class StatusDocument(Model):
     conditions: list[dict[str, Any]] | None = None  # Kubernetes only
     history: list[Outcome]
     drift: list[str]
+    aborted: AbortCause | None = None  # set while the phase is Aborted: why
 
 
 class HistoryOutcome(Model):
     outcome: str
     at: float
     reason: str
+    actor: Actor | None = None  # the person whose request caused it (abort, rollback, undo, promote --full)
 
 
 class HistoryRow(Model):
@@ -284,6 +334,7 @@ class HistoryRow(Model):
     overrides: list[str]
     role: str | None
     outcomes: list[HistoryOutcome]
+    actor: Actor | None = None  # who asked for this revision (deploy, promote, undo) and why
 
 
 class EventRow(Model):
@@ -291,3 +342,4 @@ class EventRow(Model):
     reason: str
     message: str
     warning: bool
+    actor: Actor | None = None  # set on the events that record a person's request
