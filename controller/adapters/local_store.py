@@ -144,6 +144,22 @@ class LocalStore:
         t[flag] = {"enabled": enabled, "percent": percent}
         atomic.write_text(self.dir(system) / "flags.json", json.dumps(t, indent=1))
 
+    def fingerprint(self) -> dict[str, tuple[tuple[str, int, int], ...]]:
+        """Per system, the names, times and sizes of its state files: changes whenever any of them
+        is written (every write replaces or appends), without reading a byte."""
+        base = self.root / "systems"
+        out: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        if not base.exists():
+            return out
+        for d in os.scandir(base):
+            try:
+                files = [(e.name, (st := e.stat()).st_mtime_ns, st.st_size) for e in os.scandir(d.path) if e.is_file()]
+            except OSError:  # the system is being deleted
+                continue
+            if any(f[0] == "rollout.yaml" for f in files):
+                out[d.name] = tuple(sorted(f for f in files if f[0] != "controller.lock"))
+        return out
+
     # -- one controller per system ---------------------------------------------------------------
     @contextlib.contextmanager
     def exclusive(self, system: str) -> Iterator[None]:

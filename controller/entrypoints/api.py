@@ -11,6 +11,9 @@ Every CLI verb goes through it (on Kubernetes the same verbs patch the Rollout r
     POST   /v1/systems/{name}/toggle        {"flag": str, "enabled": bool, "percent": float}
     GET    /v1/systems/{name}/history       revisions and outcomes
     GET    /v1/systems/{name}/events        the timeline
+    GET    /v1/systems/{name}/modules?revision=N   the modules behind a revision (contracts, lineage...)
+    GET    /v1/events/stream                server-sent events: which systems changed (the dashboard)
+    GET    /dashboard/                      the web dashboard (static files; see ``dashboard``)
     GET    /metrics                         the local runtime's processes, memory and crashes
 
 Errors are ``{"error": message, "exitCode": n}`` with 400 (bad input), 404, 409 (a conflict: the
@@ -29,9 +32,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from controller import ports
 from controller.apply.local_control import LocalControl
 from controller.apply.local_controller import LocalController
-from controller.entrypoints import runtime_metrics
+from controller.apply.watch import Watch
+from controller.entrypoints import dashboard, runtime_metrics
 from controller.errors import Conflict, ModshipError, NotFound, SpecError, Unavailable
 from controller.spec import control
 from controller.spec.control import Command, request
@@ -92,15 +97,16 @@ def _limit(q: dict[str, str]) -> int:
         raise SpecError(f"limit must be a number, got {q['limit']!r}", field="limit") from None
 
 
-def routes(ctl: LocalControl) -> list[Route]:
+def routes(ctl: ports.Control) -> list[Route]:
+    """The ``Control`` port's verbs, for any backend (the local controller, or Kubernetes behind
+    ``modship dashboard --context``)."""
+
     def command(cmd: Command) -> Handler:
         return lambda n, b, q: ctl.command(n, cmd)
 
     table: list[tuple[str, str, Handler]] = [
         ("GET", "/v1/systems", lambda n, b, q: ctl.systems()),
-        ("POST", "/v1/systems", lambda n, b, q: ctl.deploy(request(control.DeployRequest, b))),
         ("GET", "/v1/systems/{name}", lambda n, b, q: ctl.status(n)),
-        ("DELETE", "/v1/systems/{name}", lambda n, b, q: ctl.delete(n)),
         ("POST", "/v1/systems/{name}/promote", lambda n, b, q: ctl.promote(n, request(control.PromoteRequest, b))),
         ("POST", "/v1/systems/{name}/undo", lambda n, b, q: ctl.undo(n, request(control.UndoRequest, b))),
         ("POST", "/v1/systems/{name}/toggle", lambda n, b, q: ctl.toggle(n, request(control.ToggleRequest, b))),
@@ -112,9 +118,34 @@ def routes(ctl: LocalControl) -> list[Route]:
     return [Route(path, _endpoint(fn), methods=[method]) for method, path, fn in table]
 
 
+def local_routes(ctl: LocalControl) -> list[Route]:
+    """What only the local runtime has: deploy, delete, and the modules behind a revision."""
+    table: list[tuple[str, str, Handler]] = [
+        ("POST", "/v1/systems", lambda n, b, q: ctl.deploy(request(control.DeployRequest, b))),
+        ("DELETE", "/v1/systems/{name}", lambda n, b, q: ctl.delete(n)),
+        ("GET", "/v1/systems/{name}/modules", lambda n, b, q: ctl.modules(n, _number(q, "revision"))),
+    ]
+    return [Route(path, _endpoint(fn), methods=[method]) for method, path, fn in table]
+
+
+def _number(q: dict[str, str], key: str) -> int:
+    try:
+        return int(q[key])
+    except (KeyError, ValueError):
+        raise SpecError(f"{key} must be a revision number", field=key) from None
+
+
 def app(c: LocalController) -> Starlette:
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(lambda: runtime_metrics.render(c))
         return Response(body, media_type=runtime_metrics.CONTENT_TYPE)
 
-    return Starlette(routes=[*routes(LocalControl(c)), Route("/metrics", metrics, methods=["GET"])])
+    ctl = LocalControl(c)
+    return Starlette(
+        routes=[
+            *routes(ctl),
+            *local_routes(ctl),
+            Route("/metrics", metrics, methods=["GET"]),
+            *dashboard.routes(Watch(c.store.fingerprint)),
+        ]
+    )

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from controller import settings
-from controller.entrypoints import cli_gitops, cli_module, cli_rollout, cli_system
+from controller.entrypoints import cli_dashboard, cli_gitops, cli_module, cli_rollout, cli_system
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import fail
 from controller.errors import ModshipError
@@ -31,6 +31,7 @@ cli_rollout.register(app)
 app.command(help="Write the manifests Argo CD or Flux sync for a system (plain YAML + kustomization.yaml).")(
     cli_gitops.render
 )
+app.command()(cli_dashboard.dashboard)
 
 
 @app.callback()
