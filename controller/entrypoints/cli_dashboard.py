@@ -71,7 +71,8 @@ def _serve_kube(context: str | None, namespace: str | None, *, port: int, open_b
         }
 
     token = secrets.token_urlsafe(32)
-    app = web.BearerOnly(Starlette(routes=[*api.routes(kc), *web.routes(Watch(fingerprint, interval=1.0))]), token=token)
+    routes = [*api.routes(kc), *web.routes(Watch(fingerprint, interval=1.0))]
+    app = web.BearerOnly(Starlette(routes=routes), token=token)
     port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -116,13 +116,15 @@ def up(
 
     port = api_port or free_port()
     with local_controller.running(cfg, stop_processes=stop_on_exit) as c:
-        server = uvicorn.Server(uvicorn.Config(
+        server = uvicorn.Server(
+            uvicorn.Config(
                 api.app(c),
                 host="127.0.0.1",
                 port=port,
                 log_level="warning",
                 timeout_graceful_shutdown=2,  # open dashboards' event streams never end on their own
-            ))
+            )
+        )
         info = {"pid": os.getpid(), "url": f"http://127.0.0.1:{port}", "started": time.time()}
         local_controller.controller_file(cfg).write_text(json.dumps(info))
         console.print(

@@ -29,6 +29,13 @@ CHECKS = [
     {"name": "error-rate", "metric": "errorRate", "threshold": {"max": 0.02}, "window": "5s", "interval": "1s"},
     {"name": "disagreement", "metric": "disagreement", "threshold": {"max": 0.1}, "window": "5s", "interval": "1s"},
 ]
+STEPS = [
+    {"setWeight": 20},
+    {"analysis": {"checks": ["error-rate", "disagreement"]}},
+    {"setWeight": 50},
+    {"pause": {}},
+    {"setWeight": 80},
+]
 
 
 def rollout_doc(name: str) -> dict[str, Any]:
@@ -39,10 +46,7 @@ def rollout_doc(name: str) -> dict[str, Any]:
         "spec": {
             "system": name,
             "revision": f"r{abs(hash(name + 'b')) % 16**12:012x}",
-            "strategy": {"canary": {"steps": [
-                {"setWeight": 20}, {"analysis": {"checks": ["error-rate", "disagreement"]}},
-                {"setWeight": 50}, {"pause": {}}, {"setWeight": 80},
-            ]}},  # fmt: skip
+            "strategy": {"canary": {"steps": STEPS}},
             "analysis": {"checks": CHECKS},
         },
     }

@@ -149,7 +149,7 @@ export function rollout(d, evs, samples) {
     ...Object.entries(d.analysis.background).map(([n, c]) => check(n, c, "background")),
   ].join("");
   const rev = (r) => (r ? `<span class="mono">${esc(r.revision)}</span> #${esc(r.number ?? "?")} <span class="small muted">${esc(r.modules.join(" "))}</span>` : "–");
-  return `<section id="rollout" data-system="${esc(d.system)}" data-phase="${esc(d.phase)}">
+  return `<section id="rollout" data-system="${esc(d.system)}" data-phase="${esc(d.phase)}" data-reason="${esc(d.reason)}">
     <h1>${esc(d.system)} ${badge(d.phase)} <span class="muted small">${esc(d.reason)}: ${esc(d.message)}</span></h1>
     ${w ? `<p id="why" class="why">${esc(w)}</p>` : ""}
     ${need && !w ? `<p class="attention-box">${esc(need)}</p>` : ""}
