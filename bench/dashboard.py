@@ -34,7 +34,7 @@ from tests.support import dashboard as dash
 SYSTEMS, EVENTS = 50, 2000
 RUNS = 7
 CPU_WINDOW_S = 20.0
-TOKEN_SCRIPT = "sessionStorage.setItem('modship.token', 'bench')"
+TOKEN_SCRIPT = f"sessionStorage.setItem('modship.token', {dash.TOKEN!r})"
 
 
 def _paint(browser: Any, url: str, ready: str) -> float:

@@ -5,7 +5,8 @@
     ├── NotFound         a module, version, alias, system or rollout that does not exist (exit 3)
     ├── IntegrityError   a digest mismatch: the stored bytes are not what was registered (exit 4)
     ├── Conflict         someone else holds the lock / the object changed underneath (exit 5)
-    └── Unavailable      a backend is down or slow; retried with backoff, then reported (exit 6)
+    ├── Unavailable      a backend is down or slow; retried with backoff, then reported (exit 6)
+    └── Denied           no valid credential, or a request the API never accepts (exit 8)
 
 A failed canary is a *verdict*, not an exception. Adapters translate library errors into these at
 one choke point (``raise Unavailable(...) from exc``) so callers never see a library's exceptions.
@@ -75,3 +76,9 @@ class Unavailable(ModshipError):
     def __init__(self, message: str, *, delay: float = 1.0) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class Denied(ModshipError):
+    """Refused for who (or where from) the caller is: no or an unknown token, a foreign origin."""
+
+    exit_code = 8

@@ -138,7 +138,9 @@ class Control(Protocol):
     per backend: the local controller (in process, and its HTTP API for the CLI) and Kubernetes
     (the Rollout resource). Refusals are errors: ``NotFound`` (no such system), ``SpecError`` (a
     bad request), ``Conflict`` (the rollout's state does not allow it now: a rollout in progress,
-    nothing to go back to...)."""
+    nothing to go back to...). Every request that changes something takes ``actor``: who asks and
+    why, recorded in the events and the history (the backend decides ``actor.user`` from the
+    credential it checked: an adapter may replace what the caller put there)."""
 
     def systems(self) -> list[control.Summary]:
         """Every system this backend runs, sorted by name."""
@@ -156,20 +158,20 @@ class Control(Protocol):
         """The timeline, oldest first, at most ``limit`` events."""
         ...
 
-    def promote(self, system: str, req: control.PromoteRequest) -> control.PromoteResult:
+    def promote(self, system: str, req: control.PromoteRequest, *, actor: control.Actor) -> control.PromoteResult:
         """Start rolling out a new revision, or (``full``) finish the one in flight. Accepting is
         atomic: of two promotes sent at once, one is accepted, the other raises Conflict."""
         ...
 
-    def undo(self, system: str, req: control.UndoRequest) -> control.UndoResult:
+    def undo(self, system: str, req: control.UndoRequest, *, actor: control.Actor) -> control.UndoResult:
         """Go back to an earlier revision (instant while it is still warm)."""
         ...
 
-    def command(self, system: str, cmd: control.Command) -> control.CommandResult:
+    def command(self, system: str, cmd: control.Command, *, actor: control.Actor) -> control.CommandResult:
         """Pause, resume, abort, retry, roll back, or promote the canary in flight fully."""
         ...
 
-    def toggle(self, system: str, req: control.ToggleRequest) -> control.ToggleResult:
+    def toggle(self, system: str, req: control.ToggleRequest, *, actor: control.Actor) -> control.ToggleResult:
         """Turn a feature flag on or off for a share of requests on every revision (idempotent)."""
         ...
 
@@ -211,9 +213,15 @@ class RolloutResources(Protocol):
         paused: bool | None = None,
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> None:
         """One merge patch: a new target (revision, modules), the pause switch, commands given
-        at a time (``abort``, ``resume``, ``retry``, ``promote_full``) and the toggles."""
+        at a time (``abort``, ``resume``, ``retry``, ``promote_full``), the toggles, and the
+        request that made it (``{"what", "user", "reason", "at"}``, kept as an annotation)."""
+        ...
+
+    def user(self) -> str:
+        """Who the API server says the caller is (SelfSubjectReview): the actor of requests."""
         ...
 
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:

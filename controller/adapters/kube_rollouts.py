@@ -2,7 +2,9 @@
 Rollout with its status, and write people's requests into it as one merge patch.
 
 Commands are annotations holding the unix time they were given (``modship.dev/abort`` ...), which
-the operator consumes once; the target and the pause switch are ``spec`` fields.
+the operator consumes once; the target and the pause switch are ``spec`` fields. The request that
+made a patch (who, as the API server authenticated the caller, and why) is the annotation
+``modship.dev/last-request``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from controller.adapters.kube.rollouts import CONTROLS, TOGGLES, entry_of
 from controller.errors import NotFound, SpecError
 from controller.spec import control
 
+LAST_REQUEST = "modship.dev/last-request"
+
 
 class KubeRollouts:
     def __init__(
@@ -25,6 +29,7 @@ class KubeRollouts:
         api, default_ns = k8s.connect(kubeconfig, context, pool=2)
         self.kube = k8s.Kube(api, field_manager="modship-cli")
         self.namespace = namespace or default_ns
+        self._user: str | None = None
 
     def close(self) -> None:
         api: Any = self.kube.api
@@ -48,6 +53,7 @@ class KubeRollouts:
         paused: bool | None = None,
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> None:
         spec: dict[str, Any] = {}
         if target is not None:
@@ -57,6 +63,8 @@ class KubeRollouts:
         annotations = {CONTROLS[k]: f"{at:.6f}" for k, at in (commands or {}).items()}
         if toggles is not None:
             annotations[TOGGLES] = json.dumps(toggles, sort_keys=True)
+        if request is not None:
+            annotations[LAST_REQUEST] = json.dumps(request, sort_keys=True)
         body: dict[str, Any] = {}
         if spec:
             body["spec"] = spec
@@ -64,6 +72,15 @@ class KubeRollouts:
             body["metadata"] = {"annotations": annotations}
         self._get(name)
         self.kube.merge(k8s.ROLLOUTS, self.namespace, name, body)
+
+    def user(self) -> str:
+        """The caller's user name as the API server authenticated it (a SelfSubjectReview)."""
+        if self._user is None:
+            review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+            url = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+            done = self.kube.request("POST", url, body=review, content_type="application/json")
+            self._user = str(((done.get("status") or {}).get("userInfo") or {}).get("username") or "unknown")
+        return self._user
 
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
         obj = self._get(name)

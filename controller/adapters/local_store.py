@@ -5,7 +5,7 @@
     controls.json       people's commands (pause/resume/abort/promote --full/retry), with times
     revisions.json      every revision built for the system, numbered (history, undo)
     revisions/<r>.lock.yaml   their lock files
-    events.jsonl        the timeline (one JSON event per line)
+    events.jsonl        the timeline (one JSON event per line; people's requests carry an actor)
     flags.json          feature-flag toggles for every revision of the system
     controller.lock     held (flock) by the one controller acting on the system
 
@@ -128,6 +128,16 @@ class LocalStore:
         line = json.dumps({"at": now, "reason": event.reason, "message": event.message, "warning": event.warning})
         with (self.dir(system) / "events.jsonl").open("a") as f:
             f.write(line + "\n")
+
+    def append_request(
+        self, system: str, what: str, message: str, *, now: float, actor: dict[str, Any], revision: str | None = None
+    ) -> None:
+        """A person's accepted request (``AbortRequested``...) with who asked and why, on the timeline."""
+        row: dict[str, Any] = {"at": now, "reason": what, "message": message, "warning": False, "actor": actor}
+        if revision is not None:
+            row["revision"] = revision
+        with (self.dir(system) / "events.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def events(self, system: str, *, limit: int = 200) -> list[dict[str, Any]]:
         path = self.dir(system) / "events.jsonl"

@@ -194,6 +194,11 @@ class MemoryRollouts:
         self.items: dict[str, ports.RolloutRecord] = {}
         self.commands: dict[str, dict[str, float]] = {}
         self.posted: dict[str, list[control.EventRow]] = {}
+        self.requests: dict[str, list[dict[str, Any]]] = {}
+        self.caller = "memory-user"  # what ``user()`` answers (the API server's view of the caller)
+
+    def user(self) -> str:
+        return self.caller
 
     def put(self, record: ports.RolloutRecord) -> None:
         self.items[record.name] = record
@@ -214,8 +219,11 @@ class MemoryRollouts:
         paused: bool | None = None,
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> None:
         x = self.read(name)
+        if request is not None:
+            self.requests.setdefault(name, []).append(dict(request))
         if target is not None:
             x = replace(x, target=target[0], modules=list(target[1]))
         if paused is not None:

@@ -217,9 +217,46 @@ class Revision:
     overrides: Sequence[str] = ()
 
 
-def history(s: RolloutStatus, revisions: Sequence[Revision]) -> list[control.HistoryRow]:
+@dataclass(frozen=True)
+class Request:
+    """A person's accepted request as the backend recorded it (``AbortRequested``...)."""
+
+    at: float
+    what: str
+    actor: control.Actor
+    revision: str | None = None
+
+
+# the requests that cause an outcome with this reason (the machine's own outcomes have none)
+_CAUSED_BY = {
+    "AbortedByUser": ("AbortRequested", "RollbackRequested"),
+    "PromotedFull": ("PromoteFullRequested", "PromoteRequested"),
+    "RolledBack": ("RollbackRequested", "UndoRequested"),
+    "TargetReverted": ("UndoRequested", "PromoteRequested"),
+}
+_ASKS_FOR_REVISION = ("DeployRequested", "PromoteRequested", "UndoRequested")
+
+
+def history(
+    s: RolloutStatus, revisions: Sequence[Revision], requests: Sequence[Request] = ()
+) -> list[control.HistoryRow]:
+    """The revisions with their outcomes; with ``requests``, who asked for each revision and whose
+    request caused each outcome (the latest fitting request before it)."""
+
+    def asked(rev: str) -> control.Actor | None:
+        return next((q.actor for q in reversed(requests) if q.what in _ASKS_FOR_REVISION and q.revision == rev), None)
+
+    def caused(h: HistoryEntry, since: float) -> control.Actor | None:
+        if h.outcome == "Initial":
+            return asked(h.revision)
+        kinds = _CAUSED_BY.get(h.reason, ())
+        fits = [q for q in requests if q.what in kinds and since <= q.at <= h.at]
+        return fits[-1].actor if fits else None
+
+    since = {id(h): (s.history[i - 1].at if i else 0.0) for i, h in enumerate(s.history)}
+
     def outcomes(rev: str) -> list[control.HistoryOutcome]:
-        return [_outcome(h) for h in s.history if h.revision == rev]
+        return [_outcome(h, caused(h, since[id(h)])) for h in s.history if h.revision == rev]
 
     return [
         control.HistoryRow(
@@ -235,10 +272,12 @@ def history(s: RolloutStatus, revisions: Sequence[Revision]) -> list[control.His
             if rec.revision == s.canary and s.in_flight
             else None,
             outcomes=outcomes(rec.revision),
+            **({"actor": a} if (a := asked(rec.revision)) else {}),
         )
         for rec in revisions
     ]
 
 
-def _outcome(h: HistoryEntry) -> control.HistoryOutcome:
-    return control.HistoryOutcome(outcome=h.outcome, at=h.at, reason=h.reason)
+def _outcome(h: HistoryEntry, actor: control.Actor | None) -> control.HistoryOutcome:
+    extra = {"actor": actor} if actor is not None else {}
+    return control.HistoryOutcome(outcome=h.outcome, at=h.at, reason=h.reason, **extra)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 from controller import ports
 from controller.apply import control as rules
@@ -66,41 +67,43 @@ class KubeControl:
         return self.resources.events(system, limit=limit)
 
     # -- requests ----------------------------------------------------------------------------------
-    def command(self, system: str, cmd: control.Command) -> control.CommandResult:
+    def command(self, system: str, cmd: control.Command, *, actor: control.Actor) -> control.CommandResult:
         now = self._now()
+        asked = self._request(cmd.value, actor, now)
         match cmd:
             case control.Command.PAUSE:
-                self.resources.write(system, paused=True)
+                self.resources.write(system, paused=True, request=asked)
             case control.Command.RESUME:
-                self.resources.write(system, paused=False, commands={"resume": now})
+                self.resources.write(system, paused=False, commands={"resume": now}, request=asked)
             case control.Command.ABORT:
                 x = self.resources.read(system)
                 rules.ensure_abortable(system, x.status, x.target)
-                self.resources.write(system, commands={"abort": now})
+                self.resources.write(system, commands={"abort": now}, request=asked)
             case control.Command.RETRY:
-                self.resources.write(system, commands={"retry": now})
+                self.resources.write(system, commands={"retry": now}, request=asked)
             case control.Command.PROMOTE_FULL:
-                self.resources.write(system, commands={"promote_full": now})
+                self.resources.write(system, commands={"promote_full": now}, request=asked)
             case control.Command.ROLLBACK:
                 s = self.resources.read(system).status
                 if s.in_flight:
-                    self.resources.write(system, commands={"abort": now})
+                    self.resources.write(system, commands={"abort": now}, request=asked)
                     return control.CommandResult(system=system, message=rules.aborting(s))
-                d = self.undo(system, control.UndoRequest())
+                d = self.undo(system, control.UndoRequest(), actor=actor)
                 return control.CommandResult(
                     system=system, message=f"rolling back to revision {d.number} ({d.revision})"
                 )
         return control.CommandResult(system=system, command=cmd.value)
 
-    def promote(self, system: str, req: control.PromoteRequest) -> control.PromoteResult:
+    def promote(self, system: str, req: control.PromoteRequest, *, actor: control.Actor) -> control.PromoteResult:
         x = self.resources.read(system)
         now = self._now()
+        asked = self._request("promote", actor, now)
         if req.revision is None:
             if not req.full or req.system is not None:
                 raise SpecError(
                     'on Kubernetes, promote names a built revision: {"revision": "r<12 hex>"}', field="revision"
                 )
-            self.resources.write(system, commands={"promote_full": now})
+            self.resources.write(system, commands={"promote_full": now}, request=asked)
             return control.PromoteResult(system=system, promote_full=True)
         if not _REVISION.match(req.revision):
             raise SpecError(f"{req.revision!r} is not a revision (r followed by 12 hex digits)", field="revision")
@@ -113,13 +116,14 @@ class KubeControl:
             target=(req.revision, req.modules),
             paused=False,
             commands={"promote_full": now + 0.001} if req.full else None,
+            request=asked,
         )
         number = rules.numbers(s, req.revision)[req.revision]
         return control.PromoteResult(
             system=system, revision=req.revision, number=number, changes=req.modules, overrides=[]
         )
 
-    def undo(self, system: str, req: control.UndoRequest) -> control.UndoResult:
+    def undo(self, system: str, req: control.UndoRequest, *, actor: control.Actor) -> control.UndoResult:
         x = self.resources.read(system)
         s = x.status
         numbers = rules.numbers(s, x.target)
@@ -130,14 +134,20 @@ class KubeControl:
             if not rev:
                 raise NotFound(f"{system} has no revision {req.to_revision} (see history)")
         rules.ensure_can_go_back(system, s, x.target, rev, numbers[rev])
-        self.resources.write(system, target=(rev, [f"undo to revision {numbers[rev]}"]), paused=False)
+        asked = self._request("undo", actor, self._now())
+        self.resources.write(system, target=(rev, [f"undo to revision {numbers[rev]}"]), paused=False, request=asked)
         return control.UndoResult(system=system, revision=rev, number=numbers[rev])
 
-    def toggle(self, system: str, req: control.ToggleRequest) -> control.ToggleResult:
+    def toggle(self, system: str, req: control.ToggleRequest, *, actor: control.Actor) -> control.ToggleResult:
         toggles = self.resources.read(system).toggles
         toggles[req.flag] = {"enabled": req.enabled, "percent": float(req.percent)}
-        self.resources.write(system, toggles=toggles)
+        self.resources.write(system, toggles=toggles, request=self._request("toggle", actor, self._now()))
         return control.ToggleResult(system=system, flag=req.flag, enabled=req.enabled, percent=req.percent)
+
+    def _request(self, what: str, actor: control.Actor, now: float) -> dict[str, Any]:
+        """The request as recorded on the Rollout: the user is the API server's view of the caller
+        (whatever ``actor.user`` said), the reason the person's own words."""
+        return {"what": what, "user": self.resources.user(), "reason": actor.reason, "at": now}
 
 
 def _summary(x: ports.RolloutRecord) -> control.Summary:

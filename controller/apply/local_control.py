@@ -27,6 +27,15 @@ from controller.spec import system as system_spec
 from controller.spec.control import Command
 
 TELEMETRY_WINDOW = 30.0
+REQUESTS_READ = 100_000  # events read to attribute history to people (the whole timeline in practice)
+_WORD = {
+    Command.PAUSE: "Pause",
+    Command.RESUME: "Resume",
+    Command.ABORT: "Abort",
+    Command.RETRY: "Retry",
+    Command.ROLLBACK: "Rollback",
+    Command.PROMOTE_FULL: "PromoteFull",
+}
 
 
 class LocalControl:
@@ -81,7 +90,12 @@ class LocalControl:
             rules.Revision(x.number, x.revision, x.created, x.modules, x.changed, x.overrides)
             for x in self.store.revisions(system)
         ]
-        return rules.history(self.store.status(system), revisions)
+        requests = [
+            rules.Request(e["at"], e["reason"], control.Actor.model_validate(e["actor"]), e.get("revision"))
+            for e in self.store.events(system, limit=REQUESTS_READ)
+            if e.get("actor")
+        ]
+        return rules.history(self.store.status(system), revisions, requests)
 
     def events(self, system: str, *, limit: int = 200) -> list[control.EventRow]:
         self.store.rollout(system)
@@ -101,9 +115,9 @@ class LocalControl:
         return out
 
     # -- requests ----------------------------------------------------------------------------------
-    def promote(self, system: str, req: control.PromoteRequest) -> control.PromoteResult:
+    def promote(self, system: str, req: control.PromoteRequest, *, actor: control.Actor) -> control.PromoteResult:
         if req.only_full:
-            self.command(system, Command.PROMOTE_FULL)
+            self.command(system, Command.PROMOTE_FULL, actor=actor)
             return control.PromoteResult(system=system, promote_full=True)
         spec = system_spec.from_document(req.system, source="system") if req.system is not None else None
         what = ", ".join(req.modules) or "a new System spec"
@@ -119,9 +133,14 @@ class LocalControl:
                 force=req.force,
             )
             with self._lock:
+                accepted = time.time()
                 promotion.set_target(self.store, system, prepared.lock.revision, req.modules)
                 if req.full:
                     self.store.command(system, promote_full=time.time() + 0.001)
+                self._requested(
+                    system, "Promote", f"revision {prepared.record.number} ({what})", actor, prepared.lock.revision,
+                    now=accepted,
+                )  # fmt: skip
         self.c.wake(system)
         return control.PromoteResult(
             system=system,
@@ -131,9 +150,10 @@ class LocalControl:
             overrides=prepared.overrides,
         )
 
-    def command(self, system: str, cmd: Command) -> control.CommandResult:
+    def command(self, system: str, cmd: Command, *, actor: control.Actor) -> control.CommandResult:
         self.store.rollout(system)
         now = time.time()
+        msg = None
         with self._lock:
             match cmd:
                 case Command.PAUSE:
@@ -150,29 +170,36 @@ class LocalControl:
                 case Command.ROLLBACK:
                     self._ensure_not_preparing(system)
                     msg = promotion.rollback(self.store, system)
-                    self.c.wake(system)
-                    return control.CommandResult(system=system, message=msg)
+            self._requested(system, _WORD[cmd], msg or cmd.value, actor, None, now=now)
         self.c.wake(system)
+        if msg is not None:
+            return control.CommandResult(system=system, message=msg)
         return control.CommandResult(system=system, command=cmd.value)
 
-    def undo(self, system: str, req: control.UndoRequest) -> control.UndoResult:
+    def undo(self, system: str, req: control.UndoRequest, *, actor: control.Actor) -> control.UndoResult:
         with self._lock:
+            now = time.time()
             self._ensure_not_preparing(system)
             rec = promotion.undo(self.store, system, to=req.to_revision)
+            self._requested(system, "Undo", f"back to revision {rec.number}", actor, rec.revision, now=now)
         self.c.wake(system)
         return control.UndoResult(system=system, revision=rec.revision, number=rec.number)
 
-    def toggle(self, system: str, req: control.ToggleRequest) -> control.ToggleResult:
+    def toggle(self, system: str, req: control.ToggleRequest, *, actor: control.Actor) -> control.ToggleResult:
         lock = self.store.lock(system, self.store.status(system).stable or "")
         known = {f.name for f in lock.system.spec.flags}
         if req.flag not in known:
             raise SpecError(f"system {system} has no flag {req.flag!r} (flags: {sorted(known)})", field="flag")
+        now = time.time()
         self.store.toggle(system, req.flag, enabled=req.enabled, percent=float(req.percent))
+        state = f"on for {req.percent:g} %" if req.enabled else "off"
+        self._requested(system, "Toggle", f"flag {req.flag} {state}", actor, None, now=now)
         self.c.manage(system).runtime.refresh_toggles()
         return control.ToggleResult(system=system, flag=req.flag, enabled=req.enabled, percent=req.percent)
 
     # -- the local runtime only --------------------------------------------------------------------
-    def deploy(self, req: control.DeployRequest) -> control.DeployResult:
+    def deploy(self, req: control.DeployRequest, *, actor: control.Actor) -> control.DeployResult:
+        now = time.time()
         system = system_spec.from_document(req.system, source="system")
         name = system.metadata.name
         if name in self.store.systems():
@@ -186,11 +213,13 @@ class LocalControl:
             bentoml_home=self.c.cfg.bentoml_home,
             port=req.port,
         )
+        self._requested(name, "Deploy", f"revision {prepared.record.number}", actor, prepared.lock.revision, now=now)
         self.c.manage(name)
         return control.DeployResult(system=name, revision=prepared.lock.revision, router=f"http://127.0.0.1:{req.port}")
 
-    def delete(self, system: str) -> dict[str, Any]:
+    def delete(self, system: str, *, actor: control.Actor) -> dict[str, Any]:
         self.store.rollout(system)
+        self._requested(system, "Delete", "stop every process", actor, None, now=time.time())
         self.c.forget(system, stop=True)
         return {"system": system, "stopped": True}
 
@@ -214,6 +243,17 @@ class LocalControl:
         what = self._preparing.get(system)
         if what is not None:
             raise Conflict(f"{system}: a rollout of {what} is in progress (its revision is being built; wait)")
+
+    def _requested(
+        self, system: str, what: str, detail: str, actor: control.Actor, revision: str | None, *, now: float
+    ) -> None:
+        """Record who asked for what and why, at ``now``: when the request was accepted (taken
+        before its effect, so that the transition it causes is never older than the request)."""
+        why = f": {actor.reason}" if actor.reason else ""
+        self.store.append_request(
+            system, f"{what}Requested", f"{actor.user} asked: {detail}{why}", now=now, actor=actor.wire(),
+            revision=revision,
+        )  # fmt: skip
 
     def _ensure_abortable(self, system: str) -> None:
         self._ensure_not_preparing(system)

@@ -13,11 +13,17 @@ Every CLI verb goes through it (on Kubernetes the same verbs patch the Rollout r
     GET    /v1/systems/{name}/events        the timeline
     GET    /v1/systems/{name}/modules?revision=N   the modules behind a revision (contracts, lineage...)
     GET    /v1/events/stream                server-sent events: which systems changed (the dashboard)
-    GET    /dashboard/                      the web dashboard (static files; see ``dashboard``)
-    GET    /metrics                         the local runtime's processes, memory and crashes
+    GET    /dashboard/                      the web dashboard (static files, no token; see ``dashboard``)
+    GET    /metrics                         the local runtime's processes, memory and crashes (no token)
 
-Errors are ``{"error": message, "exitCode": n}`` with 400 (bad input), 404, 409 (a conflict: the
-rollout's state does not allow the request now), 503 or 500.
+Every request passes ``guard.Guard`` first: a token (``Authorization: Bearer``), no foreign
+``Origin``, JSON bodies for everything that changes something. Every POST and DELETE body may carry
+``"reason"``: with the user the token belongs to it is the request's ``Actor``, recorded in the
+events and the history.
+
+Errors are ``{"error": message, "exitCode": n}`` with 400 (bad input), 401 (no valid token), 403 (a
+foreign origin), 404, 409 (a conflict: the rollout's state does not allow the request now), 415 (not
+JSON), 503 or 500.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -36,7 +43,7 @@ from controller import ports
 from controller.apply.local_control import LocalControl
 from controller.apply.local_controller import LocalController
 from controller.apply.watch import Watch
-from controller.entrypoints import dashboard, runtime_metrics
+from controller.entrypoints import dashboard, guard, runtime_metrics
 from controller.errors import Conflict, ModshipError, NotFound, SpecError, Unavailable
 from controller.spec import control
 from controller.spec.control import Command, request
@@ -44,7 +51,7 @@ from controller.spec.control import Command, request
 log = logging.getLogger("modship.api")
 _STATUS = {SpecError: 400, NotFound: 404, Conflict: 409, Unavailable: 503}
 
-Handler = Callable[[str, dict[str, Any], dict[str, str]], Any]
+Handler = Callable[[str, dict[str, Any], dict[str, str], control.Actor], Any]
 
 
 def _error(exc: ModshipError) -> JSONResponse:
@@ -53,6 +60,8 @@ def _error(exc: ModshipError) -> JSONResponse:
 
 
 async def _json(request: Request) -> dict[str, Any]:
+    if not await request.body():
+        return {}  # a DELETE or a command with nothing to add
     try:
         body = await request.json()
     except ValueError:
@@ -63,13 +72,12 @@ async def _json(request: Request) -> dict[str, Any]:
 
 
 def _endpoint(fn: Handler) -> Any:
-    import anyio
-
     async def endpoint(req: Request) -> JSONResponse:
         try:
-            body = await _json(req) if req.method in ("POST", "PUT") else {}
+            body = await _json(req) if req.method in guard.MUTATING else {}
             name = req.path_params.get("name", "")
-            result = await anyio.to_thread.run_sync(lambda: fn(name, body, dict(req.query_params)))
+            actor = control.request(control.Actor, {"user": req.state.user, "reason": body.get("reason")})
+            result = await anyio.to_thread.run_sync(lambda: fn(name, body, dict(req.query_params), actor))
             return JSONResponse(_wire(result))
         except ModshipError as exc:
             return _error(exc)
@@ -102,17 +110,25 @@ def routes(ctl: ports.Control) -> list[Route]:
     ``modship dashboard --context``)."""
 
     def command(cmd: Command) -> Handler:
-        return lambda n, b, q: ctl.command(n, cmd)
+        return lambda n, b, q, a: ctl.command(n, cmd, actor=a)
 
     table: list[tuple[str, str, Handler]] = [
-        ("GET", "/v1/systems", lambda n, b, q: ctl.systems()),
-        ("GET", "/v1/systems/{name}", lambda n, b, q: ctl.status(n)),
-        ("POST", "/v1/systems/{name}/promote", lambda n, b, q: ctl.promote(n, request(control.PromoteRequest, b))),
-        ("POST", "/v1/systems/{name}/undo", lambda n, b, q: ctl.undo(n, request(control.UndoRequest, b))),
-        ("POST", "/v1/systems/{name}/toggle", lambda n, b, q: ctl.toggle(n, request(control.ToggleRequest, b))),
-        ("GET", "/v1/systems/{name}/history", lambda n, b, q: ctl.history(n)),
-        ("GET", "/v1/systems/{name}/events", lambda n, b, q: ctl.events(n, limit=_limit(q))),
-        ("GET", "/v1/healthz", lambda n, b, q: {"ok": True}),
+        ("GET", "/v1/systems", lambda n, b, q, a: ctl.systems()),
+        ("GET", "/v1/systems/{name}", lambda n, b, q, a: ctl.status(n)),
+        (
+            "POST",
+            "/v1/systems/{name}/promote",
+            lambda n, b, q, a: ctl.promote(n, request(control.PromoteRequest, b), actor=a),
+        ),
+        ("POST", "/v1/systems/{name}/undo", lambda n, b, q, a: ctl.undo(n, request(control.UndoRequest, b), actor=a)),
+        (
+            "POST",
+            "/v1/systems/{name}/toggle",
+            lambda n, b, q, a: ctl.toggle(n, request(control.ToggleRequest, b), actor=a),
+        ),
+        ("GET", "/v1/systems/{name}/history", lambda n, b, q, a: ctl.history(n)),
+        ("GET", "/v1/systems/{name}/events", lambda n, b, q, a: ctl.events(n, limit=_limit(q))),
+        ("GET", "/v1/healthz", lambda n, b, q, a: {"ok": True, "user": a.user}),
     ]
     table += [("POST", f"/v1/systems/{{name}}/{cmd.value}", command(cmd)) for cmd in Command]
     return [Route(path, _endpoint(fn), methods=[method]) for method, path, fn in table]
@@ -121,9 +137,9 @@ def routes(ctl: ports.Control) -> list[Route]:
 def local_routes(ctl: LocalControl) -> list[Route]:
     """What only the local runtime has: deploy, delete, and the modules behind a revision."""
     table: list[tuple[str, str, Handler]] = [
-        ("POST", "/v1/systems", lambda n, b, q: ctl.deploy(request(control.DeployRequest, b))),
-        ("DELETE", "/v1/systems/{name}", lambda n, b, q: ctl.delete(n)),
-        ("GET", "/v1/systems/{name}/modules", lambda n, b, q: ctl.modules(n, _number(q, "revision"))),
+        ("POST", "/v1/systems", lambda n, b, q, a: ctl.deploy(request(control.DeployRequest, b), actor=a)),
+        ("DELETE", "/v1/systems/{name}", lambda n, b, q, a: ctl.delete(n, actor=a)),
+        ("GET", "/v1/systems/{name}/modules", lambda n, b, q, a: ctl.modules(n, _number(q, "revision"))),
     ]
     return [Route(path, _endpoint(fn), methods=[method]) for method, path, fn in table]
 
@@ -135,7 +151,11 @@ def _number(q: dict[str, str], key: str) -> int:
         raise SpecError(f"{key} must be a revision number", field=key) from None
 
 
-def app(c: LocalController) -> Starlette:
+def app(c: LocalController, *, user_of: Callable[[str], str | None], origins: list[str]) -> Starlette:
+    """The API behind its guard: ``user_of`` maps a presented token to its user (None: nobody's),
+    ``origins`` are the controller's own (``guard.own_origins``). The dashboard's static files are
+    public (they hold no data); everything under ``/v1`` needs a token."""
+
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(lambda: runtime_metrics.render(c))
         return Response(body, media_type=runtime_metrics.CONTENT_TYPE)
@@ -147,5 +167,10 @@ def app(c: LocalController) -> Starlette:
             *local_routes(ctl),
             Route("/metrics", metrics, methods=["GET"]),
             *dashboard.routes(Watch(c.store.fingerprint)),
-        ]
+        ],
+        middleware=[
+            Middleware(
+                guard.Guard, user_of=user_of, origins=origins, public=dashboard.PUBLIC, public_prefixes=("/dashboard/",)
+            )
+        ],
     )

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from controller import settings
-from controller.entrypoints import cli_dashboard, cli_gitops, cli_module, cli_rollout, cli_system
+from controller.entrypoints import cli_dashboard, cli_gitops, cli_module, cli_rollout, cli_system, cli_up
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import fail
 from controller.errors import ModshipError
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(cli_module.app, name="module")
 app.add_typer(cli_system.app, name="system")
+cli_up.register(app)
 cli_rollout.register(app)
 app.command(help="Write the manifests Argo CD or Flux sync for a system (plain YAML + kustomization.yaml).")(
     cli_gitops.render

@@ -3,6 +3,7 @@ Kubernetes context with the user's own kubeconfig credentials (see ``entrypoints
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import secrets
@@ -53,12 +54,13 @@ def _show(url: str, *, open_browser: bool) -> None:
 def _serve_kube(context: str | None, namespace: str | None, *, port: int, open_browser: bool) -> None:
     import uvicorn
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
 
     from controller.adapters.kube_rollouts import KubeRollouts
     from controller.adapters.local_runtime import free_port
     from controller.apply.kube_control import KubeControl
     from controller.apply.watch import Watch
-    from controller.entrypoints import api
+    from controller.entrypoints import api, guard
     from controller.entrypoints import dashboard as web
 
     resources = KubeRollouts(context=context, namespace=namespace)
@@ -71,9 +73,16 @@ def _serve_kube(context: str | None, namespace: str | None, *, port: int, open_b
         }
 
     token = secrets.token_urlsafe(32)
-    routes = [*api.routes(kc), *web.routes(Watch(fingerprint, interval=1.0))]
-    app = web.BearerOnly(Starlette(routes=routes), token=token)
     port = port or free_port()
+    you = f"kubeconfig:{context or 'current-context'}"  # the API server decides who acts (KubeControl)
+
+    def user_of(given: str) -> str | None:
+        return you if hmac.compare_digest(given.encode(), token.encode()) else None
+
+    routes = [*api.routes(kc), *web.routes(Watch(fingerprint, interval=1.0))]
+    guarded = Middleware(guard.Guard, user_of=user_of, origins=guard.own_origins("http", "127.0.0.1", port),
+                         public=web.PUBLIC, public_prefixes=("/dashboard/",))  # fmt: skip
+    app = Starlette(routes=routes, middleware=[guarded])
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)
     )

@@ -1,12 +1,10 @@
-"""Progressive delivery verbs: up, deploy, promote, status, pause, resume, abort, retry, rollback,
-undo, toggle, history, events, down. Every verb talks to the ``Control`` port: the local
-controller's HTTP API, or with --context/--namespace the Rollout resource on Kubernetes."""
+"""Progressive delivery verbs: deploy, promote, status, pause, resume, abort, retry, rollback,
+undo, toggle, history, events. Every verb talks to the ``Control`` port: the local controller's HTTP
+API, or with --context/--namespace the Rollout resource on Kubernetes. Every verb that changes
+something takes ``--reason``, recorded with who asked in the events and the history."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from controller import ports
+from controller.entrypoints.cli_up import actor_of
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import Format, console, emit
 from controller.entrypoints.views import render
@@ -33,6 +32,7 @@ KubeContextOpt = Annotated[
     str | None, typer.Option("--context", help="act on the Rollout resource in this kubeconfig context")
 ]
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Kubernetes namespace of the Rollout")]
+ReasonOpt = Annotated[str | None, typer.Option(help="why: recorded with who asked in the events and the history")]
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_WAIT_TIMEOUT = 0, 1, 7  # status --wait
 
@@ -63,8 +63,6 @@ def _control(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(up)
-    app.command()(down)
     app.command()(deploy)
     app.command()(promote)
     app.command()(status)
@@ -86,64 +84,6 @@ def register(app: typer.Typer) -> None:
     app.command()(events)
 
 
-def up(
-    ctx: typer.Context,
-    api_port: Annotated[int, typer.Option(help="the controller API port (0: any free port)")] = 0,
-    stop_on_exit: Annotated[
-        bool,
-        typer.Option(
-            help="stop revisions and routers when the controller exits "
-            "(default: they keep serving; `modship down` stops them)"
-        ),
-    ] = False,
-) -> None:
-    """Run the local controller (foreground): reconcile every deployed system and serve the API."""
-    import logging
-
-    import uvicorn
-
-    from controller.apply import local_controller
-    from controller.entrypoints import api
-    from controller.entrypoints.context import quiet_libraries
-
-    obj: Context = ctx.obj
-    quiet_libraries()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    cfg = obj.settings
-    cfg.home.mkdir(parents=True, exist_ok=True)
-    from controller.adapters.local_runtime import free_port
-
-    port = api_port or free_port()
-    with local_controller.running(cfg, stop_processes=stop_on_exit) as c:
-        server = uvicorn.Server(
-            uvicorn.Config(
-                api.app(c),
-                host="127.0.0.1",
-                port=port,
-                log_level="warning",
-                timeout_graceful_shutdown=2,  # open dashboards' event streams never end on their own
-            )
-        )
-        info = {"pid": os.getpid(), "url": f"http://127.0.0.1:{port}", "started": time.time()}
-        local_controller.controller_file(cfg).write_text(json.dumps(info))
-        console.print(
-            f"modship controller on {info['url']} managing {', '.join(c.store.systems()) or 'no systems yet'} "
-            f"(data: {cfg.home})"
-        )
-        server.run()  # returns on SIGINT/SIGTERM (uvicorn handles both)
-    local_controller.controller_file(cfg).unlink(missing_ok=True)
-
-
-def down(ctx: typer.Context) -> None:
-    """Stop the local controller and everything it runs (revisions and routers)."""
-    local = _local(ctx)
-    for s in local.systems():
-        local.delete(s.system)
-    os.kill(local.pid, signal.SIGTERM)
-    console.print("stopped")
-
-
 def _doc(path: Path) -> dict[str, Any]:
     docs = parse.load_documents(path)
     if len(docs) != 1 or not isinstance(docs[0], dict):
@@ -156,11 +96,12 @@ def deploy(
     system: Annotated[Path, typer.Argument(help="the System spec (YAML)")],
     rollout: Annotated[Path | None, typer.Option(help="the Rollout spec (steps, analysis, policies)")] = None,
     port: Annotated[int, typer.Option(help="the router's port: where clients send requests")] = 8080,
+    reason: ReasonOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Deploy a system on the local runtime: its first revision becomes stable behind a router."""
     req = control.DeployRequest(system=_doc(system), rollout=_doc(rollout) if rollout else None, port=port)
-    out = _local(ctx).deploy(req).wire()
+    out = _local(ctx).deploy(req, actor=actor_of(reason)).wire()
     emit(
         out,
         output,
@@ -185,6 +126,7 @@ def promote(
     revision: Annotated[str | None, typer.Option(help="Kubernetes: the revision to roll out (r + 12 hex)")] = None,
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
+    reason: ReasonOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Roll out new module versions as one canary revision (grouped), or --full to finish one."""
@@ -200,7 +142,7 @@ def promote(
     req = control.PromoteRequest(
         modules=modules or [], full=full, force=force, revision=revision, system=_doc(spec) if spec else None
     )
-    out = _control(ctx, context, namespace).promote(system, req).wire()
+    out = _control(ctx, context, namespace).promote(system, req, actor=actor_of(reason)).wire()
 
     def render(d: dict[str, Any]) -> None:
         if "revision" not in d:
@@ -291,9 +233,10 @@ def _verb(verb: Command) -> Any:
         system: SystemArg,
         context: KubeContextOpt = None,
         namespace: NamespaceOpt = None,
+        reason: ReasonOpt = None,
         output: OutputOpt = Format.TABLE,
     ) -> None:
-        out = _control(ctx, context, namespace).command(system, verb).wire()
+        out = _control(ctx, context, namespace).command(system, verb, actor=actor_of(reason)).wire()
         emit(out, output, lambda d: console.print(d.get("message") or f"{system}: {verb} requested"))
 
     run.__name__ = verb.value
@@ -306,10 +249,12 @@ def undo(
     to_revision: Annotated[int | None, typer.Option(help="revision number (see history); default the previous")] = None,
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
+    reason: ReasonOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Go back to an earlier revision: instant while it is still warm, else a normal rollout."""
-    out = _control(ctx, context, namespace).undo(system, control.UndoRequest(to_revision=to_revision)).wire()
+    req = control.UndoRequest(to_revision=to_revision)
+    out = _control(ctx, context, namespace).undo(system, req, actor=actor_of(reason)).wire()
     emit(out, output, lambda d: console.print(f"{system}: back to revision {d['number']} ({d['revision']})"))
 
 
@@ -321,13 +266,14 @@ def toggle(
     percent: Annotated[float, typer.Option(help="share of requests with the flag on (0-100)")] = 100.0,
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
+    reason: ReasonOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Turn a feature flag on or off (for a percentage of requests) on every revision of a system."""
     if state not in ("on", "off"):
         raise SpecError(f"state must be on or off, got {state!r}", field="STATE")
     req = control.request(control.ToggleRequest, {"flag": flag, "enabled": state == "on", "percent": percent})
-    out = _control(ctx, context, namespace).toggle(system, req).wire()
+    out = _control(ctx, context, namespace).toggle(system, req, actor=actor_of(reason)).wire()
     emit(out, output, lambda d: console.print(f"{system}: flag {flag} {state} at {percent:g} %"))
 
 

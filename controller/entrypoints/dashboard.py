@@ -17,13 +17,12 @@ send an Authorization header): one ``change`` event naming the systems whose sta
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -31,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from controller.apply.watch import Watch
 
 STATIC = Path(__file__).resolve().parents[1] / "dashboard" / "static"
+PUBLIC = ("/metrics", "/", "/dashboard")  # with everything under /dashboard/: no token needed
 HEARTBEAT_S = 15.0
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -88,31 +88,3 @@ async def _events(watch: Watch, request: Request) -> AsyncIterator[str]:
                 yield ": keep-alive\n\n"
                 continue
             yield f"event: change\ndata: {json.dumps({'systems': changed})}\n\n"
-
-
-class BearerOnly:
-    """For a dashboard served by ``modship dashboard --context``: ``/v1`` needs this session's
-    token and the page's own origin (no other local user nor web page can drive it)."""
-
-    def __init__(self, app: ASGIApp, *, token: str) -> None:
-        self.app, self.token = app, token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-            host = headers.get("host", "")
-            origin = headers.get("origin")
-            if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
-                await JSONResponse({"error": "cross-origin request refused", "exitCode": 2}, 403)(scope, receive, send)
-                return
-            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
-                await JSONResponse({"error": "missing or unknown token", "exitCode": 2}, 401)(scope, receive, send)
-                return
-            if scope["method"] in ("POST", "PUT", "DELETE", "PATCH"):
-                ctype = headers.get("content-type", "").split(";")[0].strip()
-                if ctype != "application/json":
-                    body = {"error": "mutating requests must be application/json", "exitCode": 2}
-                    await JSONResponse(body, 415)(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)

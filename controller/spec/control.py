@@ -50,6 +50,30 @@ def request(model: type[M], body: dict[str, Any]) -> M:
         raise SpecError(msg, field=field) from None
 
 
+# -- who asks --------------------------------------------------------------------------------------
+
+
+class Actor(Model):
+    """Who made a request that changes something, and why. The backend sets ``user`` from the
+    credential it checked (the local API's token, the Kubernetes user), never from the request;
+    ``reason`` is the person's own words (CLI ``--reason``; the HTTP body's ``"reason"``)."""
+
+    user: str
+    reason: str | None = None
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _reason(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, str) or len(v) > MAX_REASON or any(c in v for c in "\r\n\x00"):
+            raise ValueError(f"reason must be one line of text, at most {MAX_REASON} characters")
+        return v.strip() or None
+
+
+MAX_REASON = 500
+
+
 # -- requests --------------------------------------------------------------------------------------
 
 
@@ -278,6 +302,7 @@ class HistoryOutcome(Model):
     outcome: str
     at: float
     reason: str
+    actor: Actor | None = None  # the person whose request caused it (abort, rollback, undo, promote --full)
 
 
 class HistoryRow(Model):
@@ -289,6 +314,7 @@ class HistoryRow(Model):
     overrides: list[str]
     role: str | None
     outcomes: list[HistoryOutcome]
+    actor: Actor | None = None  # who asked for this revision (deploy, promote, undo) and why
 
 
 class EventRow(Model):
@@ -296,3 +322,4 @@ class EventRow(Model):
     reason: str
     message: str
     warning: bool
+    actor: Actor | None = None  # set on the events that record a person's request

@@ -104,8 +104,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any) -> Itera
     load = Load(f"http://127.0.0.1:{port}", tmp / "load.json").start()
     info = json.loads((cli.home / "controller.json").read_text())
     url = cli.ok("dashboard", "--no-open").out.split("dashboard:", 1)[1].strip()
-    if "#token=" not in url:  # TEMPORARY until the API authenticates (branch hA)
-        url += "#token=dev"
     with chromium() as browser:
         yield {"cli": cli, "faulty": f"topic-head@{out[0]['version']}", "url": url, "api": info["url"],
                "browser": browser}  # fmt: skip

@@ -213,12 +213,13 @@ def test_a_killed_canary_loses_no_client_request(stack: dict[str, Any]) -> None:
 
 def at_once(cli: Cli, *requests: tuple[str, dict[str, Any]]) -> list[httpx.Response]:
     """POST each (path, body) to the controller's API from its own thread, released together."""
-    url = json.loads((cli.home / "controller.json").read_text())["url"]
+    info = json.loads((cli.home / "controller.json").read_text())
+    url, auth = info["url"], {"Authorization": f"Bearer {info['token']}"}
     gate = threading.Barrier(len(requests))
     answers: list[httpx.Response | None] = [None] * len(requests)
 
     def send(i: int, path: str, body: dict[str, Any]) -> None:
-        with httpx.Client(base_url=url, timeout=600) as http:
+        with httpx.Client(base_url=url, headers=auth, timeout=600) as http:
             gate.wait()
             answers[i] = http.post(path, json=body)
 

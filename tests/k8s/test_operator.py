@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.adapters.kube_rollouts import KubeRollouts
 from controller.apply.kube_control import KubeControl
-from controller.spec.control import Command, PromoteRequest, ToggleRequest
+from controller.spec.control import Actor, Command, PromoteRequest, ToggleRequest
 from tests.k8s.operator_support import (
     CRD,
     GROUP,
@@ -38,6 +38,8 @@ from tests.support.exporter import Exporter
 from tests.support.k8senv import ControlPlane
 from tests.support.prometheus import PrometheusServer
 from tests.support.services import free_port
+
+ME = Actor(user="ignored: the API server says who", reason="k8s test")
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -598,7 +600,7 @@ def test_istio_and_nginx_get_the_right_objects(cluster: Cluster, ns: str, operat
     rollouts = KubeRollouts(kubeconfig=str(cluster.cp.kubeconfig), namespace=ns)
     k = KubeControl(rollouts)
     for name in ("mesh", "edge"):
-        assert k.command(name, Command.RESUME).command == "resume"
+        assert k.command(name, Command.RESUME, actor=ME).command == "resume"
     for name in ("mesh", "edge"):
         cluster.wait_phase(ns, name, "Promoted", stable=rev(2))
     http = cluster.custom_obj(ns, "networking.istio.io", "v1", "virtualservices", "mesh")["spec"]["http"]
@@ -622,7 +624,7 @@ def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: 
     cluster.wait_phase(ns, "ratio", "Idle", stable=rev(1))
     rollouts = KubeRollouts(kubeconfig=str(cluster.cp.kubeconfig), namespace=ns)
     k = KubeControl(rollouts)
-    assert k.toggle("ratio", ToggleRequest(flag="guard", enabled=False, percent=50)).flag == "guard"
+    assert k.toggle("ratio", ToggleRequest(flag="guard", enabled=False, percent=50), actor=ME).flag == "guard"
     k.promote("ratio", PromoteRequest(revision=rev(2), modules=["head@2"]))
 
     def replicas() -> dict[str, int]:
@@ -644,15 +646,19 @@ def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: 
     assert json.loads(flags) == {"guard": {"enabled": False, "percent": 50.0}}
     assert cluster.core.read_namespaced_service("ratio", ns).spec.selector == {"modship.dev/system": "ratio"}
 
-    k.command("ratio", Command.RESUME)
+    k.command("ratio", Command.RESUME, actor=ME)
     poll("50 %: 2 and 2", lambda: replicas() == {rev(1): 2, rev(2): 2})
     poll("paused at step 4", lambda: cluster.status(ns, "ratio").get("step") == 4)
     st = cluster.wait_phase(ns, "ratio", "Paused")
     routing = condition(st, "TrafficRouting")
     assert (routing["status"], routing["reason"]) == ("False", "UnsupportedWithReplicaRatios")
-    k.command("ratio", Command.RESUME)
+    k.command("ratio", Command.RESUME, actor=ME)
     cluster.wait_phase(ns, "ratio", "Promoted", stable=rev(2))
     poll("the new stable at 4 pods, the warm previous one at 0", lambda: replicas() == {rev(1): 0, rev(2): 4})
     history = [h.wire() for h in k.history("ratio")]
     assert [(h["number"], h["revision"], h["role"]) for h in history] == [(1, rev(1), None), (2, rev(2), "stable")]
+    asked = json.loads(rollouts.live("ratio")["metadata"]["annotations"]["modship.dev/last-request"])
+    user = rollouts.user()  # the API server's SelfSubjectReview, not what the caller claimed
+    assert user and user != ME.user and asked["user"] == user
+    assert (asked["what"], asked["reason"]) == ("resume", "k8s test")
     rollouts.close()

@@ -25,6 +25,7 @@ from controller.plan.status import CheckRun, HistoryEntry, Measurement, Phase, R
 from tests.support.services import free_port, http_ok, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+TOKEN = "bench-token"  # the served API's one token (a seeded store has no token file)
 CHECKS = [
     {"name": "error-rate", "metric": "errorRate", "threshold": {"max": 0.02}, "window": "5s", "interval": "1s"},
     {"name": "disagreement", "metric": "disagreement", "threshold": {"max": 0.1}, "window": "5s", "interval": "1s"},
@@ -149,11 +150,15 @@ def _serve(home: str, port: int) -> None:
 
     from controller import settings
     from controller.apply.local_controller import LocalController
-    from controller.entrypoints import api
+    from controller.entrypoints import api, guard
 
     cfg = settings.load(registry=None, home=home)
-    uvicorn.run(api.app(LocalController(cfg)), host="127.0.0.1", port=port, log_level="warning",
-                timeout_graceful_shutdown=1)  # fmt: skip
+    app = api.app(
+        LocalController(cfg),
+        user_of=lambda t: "bench" if t == TOKEN else None,
+        origins=guard.own_origins("http", "127.0.0.1", port),
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":

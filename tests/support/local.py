@@ -41,7 +41,7 @@ class Controller:
         if not path.exists():
             return False
         info = json.loads(path.read_text())
-        return bool(info.get("pid") == self.proc.pid and http_ok(f"{info['url']}/v1/healthz"))
+        return bool(info.get("pid") == self.proc.pid and http_ok(f"{info['url']}/v1/healthz", token=info["token"]))
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all (the processes it started keep running)."""

@@ -53,8 +53,9 @@ class Soak:
     # -- what runs -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """``status -o json`` straight from the controller's API (polled often: no CLI process each time)."""
-        url = json.loads((self.cli.home / "controller.json").read_text())["url"]
-        return dict(httpx.get(f"{url}/v1/systems/{SYSTEM}", timeout=10).json())
+        info = json.loads((self.cli.home / "controller.json").read_text())
+        auth = {"Authorization": f"Bearer {info['token']}"}
+        return dict(httpx.get(f"{info['url']}/v1/systems/{SYSTEM}", headers=auth, timeout=10).json())
 
     def runtime(self) -> dict[str, Any]:
         path = self.cli.home / "systems" / SYSTEM / "run" / "runtime.json"

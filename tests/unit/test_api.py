@@ -13,8 +13,9 @@ from starlette.testclient import TestClient
 from controller import settings
 from controller.adapters.local_store import LocalStore
 from controller.adapters.memory import MemoryRegistry
+from controller.adapters.tokens import TokenStore
 from controller.apply.local_controller import LocalController
-from controller.entrypoints import api
+from controller.entrypoints import api, guard
 from controller.plan.reasons import Reason
 from controller.plan.status import HistoryEntry, Phase, RolloutStatus, Traffic
 from tests.unit.test_control import A, B, rollout
@@ -29,10 +30,21 @@ def home(tmp_path: Path) -> Path:
     return tmp_path
 
 
+ORIGIN = "http://127.0.0.1:18000"
+
+
+def serve(home: Path) -> TestClient:
+    """The API as ``modship up`` serves it (behind its guard), on the real token store of ``home``."""
+    c = LocalController(settings.Settings(home=home, registry_uri="memory:"), registry=MemoryRegistry())
+    app = api.app(c, user_of=TokenStore(home).user_of, origins=guard.own_origins("http", "127.0.0.1", 18000))
+    return TestClient(app, base_url=ORIGIN)
+
+
 @pytest.fixture
 def http(home: Path) -> Iterator[TestClient]:
-    c = LocalController(settings.Settings(home=home, registry_uri="memory:"), registry=MemoryRegistry())
-    with TestClient(api.app(c)) as client:
+    token = TokenStore(home).create("owner")
+    with serve(home) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
         yield client
 
 
@@ -88,3 +100,50 @@ def test_a_bad_request_names_the_field(http: TestClient, path: str, body: dict[s
     assert (r.status_code, r.json()["exitCode"]) == (400, 2) and r.json()["error"].startswith(f"{field}: ")
     r = http.post(path, content=b"[1]", headers={"content-type": "application/json"})
     assert r.json() == {"error": "request body must be a JSON object", "exitCode": 2}
+
+
+def flying(home: Path) -> None:
+    LocalStore(home).save(
+        "sys",
+        RolloutStatus(
+            phase=Phase.PROGRESSING, stable=A, canary=B, traffic=Traffic(weight=20), reason=Reason.ROLLOUT_STARTED,
+            history=(HistoryEntry(A, "Initial", 1.0),),
+        ),
+    )  # fmt: skip
+
+
+def test_a_cross_site_form_post_is_refused_and_changes_nothing(home: Path, http: TestClient) -> None:
+    """What any web page the user visits could send: a text/plain POST from its own origin."""
+    flying(home)
+    token = http.headers["Authorization"]
+    with serve(home) as bare:
+        for headers in (
+            {"Origin": "https://evil.example", "Content-Type": "text/plain"},  # the page, no token
+            {"Origin": "https://evil.example", "Content-Type": "text/plain", "Authorization": token},  # even with it
+            {"Content-Type": "text/plain", "Authorization": token},  # no Origin, still not JSON
+        ):
+            r = bare.post("/v1/systems/sys/abort", content=b'{"reason": "x"}', headers=headers)
+            assert r.status_code in (401, 403, 415), r.text
+    assert LocalStore(home).controls("sys").abort is None
+    assert LocalStore(home).events("sys") == []
+
+
+def test_who_asked_and_why_is_on_the_timeline_and_in_the_history(home: Path, http: TestClient) -> None:
+    flying(home)
+    store = TokenStore(home)
+    bob = store.create("bob")
+    r = http.post("/v1/systems/sys/abort", json={"reason": "p99 over budget", "user": "mallory"})
+    assert r.status_code == 200
+    ev = http.get("/v1/systems/sys/events").json()
+    assert ev[-1]["reason"] == "AbortRequested"
+    assert ev[-1]["actor"] == {"user": "owner", "reason": "p99 over budget"}  # the token's user, not the body's
+    assert ev[-1]["message"] == "owner asked: abort: p99 over budget"
+    http.post("/v1/systems/sys/pause", json={}, headers={"Authorization": f"Bearer {bob}"})
+    assert http.get("/v1/systems/sys/events").json()[-1]["actor"] == {"user": "bob", "reason": None}
+
+
+def test_a_bad_reason_names_the_field(http: TestClient) -> None:
+    r = http.post("/v1/systems/sys/pause", json={"reason": "two\nlines"})
+    assert (r.status_code, r.json()["exitCode"]) == (400, 2) and r.json()["error"].startswith("reason: ")
+    r = http.post("/v1/systems/sys/pause", json={"reason": "x" * 501})
+    assert r.status_code == 400

@@ -19,6 +19,7 @@ from controller.spec.control import Command
 from controller.spec.rollout import Rollout
 
 A, B, C = "r" + "a" * 12, "r" + "b" * 12, "r" + "c" * 12
+ME = control.Actor(user="alice", reason="testing")
 
 
 def rollout(revision: str | None = B) -> Rollout:
@@ -145,36 +146,38 @@ def test_a_bad_request_is_one_error_naming_the_field(
 def test_promote_on_kubernetes_names_a_revision_and_is_refused_while_another_rolls_out() -> None:
     k, mem = kube(FLYING)
     with pytest.raises(Conflict, match=f"a rollout of {B} is in progress"):
-        k.promote("sys", control.PromoteRequest(revision=C))
-    assert k.promote("sys", control.PromoteRequest(revision=B, full=True)).revision == B  # the same: finish it
+        k.promote("sys", control.PromoteRequest(revision=C), actor=ME)
+    assert (
+        k.promote("sys", control.PromoteRequest(revision=B, full=True), actor=ME).revision == B
+    )  # the same: finish it
     assert mem.commands["sys"] == {"promote_full": 1000.001}
     with pytest.raises(SpecError, match="names a built revision"):
-        k.promote("sys", control.PromoteRequest(modules=["head@2"]))
+        k.promote("sys", control.PromoteRequest(modules=["head@2"]), actor=ME)
 
     k, mem = kube(PROMOTED)
-    done = k.promote("sys", control.PromoteRequest(revision=C, modules=["head@3"]))
+    done = k.promote("sys", control.PromoteRequest(revision=C, modules=["head@3"]), actor=ME)
     assert (done.revision, done.number, mem.read("sys").target, mem.read("sys").modules) == (C, 3, C, ["head@3"])
     with pytest.raises(Conflict, match="already stable"):
-        kube(PROMOTED)[0].promote("sys", control.PromoteRequest(revision=B))
+        kube(PROMOTED)[0].promote("sys", control.PromoteRequest(revision=B), actor=ME)
 
 
 def test_commands_on_kubernetes() -> None:
     k, mem = kube(IDLE, A)
     with pytest.raises(Conflict, match="no rollout in progress"):
-        k.command("sys", Command.ABORT)
-    assert k.command("sys", Command.PAUSE).command == "pause" and mem.read("sys").paused
-    k.command("sys", Command.RESUME)
+        k.command("sys", Command.ABORT, actor=ME)
+    assert k.command("sys", Command.PAUSE, actor=ME).command == "pause" and mem.read("sys").paused
+    k.command("sys", Command.RESUME, actor=ME)
     assert not mem.read("sys").paused and mem.commands["sys"] == {"resume": 1000.0}
 
     k, mem = kube(FLYING)
-    assert k.command("sys", Command.ROLLBACK).message == f"aborting canary {B}: 100 % to stable {A}"
+    assert k.command("sys", Command.ROLLBACK, actor=ME).message == f"aborting canary {B}: 100 % to stable {A}"
     assert mem.commands["sys"] == {"abort": 1000.0}
 
     k, mem = kube(PROMOTED)
-    assert k.command("sys", Command.ROLLBACK).message == f"rolling back to revision 1 ({A})"
+    assert k.command("sys", Command.ROLLBACK, actor=ME).message == f"rolling back to revision 1 ({A})"
     assert (mem.read("sys").target, mem.read("sys").modules) == (A, ["undo to revision 1"])
     with pytest.raises(NotFound):
-        k.undo("sys", control.UndoRequest(to_revision=9))
+        k.undo("sys", control.UndoRequest(to_revision=9), actor=ME)
     with pytest.raises(NotFound):
         k.status("other")
 
@@ -194,5 +197,39 @@ def test_documents_on_kubernetes() -> None:
         {"system": "sys", "phase": "Promoted", "stable": B, "canary": None, "weight": 0.0, "target": B,
          "reason": "StepsCompleted"}
     ]  # fmt: skip
-    toggled = k.toggle("sys", control.ToggleRequest(flag="guard", enabled=False, percent=50))
+    toggled = k.toggle("sys", control.ToggleRequest(flag="guard", enabled=False, percent=50), actor=ME)
     assert toggled.flag == "guard" and mem.read("sys").toggles == {"guard": {"enabled": False, "percent": 50.0}}
+
+
+# -- who asked -------------------------------------------------------------------------------------
+
+
+def test_history_says_who_asked_for_each_revision_and_whose_request_ended_it() -> None:
+    alice, bob = control.Actor(user="alice", reason="new head"), control.Actor(user="bob", reason="too slow")
+    s = RolloutStatus(
+        phase=Phase.ABORTED, stable=A, canary=B, reason=Reason.ABORTED_BY_USER,
+        history=(HistoryEntry(A, "Initial", 1.0), HistoryEntry(B, "Aborted", 30.0, "AbortedByUser"),
+                 HistoryEntry(C, "Aborted", 50.0, "AnalysisFailed")),
+    )  # fmt: skip
+    requests = [
+        rules.Request(0.5, "DeployRequested", control.Actor(user="ops"), A),
+        rules.Request(10.0, "PromoteRequested", alice, B),
+        rules.Request(20.0, "AbortRequested", bob),
+        rules.Request(40.0, "PromoteRequested", alice, C),
+    ]
+    revisions = [rules.Revision(1, A, 0.5), rules.Revision(2, B, 10.0), rules.Revision(3, C, 40.0)]
+    rows = [h.wire() for h in rules.history(s, revisions, requests)]
+    assert [r["actor"]["user"] for r in rows] == ["ops", "alice", "alice"]
+    assert rows[0]["outcomes"][0]["actor"] == {"user": "ops"}
+    assert rows[1]["outcomes"][0]["actor"] == {"user": "bob", "reason": "too slow"}
+    assert "actor" not in rows[2]["outcomes"][0]  # the analysis failed: nobody's request
+    assert "actor" not in rules.history(s, revisions)[0].wire()  # a backend without requests (Kubernetes)
+
+
+def test_on_kubernetes_the_api_server_says_who_asked() -> None:
+    k, mem = kube(FLYING)
+    mem.caller = "system:serviceaccount:ci:deployer"
+    k.command("sys", Command.PAUSE, actor=control.Actor(user="root", reason="hold"))
+    assert mem.requests["sys"] == [
+        {"what": "pause", "user": "system:serviceaccount:ci:deployer", "reason": "hold", "at": 1000.0}
+    ]

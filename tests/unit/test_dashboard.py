@@ -17,7 +17,7 @@ from controller.adapters.local_store import LocalStore
 from controller.adapters.memory import MemoryRegistry
 from controller.apply.local_controller import LocalController
 from controller.apply.watch import Watch
-from controller.entrypoints import api, dashboard
+from controller.entrypoints import api, dashboard, guard
 from controller.plan.status import Phase, RolloutStatus
 from tests.unit.test_control import A, rollout
 
@@ -71,7 +71,8 @@ def test_the_page_is_served_with_a_strict_policy(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     store.put_rollout("sys", rollout(A))
     c = LocalController(settings.Settings(home=tmp_path, registry_uri="memory:"), registry=MemoryRegistry())
-    with TestClient(api.app(c), follow_redirects=False) as http:
+    app = api.app(c, user_of=lambda t: None, origins=guard.own_origins("http", "127.0.0.1", 18000))
+    with TestClient(app, base_url="http://127.0.0.1:18000", follow_redirects=False) as http:
         assert http.get("/").headers["location"] == "/dashboard/"
         page = http.get("/dashboard/")
         assert page.status_code == 200 and '<script type="module" src="app.js">' in page.text
@@ -81,6 +82,10 @@ def test_the_page_is_served_with_a_strict_policy(tmp_path: Path) -> None:
         for asset in ("app.js", "api.js", "views.js", "chart.js", "style.css"):
             assert http.get(f"/dashboard/{asset}").status_code == 200, asset
         assert "set-cookie" not in page.headers
+        # the page is public, the data is not: no token, no data, and no live feed either
+        assert http.get("/v1/systems").status_code == 401
+        assert http.get("/v1/events/stream").status_code == 401
+        assert http.get("/v1/systems/sys/modules?revision=1").status_code == 401
 
 
 def test_every_asset_ships_in_the_wheel_and_none_comes_from_elsewhere() -> None:

@@ -4,6 +4,7 @@ import { bars, esc, fmt, timeSeries } from "./chart.js";
 const when = (t) => (t ? new Date(t * 1000).toLocaleString([], { hour12: false }) : "–");
 const pct = (v) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)} %`);
 const short = (rev) => (rev ? esc(rev) : "–");
+const who = (a) => (a ? ` <span class="actor">— ${esc(a.user)}${a.reason ? `: “${esc(a.reason)}”` : ""}</span>` : "");
 const badge = (phase) => `<span class="phase ${esc(phase)}">${esc(phase)}</span>`;
 
 // What needs a person, from a summary (systems list) or a status document.
@@ -135,7 +136,7 @@ export function events(rows) {
   const items = [...rows]
     .reverse()
     .map((e) => `<tr class="${e.warning ? "warn" : ""}"><td class="mono small">${when(e.at)}</td><td>${esc(e.reason)}</td>
-      <td>${esc(e.message)}${e.actor ? ` <span class="muted">— ${esc(e.actor)}</span>` : ""}</td></tr>`)
+      <td>${esc(e.message)}${who(e.actor)}</td></tr>`)
     .join("");
   return `<table id="events" class="grid"><thead><tr><th>at</th><th>reason</th><th>message</th></tr></thead><tbody>${items}</tbody></table>`;
 }
@@ -188,9 +189,9 @@ function diff(prev, cur) {
 
 export function history(system, rows, evs) {
   const body = rows
-    .map((r, i) => `<tr data-number="${r.number}"><td>${r.number}</td><td class="mono">${esc(r.revision)}</td><td>${esc(r.role || "")}</td>
+    .map((r, i) => `<tr data-number="${r.number}"><td>${r.number}</td><td class="mono">${esc(r.revision)}${r.actor ? `<br><span class="small">${who(r.actor)}</span>` : ""}</td><td>${esc(r.role || "")}</td>
       <td class="small">${when(r.created)}</td><td class="diff">${diff(rows[i - 1], r)}</td>
-      <td class="small">${r.outcomes.map((o) => `${esc(o.outcome)} ${when(o.at)}${o.reason ? `: ${esc(o.reason)}` : ""}${o.actor ? ` (${esc(o.actor)})` : ""}`).join("<br>")}</td>
+      <td class="small">${r.outcomes.map((o) => `${esc(o.outcome)} ${when(o.at)}${o.reason ? `: ${esc(o.reason)}` : ""}${who(o.actor)}`).join("<br>")}</td>
       <td><a href="#/s/${encodeURIComponent(system)}/r/${r.number}">modules</a></td></tr>`)
     .join("");
   return `<section><h1>${esc(system)} <span class="muted">revisions &amp; history</span></h1>
