@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.errors import Conflict
-from controller.plan import analysis
-from controller.plan.status import CheckRun, HistoryEntry, Phase, RolloutStatus
+from controller.plan import analysis, explain
+from controller.plan.reasons import Reason
+from controller.plan.status import CheckRun, HistoryEntry, Measurement, Phase, RolloutStatus
 from controller.spec import control
-from controller.spec.rollout import CanaryStep, Rollout
+from controller.spec.rollout import CanaryStep, Check, Rollout
 
 GO_BACK_OUTCOMES = ("Promoted", "Initial", "RolledBack")  # revisions that served as stable
 
@@ -102,6 +103,7 @@ class Facts:
     namespace: str | None = None
     conditions: list[dict[str, Any]] | None = None
     shown: tuple[str, str, str] | None = None  # phase, reason, message as the backend reports them
+    aborted_by: control.Actor | None = None  # who asked for the abort in effect (when recorded)
 
 
 def status_document(name: str, r: Rollout | None, s: RolloutStatus, facts: Facts) -> control.StatusDocument:
@@ -113,6 +115,9 @@ def status_document(name: str, r: Rollout | None, s: RolloutStatus, facts: Facts
         extra["namespace"] = facts.namespace
     if facts.conditions is not None:
         extra["conditions"] = facts.conditions
+    cause = explain.why_aborted(r, s)
+    if cause is not None:
+        extra["aborted"] = _cause(r, cause, facts.aborted_by)
     doc = control.StatusDocument(
         system=name,
         phase=phase,
@@ -183,13 +188,44 @@ def _run(r: Rollout, name: str, run: CheckRun, *, background: bool) -> control.C
         errors_in_row=run.errors_in_row,
         count=count,
         threshold=check.threshold.dump(),
-        recent=[
-            control.Measured(
-                at=m.at, verdict=m.verdict.value, value=m.value, stable=m.stable, samples=m.samples, error=m.error
-            )
-            for m in run.recent
-        ],
+        recent=[_measured(check, m) for m in run.recent],
+        provider=check.provider.value,
+        measures=check.metric.value if check.metric is not None else check.query,
+        interval=check.interval,
+        window=check.window,
+        limits={
+            "failureLimit": check.failure_limit,
+            "inconclusiveLimit": check.inconclusive_limit,
+            "consecutiveErrorLimit": check.consecutive_error_limit,
+            "minSamples": check.min_samples,
+        },
     )
+
+
+def _measured(check: Check, m: Measurement) -> control.Measured:
+    return control.Measured(
+        at=m.at,
+        verdict=m.verdict.value,
+        value=m.value,
+        stable=m.stable,
+        samples=m.samples,
+        error=m.error,
+        compared=explain.compared(check, m),
+    )
+
+
+def _cause(r: Rollout | None, c: explain.Cause, actor: control.Actor | None) -> control.AbortCause:
+    check = r.check(c.check) if r is not None and c.check is not None else None
+    extra: dict[str, Any] = {}
+    if check is not None:
+        extra["check"], extra["background"], extra["threshold"] = check.name, c.background, check.threshold.dump()
+        if c.measurement is not None:
+            extra["measurement"] = _measured(check, c.measurement)
+    sentence = c.sentence
+    if c.reason is Reason.ABORTED_BY_USER and actor is not None:
+        extra["actor"] = actor
+        sentence = f"Aborted by {actor.user}" + (f": {actor.reason}." if actor.reason else ".")
+    return control.AbortCause(reason=c.reason.value, sentence=sentence, **extra)
 
 
 def drift(d: control.StatusDocument) -> list[str]:

@@ -22,6 +22,7 @@ from controller.apply import control as rules
 from controller.apply import promotion, revision_modules
 from controller.apply.local_controller import LocalController
 from controller.errors import Conflict, ModshipError, SpecError
+from controller.plan.reasons import Reason
 from controller.spec import control
 from controller.spec import system as system_spec
 from controller.spec.control import Command
@@ -81,8 +82,16 @@ class LocalControl:
             traffic=_traffic(m.runtime.telemetry(TELEMETRY_WINDOW) if m is not None else None),
             router=f"http://127.0.0.1:{port}" if port else None,
             processes=m.runtime.report() if m is not None else None,
+            aborted_by=self._aborted_by(system) if s.reason is Reason.ABORTED_BY_USER else None,
         )
         return rules.status_document(system, r, s, facts)
+
+    def _aborted_by(self, system: str) -> control.Actor | None:
+        """Who asked for the latest abort (or rollback of a canary in flight)."""
+        for e in reversed(self.store.events(system, limit=500)):
+            if e.get("actor") and e["reason"] in ("AbortRequested", "RollbackRequested"):
+                return control.Actor.model_validate(e["actor"])
+        return None
 
     def history(self, system: str) -> list[control.HistoryRow]:
         self.store.rollout(system)

@@ -17,7 +17,7 @@ from controller import ports
 from controller.entrypoints.cli_up import actor_of
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import Format, console, emit
-from controller.entrypoints.views import render
+from controller.entrypoints.views import checks_over_time, render
 from controller.errors import SpecError
 from controller.spec import control, parse
 from controller.spec.control import Command
@@ -170,12 +170,17 @@ def status(
         ),
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
+    checks: Annotated[
+        bool,
+        typer.Option("--checks", help="every check's measurements over time against its threshold (canary vs stable)"),
+    ] = False,
     gitops: Annotated[Path | None, typer.Option(help="compare with the Rollout manifest in this Git tree")] = None,
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
-    """The rollout: phase, steps, weights, each check's measurements and verdict, traffic per revision.
+    """The rollout: phase, steps, weights, each check's measurements and verdict, traffic per revision;
+    when it aborted, why (one sentence with the measurement that decided it).
 
     It also says when what runs differs from what the spec (or Git) asks for, e.g. after an automatic
     rollback, so that Git and the cluster never diverge silently."""
@@ -199,12 +204,13 @@ def status(
         raise typer.Exit(1 if d["drift"] else 0)
     if wait:
         raise typer.Exit(_wait(get, timeout, output))
+    view = checks_over_time if checks else render
     if watch:
-        with Live(render(get()), console=console, refresh_per_second=2) as live:
+        with Live(view(get()), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(1.0)
-                live.update(render(get()))
-    emit(get(), output, lambda d: console.print(render(d)))
+                live.update(view(get()))
+    emit(get(), output, lambda d: console.print(view(d)))
 
 
 def _wait(get: Any, timeout: float, output: Format) -> int:
@@ -282,16 +288,26 @@ def history(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TA
     out = [x.wire() for x in _local(ctx).history(system)]
 
     def show(rows: list[dict[str, Any]]) -> None:
-        t = Table("#", "revision", "created", "changed", "outcomes", "now", box=None)
+        t = Table("#", "revision", "created", "changed", "asked by", "outcomes", "now", box=None)
         for r in rows:
             created = time.strftime("%H:%M:%S", time.localtime(r["created"]))
-            outcomes = ", ".join(o["outcome"] + (f" ({o['reason']})" if o["reason"] else "") for o in r["outcomes"])
-            t.add_row(
-                str(r["number"]), r["revision"], created, " ".join(r["changed"]) or "-", outcomes, r["role"] or ""
+            outcomes = ", ".join(
+                o["outcome"] + (f" ({o['reason']})" if o["reason"] else "") + _by(o.get("actor"), " by ")
+                for o in r["outcomes"]
             )
+            changed = " ".join(r["changed"]) or "-"
+            asked = _by(r.get("actor")) or "-"
+            t.add_row(str(r["number"]), r["revision"], created, changed, asked, outcomes, r["role"] or "")
         console.print(t)
 
     emit(out, output, show)
+
+
+def _by(actor: dict[str, Any] | None, prefix: str = "") -> str:
+    """``alice ("p99 over budget")`` for a table; "" when nobody asked."""
+    if not actor:
+        return ""
+    return prefix + str(actor["user"]) + (f' ("{actor["reason"]}")' if actor.get("reason") else "")
 
 
 def events(ctx: typer.Context, system: SystemArg, output: OutputOpt = Format.TABLE) -> None:

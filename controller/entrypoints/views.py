@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from rich.console import Group
@@ -52,7 +53,43 @@ def render(d: dict[str, Any]) -> Group:
         + (f", header route {d['headerRoute']}" if d["headerRoute"] else "")
     )
     notes = [Text(f"⚠ {line}", style="yellow") for line in d.get("drift") or []]
-    return Group(head, weight, *notes, *_processes(d), revs, steps, checks)
+    why = [Text(f"✗ {d['aborted']['sentence']}", style="red")] if d.get("aborted") else []
+    return Group(head, *why, weight, *notes, *_processes(d), revs, steps, checks)
+
+
+def checks_over_time(d: dict[str, Any]) -> Group:
+    """``status --checks``: every check's measurements over time against its threshold, canary
+    and stable side by side (what the dashboard draws)."""
+    parts: list[Any] = [Text.assemble((f"{d['system']} ", "bold"), d["phase"], f"  {d['reason']}")]
+    if d.get("aborted"):
+        parts.append(Text(f"✗ {d['aborted']['sentence']}", style="red"))
+    for where, runs in d["analysis"].items():
+        for name, run in runs.items():
+            t = run["threshold"]
+            rel = " (canary - stable)" if t.get("relativeTo") == "stable" else ""
+            bounds = " ".join(f"{k} {t[k]:g}" for k in ("min", "max") if t.get(k) is not None)
+            title = f"{name} ({where}): {run.get('measures') or ''} — {bounds}{rel} — {run['verdict']}"
+            table = Table("time", "canary", "stable", "compared", "threshold", "samples", "verdict", title=title,
+                          title_justify="left", box=None)  # fmt: skip
+            for m in run["recent"]:
+                table.add_row(
+                    time.strftime("%H:%M:%S", time.localtime(m["at"])),
+                    _num(m["value"]),
+                    _num(m["stable"]),
+                    _num(m.get("compared")),
+                    bounds + rel,
+                    str(m["samples"]),
+                    m["verdict"] + (f": {m['error']}" if m["error"] else ""),
+                    style={"Failed": "red", "Error": "yellow", "Inconclusive": "yellow"}.get(m["verdict"]),
+                )
+            parts.append(table)
+    if len(parts) == 1 + bool(d.get("aborted")):
+        parts.append(Text("no analysis has run in this rollout", style="dim"))
+    return Group(*parts)
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
 
 
 def _fmt(m: dict[str, Any]) -> str:

@@ -50,7 +50,7 @@ class CheckRun:
     last_at: float | None = None
     recent: tuple[Measurement, ...] = ()
 
-    RECENT = 10
+    RECENT = 30  # enough to draw a step's analysis over time (and small in a CR's status)
 
     def record(self, m: Measurement) -> CheckRun:
         recent = (*self.recent, m)[-self.RECENT :]

@@ -223,23 +223,47 @@ class StepState(Model):
 
 
 class Measured(Model):
-    at: float
-    verdict: str
-    value: float | None
-    stable: float | None
-    samples: int
-    error: str | None
+    """One measurement of a check, as ``plan.analysis`` judged it."""
+
+    at: float  # unix seconds
+    verdict: str  # Successful | Failed | Inconclusive | Error | Running
+    value: float | None  # the canary's figure (None: no data)
+    stable: float | None  # stable's figure over the same window, when the check compares with it
+    samples: int  # requests (or series points) behind the figure
+    error: str | None  # why the provider gave no figure (verdict Error)
+    compared: float | None = None  # what was held against the threshold: value, or value - stable
 
 
 class CheckState(Model):
+    """One check of the current (or last) analysis: its counters, its definition and its latest
+    measurements, oldest first (up to ``plan.status.CheckRun.RECENT``): enough to draw the check
+    over time against its threshold, canary and stable side by side."""
+
     verdict: str
     successes: int
     failures: int
     inconclusive: int
     errors_in_row: int
-    count: int | None
-    threshold: dict[str, Any]
+    count: int | None  # measurements it needs to succeed (None: until the step ends)
+    threshold: dict[str, Any]  # {"min"?, "max"?, "relativeTo"?: "stable"}: bounds on ``compared``
     recent: list[Measured]
+    provider: str | None = None  # builtin | prometheus
+    measures: str | None = None  # the builtin metric's name, or the PromQL query (template)
+    interval: float | None = None  # seconds between measurements
+    window: float | None = None  # seconds of traffic each measurement covers
+    limits: dict[str, int] | None = None  # failureLimit, inconclusiveLimit, consecutiveErrorLimit, minSamples
+
+
+class AbortCause(Model):
+    """Why the rollout aborted, in one sentence, with the measurement that decided it."""
+
+    reason: str  # the status' reason: AnalysisFailed, MetricsUnavailable, AbortedByUser, CanaryFailed...
+    sentence: str  # for people: "Aborted because check error-rate (analysis) failed: ...; the last: ..."
+    check: str | None = None  # the deciding check (analysis and metrics aborts)
+    background: bool = False  # True when it ran in the background analysis
+    measurement: Measured | None = None  # its last measurement with the deciding verdict
+    threshold: dict[str, Any] | None = None  # that check's threshold
+    actor: Actor | None = None  # AbortedByUser: who asked, and why (when the backend records it)
 
 
 class Analysis(Model):
@@ -296,6 +320,7 @@ class StatusDocument(Model):
     conditions: list[dict[str, Any]] | None = None  # Kubernetes only
     history: list[Outcome]
     drift: list[str]
+    aborted: AbortCause | None = None  # set while the phase is Aborted: why
 
 
 class HistoryOutcome(Model):

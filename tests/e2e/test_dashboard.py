@@ -150,6 +150,7 @@ def test_every_view_and_action_in_a_real_browser(stack: dict[str, Any], tmp_path
         views_and_actions(stack, page)
     except Exception:
         page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)  # kept by pytest for a look
+        print(f"screenshot of the page at the failure: {tmp_path / 'failed.png'}")
         raise
     assert errors == []
 
@@ -168,9 +169,10 @@ def views_and_actions(stack: dict[str, Any], page: Any) -> None:
     page.evaluate("window.__notReloaded = true")
     cli.ok("promote", SYSTEM, "topic-head@2", timeout=600)
     phase(page, "Progressing")
+    page.wait_for_selector(".check[data-check='error-rate'] svg.chart circle", timeout=ACTION_TIMEOUT_MS)
     phase(page, "Paused", "PauseStep")  # the analysis passed; waiting for a person
     page.wait_for_selector("#steps li.step.current[data-index='3']")
-    page.wait_for_selector(".check[data-check='error-rate'] svg.chart circle")
+    page.wait_for_selector(".check[data-check='disagreement'] svg.chart circle")  # still drawn after its step
     page.wait_for_selector("#signals")
     assert page.evaluate("window.__notReloaded") is True
     shot(page, "rollout")
@@ -199,10 +201,10 @@ def views_and_actions(stack: dict[str, Any], page: Any) -> None:
     act(page, "promote", "try the retrained head", modules=stack["faulty"])
     phase(page, "Aborted", "AnalysisFailed")
     why = page.locator("#why").inner_text()
-    assert re.search(r"check (error-rate|fallback-rate) measured [0-9.]+ on the canary", why), why
+    assert re.search(r"(error-rate|fallback-rate).*[0-9]", why), why  # the check, and what it measured
     shot(page, "aborted")
     act(page, "retry", "once more, to be sure")
-    wait_until(lambda: any(e["reason"] == "RolloutStarted" for e in _events(cli)[-6:]) or None, 60, "retried")
+    phase(page, "Progressing")
     phase(page, "Aborted", "AnalysisFailed")
 
     # a grouped promotion (encoder v2 + its alignment adapter): abort, retry, then promote fully
@@ -236,10 +238,6 @@ def views_and_actions(stack: dict[str, Any], page: Any) -> None:
     assert "text-encoder@2" in text and "l3-to-l6@1" in text and "✓ compatible" in text
     assert page.locator(".matrix td.bad").count() > 0  # encoder v2 straight into the head: a wrong space
     shot(page, "modules")
-
-
-def _events(cli: Cli) -> list[dict[str, Any]]:
-    return list(json.loads(cli.ok("events", SYSTEM, "-o", "json").out))
 
 
 def test_nothing_works_without_the_credential(stack: dict[str, Any]) -> None:

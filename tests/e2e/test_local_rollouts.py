@@ -284,3 +284,73 @@ def test_a_second_controller_is_refused(stack: dict[str, Any]) -> None:
     r = stack["cli"]("up", timeout=60)
     assert r.code == 5
     assert "another controller" in r.err and "topic-classifier" in r.err and "Traceback" not in r.err
+
+
+def test_the_api_acts_only_for_a_token_never_for_another_site(stack: dict[str, Any]) -> None:
+    """No token, a wrong one, or the cross-site text/plain POST any web page could send: refused,
+    and the rollout stays exactly as it was. A second user's token makes that user the actor."""
+    cli = stack["cli"]
+    wait_steady(cli)
+    info = json.loads((cli.home / "controller.json").read_text())
+    assert os.stat(cli.home / "controller.json").st_mode & 0o777 == 0o600
+    assert os.stat(cli.home / "tokens.json").st_mode & 0o777 == 0o600
+    assert info["token"] not in (cli.home / "tokens.json").read_text()
+    system = yaml.safe_load((REPO / "examples" / "systems" / "topic-classifier.yaml").read_text())
+    spec = stack["tmp"] / "auth-system.yaml"
+    spec.write_text(yaml.safe_dump({**system, "spec": {**system["spec"], "latencyBudgetMs": 254}}))
+    cli.ok("promote", "topic-classifier", "--spec", str(spec), "--reason", "budget 254 ms", timeout=600)
+    cli.ok("pause", "topic-classifier", "--reason", "hold while we look")
+    before = wait_until(
+        lambda: (s := status(cli, "topic-classifier"))["phase"] == "Paused" and s, timeout=120, what="paused"
+    )
+    url = info["url"]
+    for headers in (
+        {"Content-Type": "application/json"},  # no token
+        {"Content-Type": "application/json", "Authorization": "Bearer mst_not-a-token"},
+        {"Content-Type": "text/plain", "Origin": "https://evil.example"},  # what a web page can send
+        {"Content-Type": "text/plain", "Origin": "https://evil.example", "Authorization": f"Bearer {info['token']}"},
+    ):
+        for verb in ("abort", "resume", "promote-full"):
+            r = httpx.post(f"{url}/v1/systems/topic-classifier/{verb}", content=b"{}", headers=headers, timeout=10)
+            assert r.status_code in (401, 403), (verb, headers, r.status_code, r.text)
+            assert info["token"] not in r.text
+    assert httpx.get(f"{url}/v1/systems/topic-classifier", timeout=10).status_code == 401
+    after = status(cli, "topic-classifier")
+    keep = ("phase", "reason", "step", "weight", "paused", "canary")
+    assert {k: after[k] for k in keep} == {k: before[k] for k in keep}
+    controls = json.loads((cli.home / "systems" / "topic-classifier" / "controls.json").read_text())
+    assert controls["abort"] is None and controls["promote_full"] is None and controls["paused"] is True
+
+    alice = cli.ok("token", "create", "alice").out.strip()
+    assert alice.startswith("mst_") and "alice" in cli.ok("token", "list").out
+    as_alice = Cli(home=cli.home, registry=cli.registry)
+    r = subprocess_cli(as_alice, {"MODSHIP_TOKEN": alice}, "abort", "topic-classifier", "--reason", "p99 too high")
+    assert r.returncode == 0, r.stderr
+    s = wait_steady(cli)
+    assert (s["phase"], s["reason"]) == ("Aborted", "AbortedByUser")
+    asked = [e for e in events(cli) if e.get("actor")]
+    assert [(e["reason"], e["actor"]["user"], e["actor"]["reason"]) for e in asked[-3:]] == [
+        ("PromoteRequested", info["user"], "budget 254 ms"),
+        ("PauseRequested", info["user"], "hold while we look"),
+        ("AbortRequested", "alice", "p99 too high"),
+    ]
+    rows = json.loads(cli.ok("history", "topic-classifier", "-o", "json").out)
+    mine = next(r for r in rows if r["revision"] == s["canary"]["revision"])
+    assert mine["actor"] == {"user": info["user"], "reason": "budget 254 ms"}
+    assert mine["outcomes"][-1]["actor"] == {"user": "alice", "reason": "p99 too high"}
+    table = cli.ok("history", "topic-classifier").out
+    assert 'by alice ("p99 too high")' in table and "budget 254 ms" in table
+    assert "alice asked: abort: p99 too high" in cli.ok("events", "topic-classifier").out
+    cli.ok("token", "revoke", "alice")
+    r = subprocess_cli(as_alice, {"MODSHIP_TOKEN": alice}, "pause", "topic-classifier")
+    assert r.returncode == 8 and "valid token" in r.stderr and "Traceback" not in r.stderr
+    log = (stack["tmp"] / "controller.log").read_text()
+    assert info["token"] not in log and alice not in log
+
+
+def subprocess_cli(cli: Cli, extra: dict[str, str], *args: str) -> Any:
+    import subprocess
+    import sys
+
+    modship = str(Path(sys.executable).parent / "modship")
+    return subprocess.run([modship, *args], capture_output=True, text=True, env={**cli.env(), **extra}, timeout=300)

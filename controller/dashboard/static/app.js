@@ -64,6 +64,25 @@ function sample(d) {
   if (state.samples.length > 120) state.samples.shift();
 }
 
+// Step analyses are cleared when a step ends; the page keeps what it saw of the canary in flight
+// so that every check stays drawn over time (merged by measurement time, the latest counters).
+const seenChecks = new Map();
+
+function remember(d) {
+  const key = `${d.system}|${d.canary ? d.canary.revision : ""}`;
+  const mem = seenChecks.get(key) || { step: {}, background: {} };
+  for (const where of ["step", "background"]) {
+    for (const c of Object.values(mem[where])) c.current = false;
+    for (const [n, c] of Object.entries(d.analysis[where])) {
+      const byAt = new Map((mem[where][n]?.recent || []).map((m) => [m.at, m]));
+      for (const m of c.recent) byAt.set(m.at, m);
+      mem[where][n] = { ...c, recent: [...byAt.values()].sort((a, b) => a.at - b.at).slice(-120), current: true };
+    }
+  }
+  seenChecks.set(key, mem);
+  return mem;
+}
+
 async function load() {
   const r = route();
   state.route = r;
@@ -78,7 +97,7 @@ async function load() {
       ]);
       state.status = d;
       sample(d);
-      main.innerHTML = views.rollout(d, evs, state.samples);
+      main.innerHTML = views.rollout(d, evs, state.samples, remember(d));
     } else if (r.view === "history") {
       const [rows, evs] = await Promise.all([
         api("GET", `/v1/systems/${enc(r.system)}/history`),

@@ -40,7 +40,7 @@ export function systems(list) {
 // Why a rollout aborted, in one sentence with the measurement that decided it.
 export function why(d) {
   if (d.phase !== "Aborted") return "";
-  if (d.why) return d.why; // the server's own sentence, when it gives one
+  if (d.aborted?.sentence) return d.aborted.sentence; // the server's own sentence (plan.explain)
   const checks = [...Object.entries(d.analysis.step), ...Object.entries(d.analysis.background)];
   const failed = checks.find(([, c]) => c.verdict === "Failed") || checks.find(([, c]) => c.failures > 0);
   if (failed) {
@@ -81,10 +81,12 @@ function actualWeight(d) {
   return c + s > 0 ? (100 * c) / (c + s) : null;
 }
 
-function check(name, c, where) {
+function check(name, c, whereShown) {
+  const where = c.current === false ? `${whereShown}, earlier step` : whereShown;
   const t = c.threshold;
   const rel = t.relativeTo === "stable";
-  const canary = c.recent.map((m) => [m.at, rel && m.value !== null && m.stable !== null ? m.value - m.stable : m.value, m.verdict]);
+  const held = (m) => m.compared ?? (rel && m.value !== null && m.stable !== null ? m.value - m.stable : m.value);
+  const canary = c.recent.map((m) => [m.at, held(m), m.verdict]);
   const series = rel
     ? [{ name: "canary − stable", cls: "canary", points: canary }]
     : [
@@ -96,7 +98,8 @@ function check(name, c, where) {
   return `<div class="check card" data-check="${esc(name)}">
     <h3>${esc(name)} <span class="verdict ${esc(c.verdict)}">${esc(c.verdict)}</span> <span class="muted small">${where}</span></h3>
     <p class="small">ok ${c.successes} · failed ${c.failures} · inconclusive ${c.inconclusive} · errors in a row ${c.errorsInRow}${c.count ? ` · of ${c.count}` : ""}
-    · threshold ${esc(JSON.stringify(t))}${last ? ` · last ${fmt(last.value)} (${last.samples} samples)` : ""}</p>
+    · threshold ${esc(JSON.stringify(t))}${last ? ` · last ${fmt(last.value)} (${last.samples} samples)` : ""}
+    ${c.measures ? `· measures <span class="mono">${esc(c.measures)}</span> every ${fmt(c.interval)} s over ${fmt(c.window)} s` : ""}</p>
     ${timeSeries(series, { band: { min: t.min ?? null, max: t.max ?? null }, label: name })}</div>`;
 }
 
@@ -141,13 +144,15 @@ export function events(rows) {
   return `<table id="events" class="grid"><thead><tr><th>at</th><th>reason</th><th>message</th></tr></thead><tbody>${items}</tbody></table>`;
 }
 
-export function rollout(d, evs, samples) {
+// checks: {step: {name: CheckState}, background: {...}} — what the page has seen of this canary
+export function rollout(d, evs, samples, checksSeen) {
   const aw = actualWeight(d);
   const w = why(d);
   const need = attention(d);
+  const seen = checksSeen || d.analysis;
   const checks = [
-    ...Object.entries(d.analysis.step).map(([n, c]) => check(n, c, "step analysis")),
-    ...Object.entries(d.analysis.background).map(([n, c]) => check(n, c, "background")),
+    ...Object.entries(seen.step).map(([n, c]) => check(n, c, "step analysis")),
+    ...Object.entries(seen.background).map(([n, c]) => check(n, c, "background")),
   ].join("");
   const rev = (r) => (r ? `<span class="mono">${esc(r.revision)}</span> #${esc(r.number ?? "?")} <span class="small muted">${esc(r.modules.join(" "))}</span>` : "–");
   return `<section id="rollout" data-system="${esc(d.system)}" data-phase="${esc(d.phase)}" data-reason="${esc(d.reason)}">
