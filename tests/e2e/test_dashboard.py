@@ -229,7 +229,7 @@ def views_and_actions(stack: dict[str, Any], page: Any) -> None:
     page.click("a[href$='/history']")
     page.wait_for_selector("#history tbody tr")
     diff = page.locator("#history").inner_text()
-    assert "topic-head: 1 → 2" in diff and "text-encoder: 1 → 2" in diff, diff
+    assert "topic-head: 1,2 → 2" in diff and "text-encoder: 1 → 2" in diff and "l3-to-l6: ∅ → 1" in diff, diff
     shot(page, "history")
     n = status(cli, SYSTEM)["stable"]["number"]
     page.click(f"#history tr[data-number='{n}'] a")

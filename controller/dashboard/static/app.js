@@ -154,8 +154,9 @@ const ACTIONS = {
     path: "toggle",
     fields: (d) => {
       const flags = Object.keys({ ...(d.flags || {}), ...(d.toggles || {}) });
-      const opts = flags.map((f) => `<option>${esc(f)}</option>`).join("");
-      return `<label>Flag <select name="flag">${opts}</select></label>
+      const opts = flags.map((f) => `<option value="${esc(f)}"></option>`).join("");
+      return `<label>Flag (a flag of the system's spec)<input name="flag" list="known-flags" required autocomplete="off"></label>
+        <datalist id="known-flags">${opts}</datalist>
         <label class="inline"><input name="enabled" type="checkbox" checked> enabled</label>
         <label>Percent <input name="percent" type="number" min="0" max="100" value="100"></label>`;
     },

@@ -169,7 +169,7 @@ export function rollout(d, evs, samples, checksSeen) {
     <div class="cols">
       <div class="card"><h2>Revisions</h2><p>stable: ${rev(d.stable)}</p><p>canary: ${rev(d.canary)}</p>
         <p>target: <span class="mono">${short(d.target)}</span>${d.previousStable ? ` · previous stable <span class="mono">${esc(d.previousStable)}</span>` : ""}</p>
-        <p id="weights">weight set <b>${fmt(d.weight)} %</b> · actual <b>${aw === null ? "–" : `${fmt(aw)} %`}</b>${d.mirror ? ` · mirror ${fmt(d.mirror)} %` : ""}${d.paused ? " · <b>paused</b>" : ""}</p></div>
+        <p id="weights">weight set <b>${fmt(d.weight)} %</b> · actual (last 30 s of traffic) <b>${aw === null ? "–" : `${fmt(aw)} %`}</b>${d.mirror ? ` · mirror ${fmt(d.mirror)} %` : ""}${d.paused ? " · <b>paused</b>" : ""}</p></div>
       <div class="card"><h2>Steps</h2>${steps(d)}</div>
     </div>
     <h2>Analysis</h2><div id="checks" class="checks">${checks || `<p class="muted">no analysis measured for this rollout</p>`}</div>
@@ -179,17 +179,25 @@ export function rollout(d, evs, samples, checksSeen) {
   </section>`;
 }
 
+// What changed between two revisions, module by module (a module may run at several versions:
+// a step and its fallback), plus what the person asked for.
 function diff(prev, cur) {
+  const asked = cur.changed && cur.changed.length ? ` <span class="muted small">asked: ${esc(cur.changed.join(" "))}</span>` : "";
   if (!prev) return cur.modules.map((m) => `<span class="add">${esc(m)}</span>`).join(" ");
-  const byName = (l) => Object.fromEntries(l.map((m) => [m.split("@")[0], m]));
+  const byName = (l) => {
+    const out = {};
+    for (const m of l) (out[m.split("@")[0]] ||= []).push(m.split("@")[1]);
+    for (const k of Object.keys(out)) out[k] = out[k].sort().join(",");
+    return out;
+  };
   const a = byName(prev.modules);
   const b = byName(cur.modules);
   const out = [];
   for (const n of Object.keys({ ...a, ...b }).sort()) {
     if (a[n] === b[n]) continue;
-    out.push(`<span class="change">${esc(n)}: ${esc(a[n]?.split("@")[1] ?? "∅")} → ${esc(b[n]?.split("@")[1] ?? "∅")}</span>`);
+    out.push(`<span class="change">${esc(n)}: ${esc(a[n] ?? "∅")} → ${esc(b[n] ?? "∅")}</span>`);
   }
-  return out.join(" ") || `<span class="muted">no module change</span>`;
+  return (out.join(" ") || `<span class="muted">no module change</span>`) + asked;
 }
 
 export function history(system, rows, evs) {
