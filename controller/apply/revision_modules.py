@@ -1,6 +1,7 @@
 """The modules behind a revision, for people (the dashboard): each pinned version with its contract,
 metadata and lineage, every edge of the system checked again, and for each edge the compatibility
-matrix of all registered versions of its two modules.
+matrix of all registered versions of its two modules (for an edge through an adapter: of the two
+modules directly, which says why the adapter is there).
 
 The lock file says what runs (no registry needed for that); the registry adds what was registered
 since (other versions, parents' own parents). A registry that cannot be reached leaves those parts
@@ -31,7 +32,7 @@ def describe(lock: Lock, registry: ports.Registry | None, *, today: dt.date) -> 
     report = validate.check(lock.system, lambda ref: pinned.get(lock.requested.get(ref, ref)) or ref, today=today)
     notes: list[str] = []
     modules = [_module(mv, registry, notes) for mv in pinned.values()]
-    edges = [e for e in report.edges if e.adapter is None and not e.source.startswith("input.")]
+    edges = [e for e in report.edges if not e.source.startswith("input.")]
     matrices = [_matrix(e, registry, notes) for e in edges] if registry else []
     return {
         "revision": lock.revision,
@@ -94,8 +95,9 @@ def _matrix(e: validate.Edge, registry: ports.Registry | None, notes: list[str])
         notes.append(f"compatibility matrix {e.producer} -> {e.consumer}: registry: {exc}")
         return None
     cells = compat.matrix(producers, consumers, out_port=out_port, in_port=e.port)
+    direct = f" (direct, without the adapter {e.adapter})" if e.adapter else ""
     return {
-        "edge": f"{e.source} -> {e.step}.{e.port}",
+        "edge": f"{e.source} -> {e.step}.{e.port}{direct}",
         "producers": [p for p, _ in producers],
         "consumers": [c for c, _ in consumers],
         "cells": [c.to_json() for c in cells],

@@ -222,7 +222,7 @@ export function modules(system, number, doc) {
     .map((m) => `<tr data-ref="${esc(m.ref)}"><td class="mono">${esc(m.ref)}</td><td>${esc(m.role)}</td><td>${esc(m.stability)}</td>
       <td class="mono small" title="${esc(m.digest)}">${esc(m.digest.slice(0, 19))}…</td><td class="small">${port(m.contract.inputs)}</td>
       <td class="small">${port(m.contract.outputs)}</td><td class="small">${esc(m.metadata.license || "")} · ${esc((m.metadata.owners || []).join(", "))}${m.faults ? ' · <b class="error">fault injection</b>' : ""}</td>
-      <td class="small">${m.lineage.map((l) => `${esc(l.ref)}${l.origin ? ` (${esc(l.origin)})` : ""}`).join(" ← ") || esc(m.metadata.provenance?.origin || "–")}</td></tr>`)
+      <td class="small">${m.lineage.map((l) => `${esc(l.ref)}${l.child !== m.ref ? ` (parent of ${esc(l.child)})` : ""}`).join(", ") || esc(m.metadata.provenance?.origin || "–")}</td></tr>`)
     .join("");
   const edges = doc.edges
     .map((e) => `<tr class="${e.compatible ? "" : "bad"}"><td>${esc(e.from)} → ${esc(e.step)}.${esc(e.port)}</td><td class="mono small">${esc(e.producer)} → ${esc(e.consumer)}${e.adapter ? ` via ${esc(e.adapter)}` : ""}</td>
@@ -243,7 +243,7 @@ export function modules(system, number, doc) {
     .join("");
   return `<section id="modules"><h1>${esc(system)} <span class="muted">revision ${esc(number)} · <span class="mono">${esc(doc.revision)}</span></span></h1>
     <p><a href="#/s/${encodeURIComponent(system)}/history">← revisions &amp; history</a></p>
-    <h2>Modules</h2><table class="grid"><thead><tr><th>version</th><th>role</th><th>stability</th><th>digest</th><th>inputs</th><th>outputs</th><th>license · owners</th><th>lineage</th></tr></thead><tbody>${mods}</tbody></table>
+    <h2>Modules</h2><table class="grid"><thead><tr><th>version</th><th>role</th><th>stability</th><th>digest</th><th>inputs</th><th>outputs</th><th>license · owners</th><th>lineage (parents)</th></tr></thead><tbody>${mods}</tbody></table>
     <h2>Compatibility of every edge</h2><table id="edges" class="grid"><tbody>${edges}</tbody></table>
     ${doc.violations.length ? `<p class="error">${doc.violations.map((v) => esc(`${v.step} ${v.field}: ${v.reason}`)).join("<br>")}</p>` : ""}
     <h2>Compatibility matrices (all registered versions)</h2><div class="checks">${matrices || `<p class="muted">none</p>`}</div>
