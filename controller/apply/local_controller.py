@@ -22,7 +22,8 @@ from controller import backoff, ports, settings
 from controller.adapters.builtin_metrics import BuiltinSource
 from controller.adapters.local_runtime import LocalRuntime
 from controller.adapters.local_store import LocalStore
-from controller.apply import reconcile
+from controller.adapters.prometheus_sd import Publisher, SystemUnits, groups
+from controller.apply import operator_metrics, reconcile
 from controller.errors import ModshipError, Unavailable
 from controller.plan import rollout as machine
 from controller.plan.actions import Event, SetAliases
@@ -44,9 +45,16 @@ class Managed:
 
 
 class LocalController:
-    def __init__(self, cfg: settings.Settings, *, registry: ports.Registry | None = None) -> None:
+    def __init__(
+        self, cfg: settings.Settings, *, registry: ports.Registry | None = None, api: tuple[str, str] | None = None
+    ) -> None:
+        """``api``: (scheme, host:port) of the controller's own API, published for Prometheus."""
         self.cfg = cfg
         self.store = LocalStore(cfg.home)
+        self.api = api
+        self.metrics = operator_metrics.Metrics()  # the same rollout metrics as the operator's
+        self._targets = Publisher(cfg.home)
+        self._publishing = threading.Lock()
         self._registry = registry
         self.systems: dict[str, Managed] = {}
         self._wake = threading.Event()
@@ -79,7 +87,8 @@ class LocalController:
             m = Managed(name, rt, stack)
             self.systems[name] = m
             self.wake()
-            return m
+        self.publish_targets()
+        return m
 
     def forget(self, name: str, *, stop: bool) -> None:
         with self._lock:
@@ -88,6 +97,8 @@ class LocalController:
             if stop:
                 m.runtime.stop_all()
             m.exit_stack.close()
+            self.metrics.forget(("", name))
+        self.publish_targets()
 
     def wake(self, name: str | None = None) -> None:
         if name is not None and name in self.systems:
@@ -121,8 +132,10 @@ class LocalController:
                 record=lambda e: self._record(m.name, e, now),
                 aliases=self._aliases(m.name),
                 reference=lambda rev: self.reference(m.name, rev),
+                before_save=lambda r, s, obs, d: self.metrics.cycle(("", m.name), r, s=s, obs=obs, d=d, now=now),
             )
             m.last, m.failures = d, 0
+            self.publish_targets()
             wait = d.requeue_after if d.requeue_after is not None else IDLE_RECHECK
             m.next_at = now + min(wait, IDLE_RECHECK)
         except Unavailable as exc:  # retried: the runtime may still be starting
@@ -133,6 +146,29 @@ class LocalController:
             m.failures += 1
             m.next_at = now + 5.0
             log.error("%s: %s", m.name, exc)
+
+    def publish_targets(self) -> None:
+        """Prometheus file SD: what runs now (written only when it changed)."""
+        units = []
+        for name, m in list(self.systems.items()):
+            s = m.last.status if m.last is not None else self.store.status(name)
+            router = m.runtime.router
+            units.append(
+                SystemUnits(
+                    system=name,
+                    router=router.port if router is not None else None,
+                    revisions={rev: p.port for rev, p in list(m.runtime.procs.items())},
+                    stable=s.stable,
+                    canary=s.canary if s.in_flight else None,
+                    previous=s.previous_stable,
+                )
+            )
+        controller = self.api[1] if self.api else None
+        try:
+            with self._publishing:  # the loop and the API thread (deploy, delete) both publish
+                self._targets.publish(groups(units, controller=controller, scheme=self.api[0] if self.api else "http"))
+        except OSError as exc:  # never stops reconciling
+            log.error("could not write Prometheus targets: %s", exc)
 
     def _sources(self, m: Managed) -> dict[Provider, ports.MetricsSource]:
         if Provider.BUILTIN not in m.sources:
@@ -187,9 +223,12 @@ class LocalController:
 
 
 @contextlib.contextmanager
-def running(cfg: settings.Settings, *, stop_processes: bool) -> Iterator[LocalController]:
-    c = LocalController(cfg)
+def running(
+    cfg: settings.Settings, *, stop_processes: bool, api: tuple[str, str] | None = None
+) -> Iterator[LocalController]:
+    c = LocalController(cfg, api=api)
     c.adopt_all()
+    c.publish_targets()  # at once, even with nothing deployed: a Prometheus finds the controller
     t = threading.Thread(target=c.run, name="modship-reconcile", daemon=True)
     t.start()
     try:

@@ -35,6 +35,7 @@ tokens_app = typer.Typer(
 def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(down)
+    app.command("prometheus-config")(prometheus_config)
     app.add_typer(tokens_app, name="token")
 
 
@@ -109,9 +110,10 @@ def up(
     port = api_port or free_port()
     scheme = "https" if tls else "http"
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    url = f"{scheme}://{shown if ':' not in shown else f'[{shown}]'}:{port}"
+    address = f"{shown if ':' not in shown else f'[{shown}]'}:{port}"
+    url = f"{scheme}://{address}"
     store = TokenStore(cfg.home)
-    with local_controller.running(cfg, stop_processes=stop_on_exit) as c:
+    with local_controller.running(cfg, stop_processes=stop_on_exit, api=(scheme, address)) as c:
         app = api.app(c, user_of=store.user_of, origins=guard.own_origins(scheme, shown, port))
         ssl: dict[str, Any] = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls else {}
         # open dashboards' event streams never end on their own: give them 2 s at shutdown
@@ -144,6 +146,19 @@ def down(
         local.delete(s.system, actor=actor)
     os.kill(local.pid, signal.SIGTERM)
     console.print("stopped")
+
+
+def prometheus_config(
+    ctx: typer.Context,
+    interval: Annotated[str, typer.Option(help="scrape interval")] = "5s",
+    job: Annotated[str, typer.Option(help="the job's name")] = "modship",
+) -> None:
+    """Print a ready prometheus.yml that finds every revision, router and the controller through
+    the file $MODSHIP_HOME/prometheus/targets.json, which `modship up` keeps current (no ports to copy)."""
+    from controller.adapters import prometheus_sd
+
+    obj: Context = ctx.obj
+    typer.echo(prometheus_sd.scrape_config(obj.settings.home, interval=interval, job=job), nl=False)
 
 
 def actor_of(reason: str | None) -> control.Actor:

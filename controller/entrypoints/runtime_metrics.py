@@ -5,6 +5,10 @@
     modship_runtime_crashes_total{system,unit,process}  crashes since deploy, by the process that died
 
 A unit is a revision (its id) or ``router``; ``process`` is server, worker, router, supervisor, …
+
+Then the rollout metrics the operator exports too (``apply.operator_metrics``; the chart's Grafana
+dashboard reads them), with an empty ``namespace``: ``modship_rollout_phase``, ``_weight``,
+``_analysis_verdicts_total``, ``_rollbacks_total``, labelled ``rollout`` by system name.
 """
 
 from __future__ import annotations
@@ -40,4 +44,4 @@ def render(c: LocalController) -> bytes:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Runtime())
-    return bytes(generate_latest(registry))
+    return bytes(generate_latest(registry)) + bytes(generate_latest(c.metrics.registry))

@@ -1,5 +1,10 @@
 """Analysis against a real Prometheus server (Debian's, 1 s scrape) scraping real bentos; the
-server stopped mid-analysis holds the rollout (never promotes); restarted, the rollout completes."""
+server stopped mid-analysis holds the rollout (never promotes); restarted, the rollout completes.
+
+Prometheus is configured with exactly what ``modship prometheus-config`` prints: it finds every
+revision, router and the controller through the file the controller publishes (no port is copied
+by hand). Every panel of the Helm chart's Grafana dashboard is run against it during a real rollout
+(no Grafana can be installed here: its PromQL is what is checked)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import yaml
 
 from tests.conftest import Cli
 from tests.support import examples
+from tests.support.examples import variant
 from tests.support.local import Controller, Load, status
 from tests.support.prometheus import PrometheusServer
 from tests.support.services import free_port, wait_until
@@ -21,6 +27,8 @@ from tests.support.services import free_port, wait_until
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 NAME = "topic-prom"
+SD_JOB = "modship-local"
+DASHBOARD = REPO / "charts" / "modship" / "dashboards" / "modship-rollouts.json"
 
 
 def rollout(prometheus: str) -> dict[str, Any]:
@@ -31,7 +39,7 @@ def rollout(prometheus: str) -> dict[str, Any]:
         "spec": {
             "system": NAME,
             "prometheus": prometheus,
-            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"analysis": {"checks": ["errors"]}}]}},
+            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"analysis": {"checks": ["errors", "fallbacks"]}}]}},
             "analysis": {
                 "checks": [
                     {
@@ -46,6 +54,18 @@ def rollout(prometheus: str) -> dict[str, Any]:
                         "inconclusiveLimit": 30,  # a restarted Prometheus has a gap: no data for a few seconds
                         "threshold": {"max": 0.05},
                     },
+                    {
+                        "name": "fallbacks",
+                        "provider": "prometheus",
+                        "query": "template:fallback-rate",
+                        "window": "10s",
+                        "interval": "1s",
+                        "count": 8,
+                        "minSamples": 3,
+                        "consecutiveErrorLimit": 2,
+                        "inconclusiveLimit": 30,
+                        "threshold": {"max": 0.1},
+                    },
                 ]
             },
             "policies": {"metricsDown": "hold", "progressDeadline": "5m"},
@@ -54,8 +74,18 @@ def rollout(prometheus: str) -> dict[str, Any]:
 
 
 def ports(cli: Cli) -> dict[str, int]:
+    """The ports the runtime chose (only to check what Prometheus found; never given to it)."""
     path = cli.home / "systems" / NAME / "run" / "runtime.json"
     return {p["revision"]: p["port"] for p in json.loads(path.read_text())["revisions"]}
+
+
+def found(prom: PrometheusServer) -> dict[tuple[str, str], dict[str, Any]]:
+    """Discovered targets by (kind, revision or system), healthy or not."""
+    out = {}
+    for t in prom.discovered(SD_JOB):
+        labels = t["labels"]
+        out[(labels["kind"], labels.get("revision") or labels.get("system", ""))] = t
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +97,48 @@ def stack(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any) -> Itera
     doc = yaml.safe_load((REPO / "examples" / "systems" / "topic-classifier.yaml").read_text())
     doc["metadata"]["name"] = NAME
     (tmp / "system.yaml").write_text(yaml.safe_dump(doc))
-    prom = PrometheusServer(root=tmp / "prometheus").start()
+    faulty = variant(root / "topic-head-v1", tmp / "head-faulty", faults={"errorRate": 0.5})
+    out = json.loads(cli.ok("module", "register", str(faulty), "--skip-existing", "-o", "json").out)
+    config = yaml.safe_load(cli.ok("prometheus-config", "--interval", "1s", "--job", SD_JOB).out)
+    prom = PrometheusServer(root=tmp / "prometheus", scrape_configs=config["scrape_configs"])
     (tmp / "rollout.yaml").write_text(yaml.safe_dump(rollout(prom.url)))
     controller = Controller(cli, tmp / "controller.log").start()
+    prom.start()  # after the controller: the targets file exists (else Prometheus looks again within 5 s)
     port = free_port()
     cli.ok("deploy", str(tmp / "system.yaml"), "--rollout", str(tmp / "rollout.yaml"), "--port", str(port), timeout=600)
     wait_until(lambda: status(cli, NAME)["traffic"] or None, timeout=120, what="stable serving")
-    prom.set_targets([f"127.0.0.1:{p}" for p in ports(cli).values()])
     load = Load(f"http://127.0.0.1:{port}", tmp / "load.json").start()
-    yield {"cli": cli, "prom": prom, "load": load}
+    yield {"cli": cli, "prom": prom, "load": load, "faulty": f"topic-head@{out[0]['version']}", "tmp": tmp}
     load.stop()
     cli("down")
     controller.stop()
     prom.close()
+
+
+def test_prometheus_finds_every_unit_through_the_published_file(stack: dict[str, Any]) -> None:
+    cli, prom = stack["cli"], stack["prom"]
+    sd = cli.home / "prometheus" / "targets.json"
+    stable = status(cli, NAME)["stable"]["revision"]
+    api = json.loads((cli.home / "controller.json").read_text())["url"].removeprefix("http://")
+    router = status(cli, NAME)["router"]
+
+    def all_up() -> dict[tuple[str, str], dict[str, Any]] | None:
+        got = found(prom)
+        want = {("controller", ""), ("router", NAME), ("service", stable)}
+        return got if want <= set(got) and all(got[k]["health"] == "up" for k in want) else None
+
+    got = wait_until(all_up, timeout=30, what="controller, router and stable discovered and scraped")
+    assert got[("service", stable)]["labels"] | {"instance": ""} == {
+        "job": SD_JOB, "instance": "", "kind": "service", "system": NAME, "revision": stable, "role": "stable",
+    }  # fmt: skip
+    assert got[("service", stable)]["scrapeUrl"] == f"http://127.0.0.1:{ports(cli)[stable]}/metrics"
+    assert got[("router", NAME)]["scrapeUrl"] == f"{router}/metrics"
+    assert got[("controller", "")]["scrapeUrl"] == f"http://{api}/metrics"
+    assert json.loads(sd.read_text()) and not list(sd.parent.glob(".*.tmp"))  # written atomically
+    # the services' own labels win (honor_labels): one system/revision label, no exported_ copies
+    series = prom.api("series", **{"match[]": f'modship_requests_total{{job="{SD_JOB}"}}'})
+    assert series and all("exported_system" not in x and x["revision"] == stable for x in series)
+    prom.wait_for_value(f'sum(up{{job="{SD_JOB}"}})', until=lambda v: v >= 3)
 
 
 def test_prometheus_down_mid_analysis_holds_and_never_promotes(stack: dict[str, Any]) -> None:
@@ -89,7 +148,8 @@ def test_prometheus_down_mid_analysis_holds_and_never_promotes(stack: dict[str, 
         lambda: (s := status(cli, NAME))["canary"] and s["canary"]["revision"], timeout=120, what="a canary"
     )
     wait_until(lambda: canary in ports(cli), timeout=60, what="the canary process")
-    prom.set_targets([f"127.0.0.1:{p}" for p in ports(cli).values()])
+    t = wait_until(lambda: found(prom).get(("service", canary)), timeout=30, what="the canary discovered")
+    assert t["labels"]["role"] == "canary" and t["scrapeUrl"] == f"http://127.0.0.1:{ports(cli)[canary]}/metrics"
 
     def measured_ok() -> bool:
         runs = status(cli, NAME)["analysis"]["step"]
@@ -113,3 +173,102 @@ def test_prometheus_down_mid_analysis_holds_and_never_promotes(stack: dict[str, 
     assert r.code == 0, r.out + r.err
     assert json.loads(r.out)["stable"]["revision"] == canary
     assert load.stats()["failed"] == 0
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query of the chart's dashboard, rows included."""
+    out: list[tuple[str, str]] = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for p in panels:
+            out.extend((p["title"], t["expr"]) for t in p.get("targets", []) if t.get("expr"))
+            walk(p.get("panels", []))
+
+    walk(json.loads(DASHBOARD.read_text())["panels"])
+    return out
+
+
+def as_grafana_sends(expr: str, *, range_s: int) -> str:
+    """The query Grafana runs with every variable at "All" (allValue ``.*``); ``$__rate_interval``
+    as Grafana computes it for a data source at its default 15 s scrape interval (4 x 15 s)."""
+    for var, value in (
+        ("$__rate_interval", "60s"),
+        ("$__range", f"{range_s}s"),
+        ("$namespace", ".*"),
+        ("$system", ".*"),
+    ):
+        expr = expr.replace(var, value)
+    assert "$" not in expr, expr
+    return expr
+
+
+def test_every_panel_of_the_chart_dashboard_returns_data_during_a_rollout(stack: dict[str, Any]) -> None:
+    cli, prom = stack["cli"], stack["prom"]
+    wait_until(lambda: status(cli, NAME)["phase"] in ("Idle", "Promoted"), timeout=120, what="no rollout in flight")
+    doc = yaml.safe_load((stack["tmp"] / "system.yaml").read_text())
+    (stack["tmp"] / "system-2.yaml").write_text(
+        yaml.safe_dump({**doc, "spec": {**doc["spec"], "latencyBudgetMs": 254}})
+    )
+    cli.ok("promote", NAME, "--spec", str(stack["tmp"] / "system-2.yaml"), timeout=600)
+    canary = wait_until(
+        lambda: (s := status(cli, NAME))["canary"] and s["weight"] == 50 and s["canary"]["revision"],
+        timeout=120,
+        what="a canary in flight at 50 %",
+    )
+    wait_until(lambda: found(prom).get(("service", canary)), timeout=30, what="the canary discovered")
+    cli.ok("pause", NAME, "--reason", "hold it while the dashboard is checked")
+    queries = panel_queries()
+    assert len(queries) >= 10 and len({t for t, _ in queries}) >= 9
+
+    def empty() -> list[str]:
+        return [f"{t}: {q}" for t, q in queries if not prom.query_range(as_grafana_sends(q, range_s=300), seconds=300)]
+
+    missing: list[str] = []
+
+    def all_have_data() -> bool:
+        missing[:] = empty()
+        return not missing
+
+    try:
+        wait_until(all_have_data, timeout=60, interval=1.0, what="data in every panel")
+    except Exception:
+        raise AssertionError(f"panels without data: {missing}") from None
+    # the rollout in flight is what the panels show: its weight, its phase, its canary's traffic
+    weight = prom.query_range(as_grafana_sends(dict(queries)["Canary weight over time"], range_s=300), seconds=30)
+    assert weight and any(float(v) == 50.0 for x in weight for _, v in x["values"]), weight
+    rate = prom.query_range(as_grafana_sends(dict(queries)["Request rate per revision"], range_s=300), seconds=30)
+    assert {x["metric"].get("revision") for x in rate} >= {canary}, rate
+    systems = prom.api("label/system/values", **{"match[]": "modship_requests_total"})  # the $system variable
+    assert NAME in systems
+    cli.ok("resume", NAME)
+    r = cli("status", NAME, "--wait", "--timeout", "180", "-o", "json", timeout=240)
+    assert r.code == 0, r.out + r.err
+
+
+def test_an_aborted_canary_says_why_in_the_terminal_and_on_the_dashboard(stack: dict[str, Any]) -> None:
+    cli, prom = stack["cli"], stack["prom"]
+    cli.ok("promote", NAME, stack["faulty"], timeout=600)
+    r = cli("status", NAME, "--wait", "--timeout", "180", "-o", "json", timeout=240)
+    assert r.code == 1, r.out + r.err
+    s = json.loads(r.out)
+    why = s["aborted"]
+    assert (s["reason"], why["reason"], why["check"], why["threshold"]) == (
+        "AnalysisFailed", "AnalysisFailed", "fallbacks", {"max": 0.1},
+    )  # fmt: skip
+    m = why["measurement"]
+    assert m["verdict"] == "Failed" and m["compared"] == m["value"] > 0.1 and m["samples"] >= 3
+    assert why["sentence"].startswith("Aborted because check fallbacks (analysis) failed: 1 failing measurement")
+    assert f"canary {m['value']:.4g}, above max 0.1 ({m['samples']} samples)" in why["sentence"]
+    table = cli.ok("status", NAME).out
+    assert "✗ Aborted because check fallbacks" in table
+    checks = cli.ok("status", NAME, "--checks").out
+    assert "fallbacks (step): template:fallback-rate — max 0.1 — Failed" in checks
+    assert "errors (step): template:error-rate — max 0.05" in checks
+    rows = [line for line in checks.splitlines() if line.strip().endswith("Failed")]
+    assert rows and f"{m['value']:.4g}" in rows[-1]
+    # the dashboard: a rollback counted, and the failed verdict behind it
+    rollbacks = dict(panel_queries())["Automatic rollbacks"]
+    prom.wait_for_value(as_grafana_sends(rollbacks, range_s=600), until=lambda v: v >= 1, timeout=30)
+    verdicts = dict(panel_queries())["Verdicts in range"]
+    series = prom.query_range(as_grafana_sends(verdicts, range_s=600), seconds=30)
+    assert any(x["metric"] == {"check": "fallbacks", "verdict": "Failed"} for x in series), series

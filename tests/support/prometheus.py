@@ -13,6 +13,7 @@ import math
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,15 @@ JOB = "modship"
 class PrometheusServer:
     """``prometheus`` on a free loopback port; a context manager (stop + clean up on exit)."""
 
-    def __init__(self, targets: Iterable[str] = (), *, root: Path | None = None, interval: str = "1s") -> None:
+    def __init__(
+        self,
+        targets: Iterable[str] = (),
+        *,
+        root: Path | None = None,
+        interval: str = "1s",
+        scrape_configs: Iterable[dict[str, Any]] = (),
+    ) -> None:
+        """``scrape_configs``: more jobs as they are, e.g. what ``modship prometheus-config`` prints."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed: run `make system-deps`")
@@ -39,6 +48,7 @@ class PrometheusServer:
         self.log = self.root / "prometheus.log"
         self.interval = interval
         self.jobs: dict[str, list[str]] = {JOB: list(targets)}
+        self.more = list(scrape_configs)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -106,7 +116,11 @@ class PrometheusServer:
 
     def _active(self) -> set[tuple[str, str]]:
         data = self.api("targets", state="active")
-        return {(t["labels"]["job"], t["labels"]["instance"]) for t in data["activeTargets"]}
+        return {
+            (t["labels"]["job"], t["labels"]["instance"])
+            for t in data["activeTargets"]
+            if t["labels"]["job"] in self.jobs
+        }
 
     def wait_targets_up(self, *, timeout: float = 15.0) -> None:
         """Until every target has been scraped successfully at least once."""
@@ -117,11 +131,22 @@ class PrometheusServer:
 
         wait_until(up, timeout=timeout, interval=0.2, what="all targets up")
 
+    def discovered(self, job: str) -> list[dict[str, Any]]:
+        """The active targets of ``job``: ``labels`` (after relabelling), ``health``, ``scrapeUrl``."""
+        return [t for t in self.api("targets", state="active")["activeTargets"] if t["labels"]["job"] == job]
+
+    def query_range(self, query: str, *, seconds: float, step: str = "1s") -> list[dict[str, Any]]:
+        """A range query over the last ``seconds`` (as Grafana runs a panel's query): its series."""
+        end = time.time()
+        data = self.api("query_range", query=query, start=str(end - seconds), end=str(end), step=step)
+        return list(data["result"])
+
     def _write_config(self) -> None:
         config = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in self.jobs.items()
+                *({"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in self.jobs.items()),
+                *self.more,
             ],
         }
         self.config.write_text(json.dumps(config, indent=2))  # JSON is YAML
