@@ -161,7 +161,6 @@ def views_and_actions(stack: dict[str, Any], page: Any) -> None:
     page.wait_for_selector(f"#systems tr[data-system='{SYSTEM}']")
     assert "token=" not in page.url  # moved to sessionStorage, out of the address bar and history
     page.wait_for_selector("#live.on")
-    shot(page, "systems")
 
     # live: a promote from the CLI shows up in the open page, which is never reloaded
     page.click(f"#systems a[href='#/s/{SYSTEM}']")
@@ -203,6 +202,11 @@ def views_and_actions(stack: dict[str, Any], page: Any) -> None:
     why = page.locator("#why").inner_text()
     assert re.search(r"(error-rate|fallback-rate).*[0-9]", why), why  # the check, and what it measured
     shot(page, "aborted")
+    page.click("#crumbs a[href='#/']")  # the systems page says it needs attention
+    page.wait_for_selector(f"#systems tr.needs[data-system='{SYSTEM}']")
+    shot(page, "systems")
+    page.click(f"#systems a[href='#/s/{SYSTEM}']")
+    phase(page, "Aborted", "AnalysisFailed")
     act(page, "retry", "once more, to be sure")
     phase(page, "Progressing")
     phase(page, "Aborted", "AnalysisFailed")

@@ -109,6 +109,9 @@ async function load() {
       main.innerHTML = views.modules(r.system, r.number, await api("GET", `/v1/systems/${enc(r.system)}/modules?revision=${r.number}`));
     }
     document.body.dataset.loaded = String(Date.now());
+    // for benchmarks and people's devtools: when each view was first drawn (the frame after)
+    const mark = `modship:drawn:${r.view}`;
+    if (!performance.getEntriesByName(mark).length) requestAnimationFrame(() => performance.mark(mark));
   } catch (err) {
     if (!refused(err)) main.innerHTML = `<p class="error">${esc(err.message)}</p>`;
   }
