@@ -27,7 +27,9 @@ from controller.apply import operator_metrics, reconcile
 from controller.errors import ModshipError, Unavailable
 from controller.plan import rollout as machine
 from controller.plan.actions import Event, SetAliases
-from controller.spec.rollout import Provider
+from controller.plan.observations import Observations
+from controller.plan.status import RolloutStatus
+from controller.spec.rollout import Provider, Rollout
 
 log = logging.getLogger("modship.controller")
 IDLE_RECHECK = 5.0  # supervise processes at least this often
@@ -132,7 +134,7 @@ class LocalController:
                 record=lambda e: self._record(m.name, e, now),
                 aliases=self._aliases(m.name),
                 reference=lambda rev: self.reference(m.name, rev),
-                before_save=lambda r, s, obs, d: self.metrics.cycle(("", m.name), r, s=s, obs=obs, d=d, now=now),
+                before_save=lambda r, s, obs, d: self._measure(m.name, r, s, obs, d, now=now),
             )
             m.last, m.failures = d, 0
             self.publish_targets()
@@ -146,6 +148,15 @@ class LocalController:
             m.failures += 1
             m.next_at = now + 5.0
             log.error("%s: %s", m.name, exc)
+
+    def _measure(
+        self, name: str, r: Rollout, s: RolloutStatus, obs: Observations, d: machine.Decision, *, now: float
+    ) -> None:
+        """The cycle in the rollout metrics; a failure there never stops reconciling."""
+        try:
+            self.metrics.cycle(("", name), r, s=s, obs=obs, d=d, now=now)
+        except Exception:
+            log.exception("%s: could not update the rollout metrics", name)
 
     def publish_targets(self) -> None:
         """Prometheus file SD: what runs now (written only when it changed)."""

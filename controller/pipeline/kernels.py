@@ -50,10 +50,7 @@ class OnnxTextEncoder:
         tok.enable_truncation(self.max_length)
         tok.enable_padding(pad_id=0, pad_token="[PAD]")
         self.tokenizer = tok
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(p.get("threads", 1))
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = runtimes.session_options(p)
         self.session = ort.InferenceSession(str(root / files["model"]), opts, providers=["CPUExecutionProvider"])
         self.in_port = _one(manifest.contract.inputs)
         self.out_port = _one(manifest.contract.outputs)

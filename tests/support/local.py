@@ -21,10 +21,11 @@ class Controller:
     cli: Cli
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # more options of `modship up`
 
     def start(self) -> Controller:
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "modship"), "up"],
+            [str(Path(sys.executable).parent / "modship"), "up", *self.args],
             env=self.cli.env(),
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
@@ -41,7 +42,8 @@ class Controller:
         if not path.exists():
             return False
         info = json.loads(path.read_text())
-        return bool(info.get("pid") == self.proc.pid and http_ok(f"{info['url']}/v1/healthz", token=info["token"]))
+        health = f"{info['url']}/v1/healthz"
+        return bool(info.get("pid") == self.proc.pid and http_ok(health, token=info["token"], verify=info.get("ca")))
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all (the processes it started keep running)."""

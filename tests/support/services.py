@@ -41,10 +41,10 @@ def wait_until(probe: Callable[[], T | None], *, timeout: float, interval: float
     raise TimeoutError(f"{what} not reached within {timeout}s" + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
-def http_ok(url: str, timeout: float = 1.0, *, token: str | None = None) -> bool:
+def http_ok(url: str, timeout: float = 1.0, *, token: str | None = None, verify: str | None = None) -> bool:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return httpx.get(url, timeout=timeout, headers=headers).status_code == 200
+        return httpx.get(url, timeout=timeout, headers=headers, verify=verify or True).status_code == 200
     except httpx.HTTPError:
         return False
 
