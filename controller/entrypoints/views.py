@@ -68,9 +68,10 @@ def checks_over_time(d: dict[str, Any]) -> Group:
             t = run["threshold"]
             rel = " (canary - stable)" if t.get("relativeTo") == "stable" else ""
             bounds = " ".join(f"{k} {t[k]:g}" for k in ("min", "max") if t.get(k) is not None)
-            title = f"{name} ({where}): {run.get('measures') or ''} — {bounds}{rel} — {run['verdict']}"
-            table = Table("time", "canary", "stable", "compared", "threshold", "samples", "verdict", title=title,
-                          title_justify="left", box=None)  # fmt: skip
+            parts.append(Text(f"{name} ({where}): {bounds}{rel} — {run['verdict']}", style="bold"))
+            if run.get("measures"):
+                parts.append(Text(f"  measures {run['measures']}", style="dim"))
+            table = Table("time", "canary", "stable", "compared", "threshold", "samples", "verdict", box=None)
             for m in run["recent"]:
                 table.add_row(
                     time.strftime("%H:%M:%S", time.localtime(m["at"])),
@@ -83,7 +84,7 @@ def checks_over_time(d: dict[str, Any]) -> Group:
                     style={"Failed": "red", "Error": "yellow", "Inconclusive": "yellow"}.get(m["verdict"]),
                 )
             parts.append(table)
-    if len(parts) == 1 + bool(d.get("aborted")):
+    if not any(d["analysis"].values()):
         parts.append(Text("no analysis has run in this rollout", style="dim"))
     return Group(*parts)
 
