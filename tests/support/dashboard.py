@@ -12,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -82,7 +83,7 @@ def seed(home: Path, *, systems: int, events: int, seed_: int = 7) -> list[str]:
     """``systems`` systems with a canary in flight and ``events`` events in all, written as the
     controller writes them; returns their names."""
     rng = random.Random(seed_)
-    now = __import__("time").time()
+    now = time.time()
     names = [f"system-{i:02d}" for i in range(systems)]
     per = max(1, events // systems)
     for name in names:
