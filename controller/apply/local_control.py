@@ -11,6 +11,7 @@ and an abort, sent at the same moment exactly one is accepted and the other is r
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +19,10 @@ from typing import Any
 
 from controller import ports
 from controller.apply import control as rules
-from controller.apply import promotion
+from controller.apply import promotion, revision_modules
 from controller.apply.approvals import LocalApprovals
 from controller.apply.local_controller import LocalController
-from controller.errors import Conflict, SpecError
+from controller.errors import Conflict, ModshipError, SpecError
 from controller.plan.reasons import Reason
 from controller.spec import control
 from controller.spec import system as system_spec
@@ -111,6 +112,19 @@ class LocalControl:
     def events(self, system: str, *, limit: int = 200) -> list[control.EventRow]:
         self.store.rollout(system)
         return [control.EventRow.model_validate(e) for e in self.store.events(system, limit=limit)]
+
+    def modules(self, system: str, number: int) -> dict[str, Any]:
+        """The modules behind revision ``number``: versions, contracts, compatibility, lineage."""
+        lock = self.store.lock(system, self.store.revision_by_number(system, number).revision)
+        try:
+            registry: ports.Registry | None = self.c.registry
+        except ModshipError as exc:
+            registry = None
+            note = f"registry unavailable: {exc}"
+        out = revision_modules.describe(lock, registry, today=dt.date.today())
+        if registry is None:
+            out["notes"].append(note)
+        return out
 
     # -- requests ----------------------------------------------------------------------------------
     def promote(self, system: str, req: control.PromoteRequest, *, actor: control.Actor) -> control.PromoteResult:
@@ -271,12 +285,17 @@ def _traffic(tele: dict[str, Any] | None) -> dict[str, control.TrafficFigures]:
     out = {}
     for rev, t in ((tele or {}).get("revisions") or {}).items():
         req = t.get("requests", 0)
+        mirror, conf = t.get("mirror") or {}, t.get("confidence") or {}
         out[rev] = control.TrafficFigures(
             role=t.get("role"),
             request_rate=round(req / TELEMETRY_WINDOW, 3),
             error_rate=round(t.get("errors", 0) / req, 4) if req else None,
             fallbacks=t.get("fallbacks", 0),
-            mirrored=(t.get("mirror") or {}).get("requests", 0),
+            mirrored=mirror.get("requests", 0),
+            labels=dict(t.get("labels") or {}),
+            confidence=round(conf["sum"] / conf["count"], 4) if conf.get("count") else None,
+            compared=mirror.get("compared", 0),
+            disagreed=mirror.get("disagreed", 0),
         )
     return out
 

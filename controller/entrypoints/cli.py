@@ -14,7 +14,15 @@ from typing import Annotated
 import typer
 
 from controller import settings
-from controller.entrypoints import cli_gitops, cli_governance, cli_module, cli_rollout, cli_system, cli_up
+from controller.entrypoints import (
+    cli_dashboard,
+    cli_gitops,
+    cli_governance,
+    cli_module,
+    cli_rollout,
+    cli_system,
+    cli_up,
+)
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import fail
 from controller.errors import ModshipError
@@ -34,6 +42,7 @@ cli_governance.register(app)
 app.command(help="Write the manifests Argo CD or Flux sync for a system (plain YAML + kustomization.yaml).")(
     cli_gitops.render
 )
+app.command()(cli_dashboard.dashboard)
 
 
 @app.callback()

@@ -300,6 +300,11 @@ class TrafficFigures(Model):
     error_rate: float | None
     fallbacks: int
     mirrored: int
+    # the ML signals over the same window, where the backend sees answers (the local router):
+    labels: dict[str, int] | None = None  # predicted labels and their counts
+    confidence: float | None = None  # mean confidence of the predictions
+    compared: int | None = None  # mirrored requests whose answer was compared with stable's
+    disagreed: int | None = None  # ... and whose labels differed
 
 
 class ApprovalRow(Model):
