@@ -151,11 +151,15 @@ def test_the_controller_killed_mid_rollout_resumes_at_the_same_step(stack: dict[
     wait_steady(cli)
     before = load.stats()["failed"]
     cli.ok("promote", "topic-classifier", "text-encoder@2", "l3-to-l6@1", timeout=600)  # grouped: one revision
-    at_pause = wait_until(
-        lambda: (s := status(cli, "topic-classifier"))["step"] >= 3 and s["phase"] == "Progressing" and s,
-        timeout=180,
-        what="the rollout at its pause step",
-    )
+    with api_client(cli) as api:  # the API, not the CLI: a CLI process can take longer to start than the pause
+        at_pause = wait_until(
+            lambda: (
+                (s := api.get("/v1/systems/topic-classifier").json())["step"] >= 3 and s["phase"] == "Progressing" and s
+            ),
+            timeout=180,
+            interval=0.05,
+            what="the rollout at its pause step",
+        )
     controller.kill()
     assert status_file_step(stack) == at_pause["step"] or status_file_step(stack) >= at_pause["step"]
     controller.start()
@@ -173,6 +177,11 @@ def test_the_controller_killed_mid_rollout_resumes_at_the_same_step(stack: dict[
     assert load.stats()["failed"] == before
 
 
+def api_client(cli: Cli) -> httpx.Client:
+    info = json.loads((cli.home / "controller.json").read_text())
+    return httpx.Client(base_url=info["url"], headers={"Authorization": f"Bearer {info['token']}"}, timeout=60)
+
+
 def status_file_step(stack: dict[str, Any]) -> int:
     path = stack["cli"].home / "systems" / "topic-classifier" / "status.json"
     return int(json.loads(path.read_text())["step"])
@@ -183,10 +192,16 @@ def test_a_killed_canary_loses_no_client_request(stack: dict[str, Any]) -> None:
     wait_steady(cli)
     before = load.stats()
     cli.ok("promote", "topic-classifier", "topic-head@1", timeout=600)
-    s = wait_until(
-        lambda: (x := status(cli, "topic-classifier"))["weight"] >= 20 and x, timeout=180, what="canary taking traffic"
-    )
-    cli.ok("pause", "topic-classifier")  # the canary must still be one when it is killed
+    # watched and paused through the API itself, not the CLI: on a loaded machine a CLI process takes
+    # seconds to start, longer than this rollout stays at 20 % (the canary must still be one when killed)
+    with api_client(cli) as api:
+        s = wait_until(
+            lambda: (x := api.get("/v1/systems/topic-classifier").json())["weight"] >= 20 and x,
+            timeout=180,
+            interval=0.05,
+            what="canary taking traffic",
+        )
+        assert api.post("/v1/systems/topic-classifier/pause", json={"reason": "kill its server"}).status_code == 200
     canary = s["canary"]["revision"]
     assert status(cli, "topic-classifier")["canary"]["revision"] == canary
     members = wait_until(lambda: unit_members(cli, canary), timeout=60, what="the canary's server and worker")
