@@ -52,6 +52,7 @@ from bench import (
     batching,
     cache,
     composed,
+    dashboard,
     digits,
     isolation,
     k8s_operator,
@@ -76,9 +77,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "isolation": isolation.run,
     "operator": lambda ws, cfg: k8s_operator.run(),
     "soak": soak.run,
+    "dashboard": dashboard.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
-TOOLS = {"wrk": "wrk", "nginx": "nginx"}  # binary -> Debian package
+TOOLS = {"wrk": "wrk", "nginx": "nginx", "chromium": "chromium"}  # binary -> Debian package
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,6 +20,11 @@ with one connection (where the second backend cannot help) and for the 100/0 rou
 connection count (same capacity as direct). The router's own CPU per request (its process, from
 ``/proc``) must stay within 1.5x of nginx's doing the same 80/20 split, at every connection count:
 CPU per request hardly depends on how busy the shared machine is, so this is the robust figure.
+
+A reference beside them, ``python relay floor`` (``bench/relay_floor.py``): a uvloop proxy that
+only relays bytes between a client and stable, framed by httptools, with none of the router's
+features. Its CPU per request is what a proxy written in Python on this event loop costs at least;
+the notes state it against nginx's, to say how far the 1.5x goal is reachable in Python at all.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from bench import load, results, setup
 
 TITLE = "direct vs modship router vs nginx (two instances of the Bento, unique inputs)"
 DIRECT, SINGLE, SPLIT, NGINX = "direct", "modship router 100/0", "modship router 80/20", "nginx 80/20"
+FLOOR = "python relay floor"
 WEIGHT = 20
 
 
@@ -40,6 +46,7 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
     single = setup.Router("router-single", "topic-classifier", ws.scratch)
     split = setup.Router("router-split", "topic-classifier", ws.scratch)
     nginx = setup.Nginx("nginx", stable.url, canary.url, WEIGHT, ws.scratch)
+    floor = setup.RelayFloor("relay-floor", stable.port, ws.scratch)
     served = {SPLIT: [0.0, 0.0], NGINX: [0.0, 0.0]}  # requests answered by stable, canary
 
     def counts() -> list[float]:
@@ -56,7 +63,7 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
 
         return done
 
-    with setup.running(stable, canary, single, split, nginx):
+    with setup.running(stable, canary, single, split, nginx, floor):
         single.configure(stable.url)
         split.configure(stable.url, canary.url, WEIGHT)
         measured = load.side_by_side(
@@ -65,6 +72,7 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
                 SINGLE: single.target(stable),
                 SPLIT: split.target(stable, canary),
                 NGINX: nginx.target(stable, canary),
+                FLOOR: floor.target(stable),
             },
             load.Inputs(load.bbc_texts(400), unique=True),
             cfg,
@@ -105,6 +113,12 @@ def report(measured: load.Measured, cfg: load.Load, share: dict[str, float | Non
         + (f", canary share {share[name]}" if name in share else "")
         for name, v in vs_direct.items()
     ]
+    floor = {f"c{c}": round(results.ratio(proxy_cpu(FLOOR, c), proxy_cpu(NGINX, c)), 3) for c in cfg.connections}
+    notes.append(
+        f"{FLOOR} (bytes relayed, httptools framing, no features): proxy CPU {proxy_cpu(FLOOR, low):.3f} ms/req,"
+        f" {floor[f'c{low}']:.2f}x nginx's at c{low}; the router is at"
+        f" {results.ratio(proxy_cpu(SPLIT, low), proxy_cpu(NGINX, low)):.2f}x"
+    )
     checks = [
         results.Check(f"req/s 80/20/direct c{low}", measured.paired(SPLIT, DIRECT, low, "rps"), ">=", 0.9),
         results.Check(
@@ -131,7 +145,7 @@ def report(measured: load.Measured, cfg: load.Load, share: dict[str, float | Non
         title=TITLE,
         notes=notes,
         figures={name: measured.figures(name) for name in proxies},
-        baseline={DIRECT: measured.figures(DIRECT)},
+        baseline={DIRECT: measured.figures(DIRECT), FLOOR: measured.figures(FLOOR)},
         checks=checks,
         goal=(
             "modship router >= 0.9 of direct throughput and <= 0.5 ms added p50 "
@@ -141,4 +155,5 @@ def report(measured: load.Measured, cfg: load.Load, share: dict[str, float | Non
         host=measured.foreign(),
         vs_direct=vs_direct,
         canary_share=share,
+        floor_cpu_vs_nginx=floor,
     )

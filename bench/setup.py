@@ -217,6 +217,15 @@ class Router(Process):
         httpx.put(f"{self.url}/-/modship/config", json=doc, timeout=10).raise_for_status()
 
 
+class RelayFloor(Process):
+    """``bench/relay_floor.py``: the least a Python proxy on uvloop costs, relaying to one upstream."""
+
+    def __init__(self, name: str, upstream_port: int, scratch: Path) -> None:
+        port = free_port()
+        cmd = [sys.executable, "-m", "bench.relay_floor", "--port", str(port), "--upstream-port", str(upstream_port)]
+        super().__init__(name, cmd, port=port, ready="/readyz", log=scratch / f"{name}.log")
+
+
 _NGINX = """\
 worker_processes 1;
 pid {dir}/nginx.pid;

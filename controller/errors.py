@@ -6,7 +6,8 @@
     ├── IntegrityError   a digest mismatch: the stored bytes are not what was registered (exit 4)
     ├── Conflict         someone else holds the lock / the object changed underneath (exit 5)
     ├── Unavailable      a backend is down or slow; retried with backoff, then reported (exit 6)
-    └── Denied           no valid credential, or a request the API never accepts (exit 8)
+    ├── Denied           no valid credential, or a request the API never accepts (exit 8)
+    └── Forbidden        the governance policy refuses this person this request now (exit 9)
 
 A failed canary is a *verdict*, not an exception. Adapters translate library errors into these at
 one choke point (``raise Unavailable(...) from exc``) so callers never see a library's exceptions.
@@ -82,3 +83,14 @@ class Denied(ModshipError):
     """Refused for who (or where from) the caller is: no or an unknown token, a foreign origin."""
 
     exit_code = 8
+
+
+class Forbidden(ModshipError):
+    """The policy refuses the request: not a promoter or approver, self-approval, outside a change
+    window, a reason missing. ``kind`` names the rule (``plan.governance.Refused``)."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller.plan.actions import SetTraffic
+from controller.plan.governance import Approval
 from controller.plan.observations import Controls, Health, QueryContext, Sample
 from controller.plan.status import RolloutStatus
 from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
 from controller.spec import control
+from controller.spec.policy import Policy
 from controller.spec.refs import ModuleRef
 from controller.spec.rollout import Check, Gate, Rollout
 
@@ -185,6 +187,12 @@ class Control(Protocol):
         """Turn a feature flag on or off for a share of requests on every revision (idempotent)."""
         ...
 
+    def approve(self, system: str, req: control.ApproveRequest, *, actor: control.Actor) -> control.ApproveResult:
+        """Approve (or with ``req.approve`` False, reject) the change awaiting approval. Forbidden
+        when the policy does not let ``actor`` decide on it (its author, not an approver); Conflict
+        when no change (or not ``req.revision``) is in flight."""
+        ...
+
 
 @dataclass(frozen=True)
 class RolloutRecord:
@@ -224,14 +232,30 @@ class RolloutResources(Protocol):
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
         request: dict[str, Any] | None = None,
+        break_glass: str | None = None,
     ) -> None:
         """One merge patch: a new target (revision, modules), the pause switch, commands given
         at a time (``abort``, ``resume``, ``retry``, ``promote_full``), the toggles, and the
-        request that made it (``{"what", "user", "reason", "at"}``, kept as an annotation)."""
+        request that made it (``{"what", "user", "reason", "at"}``, kept as an annotation). A new
+        target also records its author (the caller) and ``break_glass``, the reason the change
+        overrides the policy's windows and soak (None: it does not)."""
         ...
 
     def user(self) -> str:
         """Who the API server says the caller is (SelfSubjectReview): the actor of requests."""
+        ...
+
+    def decide(self, name: str, *, revision: str, approve: bool, reason: str | None) -> str:
+        """Record the caller's approval (or rejection) of ``revision`` as an object the API server
+        attributes to them; returns the approver's name. Forbidden when it refuses."""
+        ...
+
+    def approvals(self, name: str, revision: str) -> list[Approval]:
+        """Every decision recorded on ``revision`` of the Rollout, oldest first."""
+        ...
+
+    def policy(self) -> Policy | None:
+        """The namespace's governance policy (None: there is none)."""
         ...
 
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:

@@ -15,12 +15,21 @@ import httpx
 import pydantic
 
 from controller import settings
-from controller.errors import Conflict, Denied, IntegrityError, ModshipError, NotFound, SpecError, Unavailable
+from controller.errors import (
+    Conflict,
+    Denied,
+    Forbidden,
+    IntegrityError,
+    ModshipError,
+    NotFound,
+    SpecError,
+    Unavailable,
+)
 from controller.spec import control
 
 M = TypeVar("M", bound=control.Model)
 _BY_CODE: dict[int, type[ModshipError]] = {
-    2: SpecError, 3: NotFound, 4: IntegrityError, 5: Conflict, 6: Unavailable, 8: Denied
+    2: SpecError, 3: NotFound, 4: IntegrityError, 5: Conflict, 6: Unavailable, 8: Denied, 9: Forbidden
 }  # fmt: skip
 TOKEN_ENV = "MODSHIP_TOKEN"
 
@@ -79,6 +88,11 @@ class HttpControl:
     def toggle(self, system: str, req: control.ToggleRequest, *, actor: control.Actor) -> control.ToggleResult:
         body = _why(req.wire(), actor)
         return _as(control.ToggleResult, self._call("POST", f"/v1/systems/{system}/toggle", body))
+
+    def approve(self, system: str, req: control.ApproveRequest, *, actor: control.Actor) -> control.ApproveResult:
+        verb = "approve" if req.approve else "reject"
+        body = _why({"revision": req.revision}, actor)
+        return _as(control.ApproveResult, self._call("POST", f"/v1/systems/{system}/{verb}", body))
 
     # -- the local runtime only --------------------------------------------------------------------
     def deploy(self, req: control.DeployRequest, *, actor: control.Actor) -> control.DeployResult:

@@ -15,9 +15,11 @@ from typing import Any
 
 from controller import ports
 from controller.adapters.kube import api as k8s
-from controller.adapters.kube.rollouts import CONTROLS, TOGGLES, entry_of
-from controller.errors import NotFound, SpecError
+from controller.adapters.kube.rollouts import AUTHOR, BREAK_GLASS, CONTROLS, TOGGLES, entry_of
+from controller.errors import Forbidden, NotFound, SpecError
+from controller.plan.governance import Approval
 from controller.spec import control
+from controller.spec.policy import Policy
 
 LAST_REQUEST = "modship.dev/last-request"
 
@@ -54,10 +56,13 @@ class KubeRollouts:
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
         request: dict[str, Any] | None = None,
+        break_glass: str | None = None,
     ) -> None:
         spec: dict[str, Any] = {}
+        stamp: dict[str, str | None] = {}
         if target is not None:
             spec.update(revision=target[0], modules=target[1])
+            stamp = {AUTHOR: self.user(), BREAK_GLASS: break_glass}  # None deletes a break-glass left over
         if paused is not None:
             spec["paused"] = paused
         annotations = {CONTROLS[k]: f"{at:.6f}" for k, at in (commands or {}).items()}
@@ -68,8 +73,8 @@ class KubeRollouts:
         body: dict[str, Any] = {}
         if spec:
             body["spec"] = spec
-        if annotations:
-            body["metadata"] = {"annotations": annotations}
+        if annotations or stamp:
+            body["metadata"] = {"annotations": {**annotations, **stamp}}
         self._get(name)
         self.kube.merge(k8s.ROLLOUTS, self.namespace, name, body)
 
@@ -81,6 +86,28 @@ class KubeRollouts:
             done = self.kube.request("POST", url, body=review, content_type="application/json")
             self._user = str(((done.get("status") or {}).get("userInfo") or {}).get("username") or "unknown")
         return self._user
+
+    def decide(self, name: str, *, revision: str, approve: bool, reason: str | None) -> str:
+        """An Approval object naming the caller as approver: the API server's admission policy
+        (charts/modship/templates/governance.yaml) refuses one that names anybody else."""
+        self._get(name)
+        user = self.user()
+        body = approval_object(name, revision, user=user, approve=approve, reason=reason)
+        try:
+            self.kube.create(k8s.APPROVALS, self.namespace, body)
+        except k8s.KubeUnavailable as exc:
+            if exc.status == 403:
+                raise Forbidden(f"{name}: the API server refused the approval: {exc}") from None
+            raise
+        return user
+
+    def approvals(self, name: str, revision: str) -> list[Approval]:
+        return approvals_of(self.kube, self.namespace, name, revision)
+
+    def policy(self) -> Policy | None:
+        from controller.adapters.kube import governance
+
+        return governance.policy(self.kube, self.namespace)
 
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
         obj = self._get(name)
@@ -134,3 +161,36 @@ def _unix(stamp: str | None) -> float:
     if not stamp:
         return 0.0
     return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+ROLLOUT_LABEL = "modship.dev/rollout"
+REVISION_LABEL = "modship.dev/revision"
+
+
+def approval_object(name: str, revision: str, *, user: str, approve: bool, reason: str | None) -> dict[str, Any]:
+    return {
+        "apiVersion": k8s.GROUP_VERSION,
+        "kind": "Approval",
+        "metadata": {"generateName": f"{name}-", "labels": {ROLLOUT_LABEL: name, REVISION_LABEL: revision}},
+        "spec": {
+            "rollout": name,
+            "revision": revision,
+            "approver": user,
+            "decision": "approve" if approve else "reject",
+            "reason": reason or "",
+        },
+    }
+
+
+def approvals_of(kube: k8s.Kube, namespace: str, name: str, revision: str) -> list[Approval]:
+    """Decisions on ``revision`` of Rollout ``name``, oldest first. ``spec.approver`` is the API
+    server's word (admission refuses any other); the creation time is the API server's too."""
+    selector = f"{ROLLOUT_LABEL}={name},{REVISION_LABEL}={revision}"
+    out = []
+    for o in kube.items(k8s.APPROVALS, namespace, selector=selector):
+        spec = o.get("spec") or {}
+        if spec.get("rollout") != name or spec.get("revision") != revision:
+            continue  # labels are not the record: the spec is
+        at = dt.datetime.fromisoformat(str(o["metadata"]["creationTimestamp"]).replace("Z", "+00:00")).timestamp()
+        out.append(Approval(str(spec.get("approver")), spec.get("decision") == "approve", at, spec.get("reason") or ""))
+    return sorted(out, key=lambda a: a.at)

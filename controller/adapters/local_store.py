@@ -51,6 +51,7 @@ class RevisionRecord:
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._parsed: dict[str, tuple[tuple[int, int, int], Rollout]] = {}  # system -> (file key, spec)
 
     def dir(self, system: str) -> Path:
         return self.root / "systems" / system
@@ -68,10 +69,21 @@ class LocalStore:
 
     # -- the pieces ----------------------------------------------------------------------------
     def rollout(self, system: str) -> Rollout:
+        """The Rollout spec in effect. Parsed once per version of the file (YAML + validation cost
+        ~2 ms; listing 50 systems for every open dashboard must not redo it): a write replaces the
+        file, so its inode, time and size say when to parse again."""
         path = self.dir(system) / "rollout.yaml"
-        if not path.exists():
-            raise NotFound(f"system {system!r} is not deployed (modship deploy ...)")
-        return rollout_spec.from_document(yaml.safe_load(path.read_text()), source=str(path))
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise NotFound(f"system {system!r} is not deployed (modship deploy ...)") from None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._parsed.get(system)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        r = rollout_spec.from_document(yaml.safe_load(path.read_text()), source=str(path))
+        self._parsed[system] = (key, r)
+        return r
 
     def put_rollout(self, system: str, r: Rollout) -> None:
         atomic.write_text(self.dir(system) / "rollout.yaml", yaml.safe_dump(r.dump(), sort_keys=False))
@@ -153,6 +165,22 @@ class LocalStore:
         t = self.toggles(system)
         t[flag] = {"enabled": enabled, "percent": percent}
         atomic.write_text(self.dir(system) / "flags.json", json.dumps(t, indent=1))
+
+    def fingerprint(self) -> dict[str, tuple[tuple[str, int, int], ...]]:
+        """Per system, the names, times and sizes of its state files: changes whenever any of them
+        is written (every write replaces or appends), without reading a byte."""
+        base = self.root / "systems"
+        out: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        if not base.exists():
+            return out
+        for d in os.scandir(base):
+            try:
+                files = [(e.name, (st := e.stat()).st_mtime_ns, st.st_size) for e in os.scandir(d.path) if e.is_file()]
+            except OSError:  # the system is being deleted
+                continue
+            if any(f[0] == "rollout.yaml" for f in files):
+                out[d.name] = tuple(sorted(f for f in files if f[0] != "controller.lock"))
+        return out
 
     # -- one controller per system ---------------------------------------------------------------
     @contextlib.contextmanager

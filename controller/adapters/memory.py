@@ -14,12 +14,14 @@ from typing import Any
 from controller import ports
 from controller.errors import NotFound
 from controller.plan.actions import SetTraffic
+from controller.plan.governance import Approval
 from controller.plan.observations import Controls, Health, QueryContext, Sample
 from controller.plan.status import RolloutStatus
 from controller.registry import digests
 from controller.registry.bundle import Bundle
 from controller.registry.versions import ModuleVersion
 from controller.spec import control
+from controller.spec.policy import Policy
 from controller.spec.refs import ModuleRef
 from controller.spec.rollout import Check, Gate, Rollout
 
@@ -196,6 +198,9 @@ class MemoryRollouts:
         self.posted: dict[str, list[control.EventRow]] = {}
         self.requests: dict[str, list[dict[str, Any]]] = {}
         self.caller = "memory-user"  # what ``user()`` answers (the API server's view of the caller)
+        self.decisions: dict[str, list[tuple[str, Approval]]] = {}
+        self.authors: dict[str, tuple[str, str | None]] = {}  # the last target's author, break-glass reason
+        self.governance: Policy | None = None  # what ``policy()`` answers
 
     def user(self) -> str:
         return self.caller
@@ -220,8 +225,11 @@ class MemoryRollouts:
         commands: dict[str, float] | None = None,
         toggles: dict[str, dict[str, Any]] | None = None,
         request: dict[str, Any] | None = None,
+        break_glass: str | None = None,
     ) -> None:
         x = self.read(name)
+        if target is not None:
+            self.authors[name] = (self.caller, break_glass)
         if request is not None:
             self.requests.setdefault(name, []).append(dict(request))
         if target is not None:
@@ -236,6 +244,17 @@ class MemoryRollouts:
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
         self.read(name)
         return self.posted.get(name, [])[-limit:]
+
+    def decide(self, name: str, *, revision: str, approve: bool, reason: str | None) -> str:
+        self.read(name)
+        self.decisions.setdefault(name, []).append((revision, Approval(self.caller, approve, 0.0, reason or "")))
+        return self.caller
+
+    def policy(self) -> Policy | None:
+        return self.governance
+
+    def approvals(self, name: str, revision: str) -> list[Approval]:
+        return [a for rev, a in self.decisions.get(name, []) if rev == revision]
 
 
 class MemoryGates:

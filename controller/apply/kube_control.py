@@ -15,9 +15,12 @@ from typing import Any
 
 from controller import ports
 from controller.apply import control as rules
-from controller.errors import NotFound, SpecError
+from controller.apply import governance
+from controller.errors import Conflict, Forbidden, NotFound, SpecError
+from controller.plan.governance import Change
 from controller.plan.status import Phase
 from controller.spec import control
+from controller.spec.modules import Stability
 
 _REVISION = re.compile(r"^r[0-9a-f]{12}$")
 
@@ -110,6 +113,7 @@ class KubeControl:
         s = x.status
         rules.ensure_no_rollout(system, s, x.target, revision=req.revision)
         rules.ensure_new(system, s, req.revision)
+        self._check_policy(system, req, actor, now)
         # a new target starts clean: a standing pause does not carry over
         self.resources.write(
             system,
@@ -117,6 +121,7 @@ class KubeControl:
             paused=False,
             commands={"promote_full": now + 0.001} if req.full else None,
             request=asked,
+            break_glass=actor.reason if req.break_glass else None,
         )
         number = rules.numbers(s, req.revision)[req.revision]
         return control.PromoteResult(
@@ -143,6 +148,28 @@ class KubeControl:
         toggles[req.flag] = {"enabled": req.enabled, "percent": float(req.percent)}
         self.resources.write(system, toggles=toggles, request=self._request("toggle", actor, self._now()))
         return control.ToggleResult(system=system, flag=req.flag, enabled=req.enabled, percent=req.percent)
+
+    def approve(self, system: str, req: control.ApproveRequest, *, actor: control.Actor) -> control.ApproveResult:
+        """An Approval object in the Rollout's namespace; the operator judges it against the policy
+        (who counts, how many) when it reconciles."""
+        s = self.resources.read(system).status
+        revision = req.revision or (s.canary if s.in_flight else None)
+        if revision is None or not s.in_flight or revision != s.canary:
+            what = f"revision {req.revision}" if req.revision else "a change"
+            raise Conflict(f"{system}: {what} is not awaiting approval (see `modship status {system}`)")
+        self.resources.decide(system, revision=revision, approve=req.approve, reason=actor.reason)
+        return control.ApproveResult(system=system, revision=revision, approve=req.approve, missing=[])
+
+    def _check_policy(self, system: str, req: control.PromoteRequest, actor: control.Actor, now: float) -> None:
+        """Who may promote, windows, reasons: checked here, by the client (advisory: on Kubernetes
+        the right to change a Rollout is RBAC's; approvals and soak are the operator's to enforce)."""
+        if req.break_glass and not actor.reason:
+            raise Forbidden(f"{system}: --break-glass needs a reason: give --reason", kind="ReasonRequired")
+        p = self.resources.policy()
+        if p is not None:
+            user, why = self.resources.user(), actor.reason or ""
+            change = Change(req.revision or "", user, now, why, req.break_glass, (Stability.STABLE.value,))
+            governance.check_promote(p, system, change, now=now)
 
     def _request(self, what: str, actor: control.Actor, now: float) -> dict[str, Any]:
         """The request as recorded on the Rollout: the user is the API server's view of the caller

@@ -11,6 +11,7 @@ and an abort, sent at the same moment exactly one is accepted and the other is r
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +19,10 @@ from typing import Any
 
 from controller import ports
 from controller.apply import control as rules
-from controller.apply import promotion
+from controller.apply import promotion, revision_modules
+from controller.apply.approvals import LocalApprovals
 from controller.apply.local_controller import LocalController
-from controller.errors import Conflict, SpecError
+from controller.errors import Conflict, ModshipError, SpecError
 from controller.plan.reasons import Reason
 from controller.spec import control
 from controller.spec import system as system_spec
@@ -44,6 +46,7 @@ class LocalControl:
         self.store = c.store
         self._lock = threading.Lock()
         self._preparing: dict[str, str] = {}  # system -> what a promote being built rolls out
+        self.approvals = LocalApprovals(c)
 
     # -- reading -----------------------------------------------------------------------------------
     def systems(self) -> list[control.Summary]:
@@ -83,7 +86,8 @@ class LocalControl:
             processes=m.runtime.report() if m is not None else None,
             aborted_by=self._aborted_by(system) if s.reason is Reason.ABORTED_BY_USER else None,
         )
-        return rules.status_document(system, r, s, facts)
+        doc = rules.status_document(system, r, s, facts)
+        return doc.model_copy(update={"governance": self.approvals.governance_of(system)})
 
     def _aborted_by(self, system: str) -> control.Actor | None:
         """Who asked for the latest abort (or rollback of a canary in flight)."""
@@ -103,11 +107,24 @@ class LocalControl:
             for e in self.store.events(system, limit=REQUESTS_READ)
             if e.get("actor")
         ]
-        return rules.history(self.store.status(system), revisions, requests)
+        return self.approvals.flag_history(system, rules.history(self.store.status(system), revisions, requests))
 
     def events(self, system: str, *, limit: int = 200) -> list[control.EventRow]:
         self.store.rollout(system)
         return [control.EventRow.model_validate(e) for e in self.store.events(system, limit=limit)]
+
+    def modules(self, system: str, number: int) -> dict[str, Any]:
+        """The modules behind revision ``number``: versions, contracts, compatibility, lineage."""
+        lock = self.store.lock(system, self.store.revision_by_number(system, number).revision)
+        try:
+            registry: ports.Registry | None = self.c.registry
+        except ModshipError as exc:
+            registry = None
+            note = f"registry unavailable: {exc}"
+        out = revision_modules.describe(lock, registry, today=dt.date.today())
+        if registry is None:
+            out["notes"].append(note)
+        return out
 
     # -- requests ----------------------------------------------------------------------------------
     def promote(self, system: str, req: control.PromoteRequest, *, actor: control.Actor) -> control.PromoteResult:
@@ -116,6 +133,7 @@ class LocalControl:
             return control.PromoteResult(system=system, promote_full=True)
         spec = system_spec.from_document(req.system, source="system") if req.system is not None else None
         what = ", ".join(req.modules) or "a new System spec"
+        self.approvals.precheck(system, actor=actor, break_glass=req.break_glass)
         with self._claim(system, what):
             prepared, notes = promotion.compose_next(
                 self.c.registry,
@@ -127,6 +145,7 @@ class LocalControl:
                 bentoml_home=self.c.cfg.bentoml_home,
                 force=req.force,
             )
+            change = self.approvals.check_promote(system, prepared.lock, actor=actor, break_glass=req.break_glass)
             with self._lock:
                 accepted = time.time()
                 promotion.set_target(self.store, system, prepared.lock.revision, req.modules)
@@ -136,6 +155,7 @@ class LocalControl:
                     system, "Promote", f"revision {prepared.record.number} ({what})", actor, prepared.lock.revision,
                     now=accepted,
                 )  # fmt: skip
+                self.approvals.accepted(system, change, number=prepared.record.number, force=prepared.overrides)
         self.c.wake(system)
         return control.PromoteResult(
             system=system,
@@ -161,6 +181,7 @@ class LocalControl:
                 case Command.RETRY:
                     self.store.command(system, retry=now)
                 case Command.PROMOTE_FULL:
+                    self.approvals.check_full(system, actor=actor, now=now)
                     self.store.command(system, promote_full=now)
                 case Command.ROLLBACK:
                     self._ensure_not_preparing(system)
@@ -191,6 +212,9 @@ class LocalControl:
         self._requested(system, "Toggle", f"flag {req.flag} {state}", actor, None, now=now)
         self.c.manage(system).runtime.refresh_toggles()
         return control.ToggleResult(system=system, flag=req.flag, enabled=req.enabled, percent=req.percent)
+
+    def approve(self, system: str, req: control.ApproveRequest, *, actor: control.Actor) -> control.ApproveResult:
+        return self.approvals.decide(system, req, actor=actor)
 
     # -- the local runtime only --------------------------------------------------------------------
     def deploy(self, req: control.DeployRequest, *, actor: control.Actor) -> control.DeployResult:
@@ -249,6 +273,7 @@ class LocalControl:
             system, f"{what}Requested", f"{actor.user} asked: {detail}{why}", now=now, actor=actor.wire(),
             revision=revision,
         )  # fmt: skip
+        self.approvals.requested(system, what, detail, actor, revision, now=now)
 
     def _ensure_abortable(self, system: str) -> None:
         self._ensure_not_preparing(system)
@@ -260,12 +285,17 @@ def _traffic(tele: dict[str, Any] | None) -> dict[str, control.TrafficFigures]:
     out = {}
     for rev, t in ((tele or {}).get("revisions") or {}).items():
         req = t.get("requests", 0)
+        mirror, conf = t.get("mirror") or {}, t.get("confidence") or {}
         out[rev] = control.TrafficFigures(
             role=t.get("role"),
             request_rate=round(req / TELEMETRY_WINDOW, 3),
             error_rate=round(t.get("errors", 0) / req, 4) if req else None,
             fallbacks=t.get("fallbacks", 0),
-            mirrored=(t.get("mirror") or {}).get("requests", 0),
+            mirrored=mirror.get("requests", 0),
+            labels=dict(t.get("labels") or {}),
+            confidence=round(conf["sum"] / conf["count"], 4) if conf.get("count") else None,
+            compared=mirror.get("compared", 0),
+            disagreed=mirror.get("disagreed", 0),
         )
     return out
 

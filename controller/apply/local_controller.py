@@ -19,20 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from controller import backoff, ports, settings
+from controller.adapters.audit_log import AuditLog
 from controller.adapters.builtin_metrics import BuiltinSource
 from controller.adapters.gates import HttpGates
 from controller.adapters.loadtest import LoadRunner
+from controller.adapters.local_governance import LocalGovernance
 from controller.adapters.local_runtime import LocalRuntime
 from controller.adapters.local_store import LocalStore
 from controller.adapters.notify import Notifier
 from controller.adapters.prometheus_sd import Publisher, SystemUnits, groups
-from controller.apply import operator_metrics, reconcile
-from controller.errors import ModshipError, Unavailable
+from controller.apply import governance, operator_metrics, reconcile
+from controller.errors import ModshipError, NotFound, Unavailable
+from controller.plan import governance as gov
 from controller.plan import rollout as machine
 from controller.plan.actions import Event, SetAliases
+from controller.plan.audit import Action
 from controller.plan.observations import Observations
 from controller.plan.status import RolloutStatus
 from controller.spec import notifications
+from controller.spec.refs import ModuleRef
 from controller.spec.rollout import LoadTest, Provider, Rollout
 
 log = logging.getLogger("modship.controller")
@@ -59,6 +64,8 @@ class LocalController:
         """``api``: (scheme, host:port) of the controller's own API, published for Prometheus."""
         self.cfg = cfg
         self.store = LocalStore(cfg.home)
+        self.governance = LocalGovernance(cfg.home)
+        self.audit = AuditLog(audit_file(cfg))
         self.api = api
         self.metrics = operator_metrics.Metrics()  # the same rollout metrics as the operator's
         self._targets = Publisher(cfg.home)
@@ -147,6 +154,7 @@ class LocalController:
                 before_save=lambda r, s, obs, d: self._measure(m.name, r, s, obs, d, now=now),
                 notify=self.notifier.on_decision if self.notifier is not None else None,
                 gates=self.gates,
+                release=lambda s: self.release(m.name, s),
             )
             m.last, m.failures = d, 0
             self._load_test(m, d)
@@ -219,6 +227,28 @@ class LocalController:
 
     def _record(self, name: str, e: Event, now: float) -> None:
         self.store.append_event(name, e, now=now)
+        action = governance.controller_action(e.reason)
+        if action is not None:
+            body = governance.entry(
+                action, system=name, actor=governance.CONTROLLER, reason=e.message, now=now, event=e.reason.value
+            )
+            self.record_audit(body)
+
+    def record_audit(self, body: dict[str, Any]) -> None:
+        """Append to the audit log; a log that cannot be written is reported, never a reason to
+        stop a rollout or a rollback halfway."""
+        try:
+            self.audit.append(body)
+        except (ModshipError, OSError) as exc:
+            log.error("audit log: %s", exc)
+
+    def release(self, name: str, s: RolloutStatus) -> gov.Release | None:
+        """What governs the canary in flight (None: no change recorded for it)."""
+        change = self.governance.change(name)
+        if change is None or change.revision != s.canary:
+            return None
+        approvals = self.governance.approvals(name, change.revision)
+        return gov.release(self.governance.policy(), name, change, approvals)
 
     def _aliases(self, name: str) -> Any:
         def move(a: SetAliases) -> None:
@@ -228,15 +258,41 @@ class LocalController:
             c_versions = {m.name: m.version for m in canary.modules.values()} if canary else {}
             reg = self.registry
             for module, version in s_versions.items():
-                reg.set_alias(module, "stable", version)
+                self._alias(name, module, "stable", version)
             for module in sorted(set(s_versions) | set(c_versions)):
                 v = c_versions.get(module)
                 if v is not None and v != s_versions.get(module):
-                    reg.set_alias(module, "canary", v)
-                else:
+                    self._alias(name, module, "canary", v)
+                elif (was := self._was(module, "canary")) is not None:
                     reg.delete_alias(module, "canary")
+                    self._audit_alias(name, module, "canary", was, None)
 
         return move
+
+    def _was(self, module: str, alias: str) -> int | None:
+        try:
+            return self.registry.resolve(ModuleRef(module, alias=alias)).version
+        except NotFound:
+            return None
+
+    def _alias(self, system: str, module: str, alias: str, version: int) -> None:
+        was = self._was(module, alias)
+        if was != version:
+            self.registry.set_alias(module, alias, version)
+            self._audit_alias(system, module, alias, was, version)
+
+    def _audit_alias(self, system: str, module: str, alias: str, was: int | None, version: int | None) -> None:
+        what = {"module": module, "alias": alias}
+        body = governance.entry(
+            Action.ALIAS,
+            system=system,
+            actor=governance.CONTROLLER,
+            reason=None,
+            now=time.time(),
+            before={**what, "version": was},
+            after={**what, "version": version},
+        )
+        self.record_audit(body)
 
     def reference(self, name: str, rev: str) -> dict[str, Any] | None:
         """Reference input statistics of the revision's text encoder (for input drift checks)."""
@@ -287,6 +343,10 @@ def running(
         c.stop()
         t.join(timeout=10)
         c.close(stop_processes=stop_processes)
+
+
+def audit_file(cfg: settings.Settings) -> Path:
+    return cfg.home / "audit.jsonl"
 
 
 def controller_file(cfg: settings.Settings) -> Path:

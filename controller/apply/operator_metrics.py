@@ -1,5 +1,10 @@
 """What the operator's ``/metrics`` shows (and the chart's dashboard reads): each Rollout's weight
-and phase, analysis verdicts as ``plan.analysis`` judged them, and rollbacks by reason."""
+and phase, analysis verdicts as ``plan.analysis`` judged them, and rollbacks by reason. The local
+controller's ``/metrics`` shows the same.
+
+Counters start at 0 for every reason and every check's verdicts as soon as a rollout is seen:
+``increase()`` cannot count a series' first sample, so a rollback whose counter were born at 1
+would never show on a dashboard."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from controller.plan import analysis
 from controller.plan import rollout as machine
 from controller.plan.actions import Event
 from controller.plan.observations import Observations
-from controller.plan.status import RolloutStatus
+from controller.plan.status import RolloutStatus, Verdict
 from controller.spec.rollout import Rollout
 
 Key = tuple[str, str]  # (namespace, name)
@@ -74,6 +79,7 @@ class Metrics:
         """After a cycle: its measurements (as ``plan.analysis`` judged them), the new weight and phase."""
         after = d.status
         in_flight = after.in_flight
+        self.start(key, r)
         self.show(key, after.phase.value, after.traffic.weight if in_flight else 0.0)
         windows = machine.windows(r, s, now)
         for check, sample in obs.samples.items():
@@ -82,6 +88,14 @@ class Metrics:
         for a in d.actions:
             if isinstance(a, Event) and a.reason in self.ROLLBACKS:
                 self._use(key, self.rollbacks, a.reason).inc()
+
+    def start(self, key: Key, r: Rollout) -> None:
+        """Every rollback reason and every check's verdicts at 0 (idempotent)."""
+        for reason in self.ROLLBACKS:
+            self._use(key, self.rollbacks, reason)
+        for check in r.spec.analysis.checks:
+            for verdict in Verdict:
+                self._use(key, self.verdicts, check.name, verdict.value)
 
     def forget(self, key: Key) -> None:
         for metric, labels in self._series.pop(key, set()):

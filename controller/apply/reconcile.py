@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from controller import ports
 from controller.apply import execute, observe
 from controller.plan import rollout as machine
 from controller.plan.actions import Event, SetAliases
+from controller.plan.governance import Release
 from controller.plan.observations import Observations
 from controller.plan.status import RolloutStatus
 from controller.spec.rollout import Provider, Rollout
@@ -32,6 +34,7 @@ def reconcile_once(
     before_save: BeforeSave | None = None,
     notify: Notify | None = None,
     gates: ports.Gates | None = None,
+    release: Callable[[RolloutStatus], Release | None] = lambda s: None,
 ) -> machine.Decision:
     """One cycle. ``before_save`` sees the rollout, the status before, the observations and the
     decision once its runtime actions are done and before the status is saved (the operator stages
@@ -41,6 +44,7 @@ def reconcile_once(
     (without it, a rollout with gates holds at the first one)."""
     r, s, controls = store.load(system)
     obs = observe.observe(r, s, controls, target=target, sources=sources, now=now, reference=reference, gates=gates)
+    obs = replace(obs, release=release(s))  # governance: approvals and soak of the canary in flight
     decision = machine.step(r, s, obs, now)
     execute.runtime(decision.actions, target)
     if before_save is not None:

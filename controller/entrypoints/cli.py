@@ -1,7 +1,8 @@
 """The ``modship`` CLI: typer + rich, ``-o json`` for programs, exit codes CI can use.
 
 Exit codes: 0 ok; 1 a negative answer (incompatible, rolled back); 2 bad input (SpecError);
-3 not found; 4 integrity error; 5 conflict; 6 backend unavailable; 130 interrupted.
+3 not found; 4 integrity error; 5 conflict; 6 backend unavailable; 8 denied (no valid token);
+9 forbidden by the governance policy; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from typing import Annotated
 import typer
 
 from controller import settings
-from controller.entrypoints import cli_gitops, cli_module, cli_notify, cli_rollout, cli_system, cli_up
+from controller.entrypoints import (
+    cli_dashboard,
+    cli_gitops,
+    cli_governance,
+    cli_module,
+    cli_notify,
+    cli_rollout,
+    cli_system,
+    cli_up,
+)
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import fail
 from controller.errors import ModshipError
@@ -30,9 +40,11 @@ app.add_typer(cli_system.app, name="system")
 app.add_typer(cli_notify.app, name="notify")
 cli_up.register(app)
 cli_rollout.register(app)
+cli_governance.register(app)
 app.command(help="Write the manifests Argo CD or Flux sync for a system (plain YAML + kustomization.yaml).")(
     cli_gitops.render
 )
+app.command()(cli_dashboard.dashboard)
 
 
 @app.callback()

@@ -43,6 +43,9 @@ def register(
     policy = _ctx(ctx).signing
     done = modules.register(lambda: _ctx(ctx).registry, dirs, skip_existing=skip_existing, policy=policy)
     data = [dict(_summary(r.version), skipped=r.skipped) for r in done]
+    from controller.entrypoints.cli_governance import record_registration
+
+    record_registration(_ctx(ctx).settings.home, [f"{d['name']}@{d['version']}" for d in data if not d["skipped"]])
 
     def render(rows: list[dict[str, Any]]) -> None:
         for r in rows:

@@ -127,6 +127,12 @@ def promote(
     context: KubeContextOpt = None,
     namespace: NamespaceOpt = None,
     reason: ReasonOpt = None,
+    break_glass: Annotated[
+        bool,
+        typer.Option(
+            "--break-glass", help="override the policy's change windows and soak (needs --reason; flagged everywhere)"
+        ),
+    ] = False,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Roll out new module versions as one canary revision (grouped), or --full to finish one."""
@@ -140,7 +146,12 @@ def promote(
         emit(done, output, lambda d: console.print(f"{d['file']}: {system} -> {d['revision']} (commit and push it)"))
         return
     req = control.PromoteRequest(
-        modules=modules or [], full=full, force=force, revision=revision, system=_doc(spec) if spec else None
+        modules=modules or [],
+        full=full,
+        force=force,
+        revision=revision,
+        system=_doc(spec) if spec else None,
+        break_glass=break_glass,
     )
     out = _control(ctx, context, namespace).promote(system, req, actor=actor_of(reason)).wire()
 

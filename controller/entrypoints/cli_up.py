@@ -116,7 +116,9 @@ def up(
     with local_controller.running(cfg, stop_processes=stop_on_exit, api=(scheme, address)) as c:
         app = api.app(c, user_of=store.user_of, origins=guard.own_origins(scheme, shown, port))
         ssl: dict[str, Any] = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls else {}
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", **ssl))
+        # open dashboards' event streams never end on their own: give them 2 s at shutdown
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2, **ssl)
+        server = uvicorn.Server(config)
         user = getpass.getuser()
         info = {"pid": os.getpid(), "url": url, "user": user, "token": store.create(user), "started": time.time()}
         if tls:

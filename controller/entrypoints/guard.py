@@ -12,7 +12,8 @@ In this order:
    ``application/x-www-form-urlencoded`` or ``multipart/form-data`` without a CORS preflight, which
    this API never grants.
 
-``public`` paths skip 2 (the origin and content-type rules still hold): ``/metrics``, which exposes
+``public`` paths (and paths under ``public_prefixes``: the dashboard's static files, which hold no
+data) skip 2 (the origin and content-type rules still hold): ``/metrics``, which exposes
 only process counts, memory and crash counters by system and revision id (no users, tokens,
 reasons or specs), so that a Prometheus can scrape it as it scrapes any exporter.
 Refusals are ``{"error", "exitCode"}`` like every other error of the API, and name no secret.
@@ -40,11 +41,13 @@ class Guard:
         user_of: Callable[[str], str | None],
         origins: Collection[str],
         public: Collection[str] = ("/metrics",),
+        public_prefixes: Collection[str] = (),
     ) -> None:
         self.app = app
         self.user_of = user_of
         self.origins = frozenset(o.rstrip("/").lower() for o in origins)
         self.public = frozenset(public)
+        self.public_prefixes = tuple(public_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +66,7 @@ class Guard:
         origin = headers.get("origin")
         if origin is not None and origin.rstrip("/").lower() not in self.origins:
             return 403, f"requests from origin {origin[:100]!r} are not accepted"
-        if scope["path"] not in self.public:
+        if scope["path"] not in self.public and not scope["path"].startswith(self.public_prefixes):
             user = self._authenticated(headers.get("authorization", ""))
             if user is None:
                 return 401, "a valid token is required (Authorization: Bearer <token>; see `modship token`)"

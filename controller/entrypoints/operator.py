@@ -209,6 +209,11 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         default=os.environ.get("MODSHIP_DEAD_LETTER", "/tmp/modship/dead-letter.jsonl"),
         help="where undeliverable notifications are kept (env MODSHIP_DEAD_LETTER)",
     )
+    p.add_argument(
+        "--audit-file",
+        default=os.environ.get("MODSHIP_AUDIT_FILE"),
+        help="append the hash-chained audit log to this file, on a persistent volume (env MODSHIP_AUDIT_FILE)",
+    )
     p.add_argument("--log-level", default=os.environ.get("MODSHIP_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     if a.renew_deadline >= a.lease_duration:
@@ -236,6 +241,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         metrics_port=a.metrics_port,
         notifications=a.notifications,
         dead_letter=a.dead_letter,
+        audit_file=a.audit_file,
     )
 
 

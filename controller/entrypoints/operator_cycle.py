@@ -14,22 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from controller import backoff, ports
+from controller.adapters.audit_log import AuditLog
 from controller.adapters.gates import HttpGates
 from controller.adapters.kube import api as kube_api
 from controller.adapters.kube import caches, cleanup
+from controller.adapters.kube import governance as kube_governance
 from controller.adapters.kube.events import EventRecorder
 from controller.adapters.kube.no_router import NoRouterSource
-from controller.adapters.kube.rollouts import Entry, RolloutCache, wire_spec
+from controller.adapters.kube.rollouts import AUTHOR, Entry, RolloutCache, wire_spec
 from controller.adapters.kube.store import KubernetesStore
 from controller.adapters.kube.target import KubernetesTarget
 from controller.adapters.kube.traffic import Notes
 from controller.adapters.notify import Notifier
-from controller.apply import aliases, reconcile
+from controller.apply import aliases, governance, reconcile
 from controller.apply.operator_metrics import Metrics
 from controller.errors import ModshipError, NotFound, SpecError, Unavailable
 from controller.plan import rollout as machine
 from controller.plan.actions import Event
+from controller.plan.audit import Action
 from controller.plan.observations import Observations
+from controller.plan.reasons import Reason
 from controller.plan.status import RolloutStatus
 from controller.spec import notifications
 from controller.spec.rollout import Provider, Rollout, TrafficRouting
@@ -57,6 +61,7 @@ class Options:
     metrics_port: int | None = None
     notifications: str | None = None  # a notifications file: CloudEvents of transitions to its sinks
     dead_letter: str = "/tmp/modship/dead-letter.jsonl"
+    audit_file: str | None = None  # append the hash-chained audit log here (a file on a volume)
 
 
 class Operator:
@@ -86,6 +91,7 @@ class Operator:
             if opts.registry_url and spec.links.mlflow is None:
                 spec = spec.model_copy(update={"links": spec.links.model_copy(update={"mlflow": opts.registry_url})})
             self.notifier = Notifier(spec, dead_letter=Path(opts.dead_letter))
+        self.audit = AuditLog(Path(opts.audit_file)) if opts.audit_file else None
 
     def reconcile(self, key: Key) -> float | None:
         """One cycle; seconds after its start when the Rollout is due again (None: on a change)."""
@@ -140,11 +146,12 @@ class Operator:
             target=target,
             sources=self._sources(r),
             now=now,
-            record=lambda ev: store.record(name, ev),
+            record=lambda ev: self._record(store, e, name, ev, seen),
             aliases=moves,
             before_save=before_save,
             notify=self.notifier.on_decision if self.notifier is not None else None,
             gates=self.gates,
+            release=lambda st: kube_governance.release(self.kube, store.namespace, name, e.annotations, st),
         )
         if d.status != s:
             st = d.status
@@ -154,6 +161,28 @@ class Operator:
         store.sync(name)
         self.metrics.cycle((e.namespace, name), r, s=s, obs=seen[0], d=d, now=now)
         return now + (d.requeue_after if d.requeue_after is not None else self.opts.resync)
+
+    def _record(self, store: KubernetesStore, e: Entry, name: str, ev: Event, seen: list[Observations]) -> None:
+        """The Event on the Rollout, and what the audit log keeps of it: the operator's own
+        transitions, and a new canary under its author's name (the admission policy's word)."""
+        store.record(name, ev)
+        if self.audit is None:
+            return
+        action = governance.controller_action(ev.reason)
+        actor = governance.CONTROLLER
+        if ev.reason in (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED):
+            action, actor = Action.PROMOTE, e.annotations.get(AUTHOR) or "unknown"
+        if action is None:
+            return
+        facts = governance.release_facts(seen[0].release if seen else None)
+        body = governance.entry(
+            action, system=name, actor=actor, reason=ev.message, now=time.time(), namespace=store.namespace,
+            event=ev.reason.value, after=facts or None,
+        )  # fmt: skip
+        try:
+            self.audit.append(body)
+        except (ModshipError, OSError) as exc:  # reported, never a reason to stop a rollout halfway
+            log.error("audit log: %s", exc)
 
     def _sources(self, r: Rollout) -> dict[Provider, ports.MetricsSource]:
         out: dict[Provider, ports.MetricsSource] = {Provider.BUILTIN: NoRouterSource()}

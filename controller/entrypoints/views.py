@@ -54,7 +54,7 @@ def render(d: dict[str, Any]) -> Group:
     )
     notes = [Text(f"⚠ {line}", style="yellow") for line in d.get("drift") or []]
     why = [Text(f"✗ {d['aborted']['sentence']}", style="red")] if d.get("aborted") else []
-    return Group(head, *why, weight, *notes, *_processes(d), revs, steps, checks)
+    return Group(head, *why, weight, *notes, *_governance(d), *_processes(d), revs, steps, checks)
 
 
 def checks_over_time(d: dict[str, Any]) -> Group:
@@ -68,9 +68,10 @@ def checks_over_time(d: dict[str, Any]) -> Group:
             t = run["threshold"]
             rel = " (canary - stable)" if t.get("relativeTo") == "stable" else ""
             bounds = " ".join(f"{k} {t[k]:g}" for k in ("min", "max") if t.get(k) is not None)
-            title = f"{name} ({where}): {run.get('measures') or ''} — {bounds}{rel} — {run['verdict']}"
-            table = Table("time", "canary", "stable", "compared", "threshold", "samples", "verdict", title=title,
-                          title_justify="left", box=None)  # fmt: skip
+            parts.append(Text(f"{name} ({where}): {bounds}{rel} — {run['verdict']}", style="bold"))
+            if run.get("measures"):
+                parts.append(Text(f"  measures {run['measures']}", style="dim"))
+            table = Table("time", "canary", "stable", "compared", "threshold", "samples", "verdict", box=None)
             for m in run["recent"]:
                 table.add_row(
                     time.strftime("%H:%M:%S", time.localtime(m["at"])),
@@ -83,13 +84,30 @@ def checks_over_time(d: dict[str, Any]) -> Group:
                     style={"Failed": "red", "Error": "yellow", "Inconclusive": "yellow"}.get(m["verdict"]),
                 )
             parts.append(table)
-    if len(parts) == 1 + bool(d.get("aborted")):
+    if not any(d["analysis"].values()):
         parts.append(Text("no analysis has run in this rollout", style="dim"))
     return Group(*parts)
 
 
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.4g}"
+
+
+def _governance(d: dict[str, Any]) -> list[Text]:
+    """Who made the change in flight and why, break-glass, and the decisions on it."""
+    g = d.get("governance")
+    if not g:
+        return []
+    why = f": {g['reason']}" if g.get("reason") else ""
+    lines = [Text(f"change {g['revision']} by {g['author']}{why}", style="dim")]
+    if g.get("breakGlass"):
+        lines.append(Text("⚠ break-glass: the policy's windows and soak were overridden", style="yellow"))
+    for x in g.get("decisions") or []:
+        verb = "approved" if x["approve"] else "rejected"
+        lines.append(Text(f"{verb} by {x['user']}" + (f": {x['reason']}" if x.get("reason") else ""), style="dim"))
+    if g.get("missing"):
+        lines.append(Text("awaiting " + "; ".join(g["missing"]), style="cyan"))
+    return lines
 
 
 def _fmt(m: dict[str, Any]) -> str:

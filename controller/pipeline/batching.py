@@ -1,14 +1,17 @@
 """Adaptive batching inside a composed service: concurrent requests share one model call.
 
 A ``Batcher`` wraps the kernel of a step whose module is ``batchable``. It adapts to load the way
-BentoML's adaptive batching does, without a timer in the common case: while the model is idle a
-call runs at once (no added latency at low load); while it is busy, calls queue, and the next model
-call takes everything queued (up to ``max_batch`` rows) in one batch. ``max_latency_ms`` > 0 also
-waits that long for company before an idle call runs.
+BentoML's adaptive batching does, without a timer in the common case: while a model call slot is
+free a call runs at once (no added latency at low load); while every slot is busy, calls queue, and
+the next model call takes everything queued (up to ``max_batch`` rows) in one batch. ``inflight``
+model calls may run at once (the engine gives one per core: a model run single-threaded per call
+leaves a core idle otherwise). ``max_latency_ms`` > 0 also waits that long for company before an
+idle call runs.
 
-There is no dispatcher thread: the first waiting caller runs the batch for everyone (leader and
-followers on one condition variable), so a batch costs no thread hop. If a shared call fails, each
-request of it is run alone, so one bad input cannot fail its neighbours.
+There is no dispatcher thread: a waiting caller whose request is still queued runs the batch for
+everyone when a slot is free (leaders and followers on one condition variable), so a batch costs no
+thread hop. If a shared call fails, each request of it is run alone, so one bad input cannot fail
+its neighbours.
 
 Why not BentoML's own batching: it batches at an API boundary between services, which would put
 every batchable step behind a socket and a pickle per request; this batches in-process, per step.
@@ -16,13 +19,32 @@ every batchable step behind a socket and a pickle per request; this batches in-p
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from controller.pipeline import values
 from controller.pipeline.errors import Batch, Kernel
+
+
+def cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPU cores this process may use (its affinity, capped by a cgroup v2 CPU quota, as a
+    container's CPU limit sets): model calls in flight at once, each single-threaded."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 @dataclass
@@ -30,6 +52,7 @@ class _Item:
     batch: Batch
     rows: int
     done: bool = False
+    taken: bool = False  # in a batch being run
     out: dict[str, Any] | None = None
     error: BaseException | None = None
     queued: float = field(default_factory=time.perf_counter)
@@ -44,11 +67,12 @@ class _Item:
 class Batcher:
     """A kernel whose concurrent callers share model calls (see the module docstring)."""
 
-    def __init__(self, kernel: Kernel, *, max_batch: int = 32, max_latency_ms: float = 0.0) -> None:
+    def __init__(self, kernel: Kernel, *, max_batch: int = 32, max_latency_ms: float = 0.0, inflight: int = 1) -> None:
         self.kernel, self.max_batch, self.max_latency = kernel, max_batch, max_latency_ms / 1000
+        self.inflight = max(1, inflight)
         self._cond = threading.Condition()
         self._queue: list[_Item] = []
-        self._busy = False
+        self._running = 0  # model calls in flight
         self.calls = 0  # model calls made, and rows they carried: the batching actually achieved
         self.rows = 0
 
@@ -57,13 +81,16 @@ class Batcher:
         with self._cond:
             self._queue.append(item)
             while not item.done:
-                if self._busy:
+                if item.taken or self._running >= self.inflight:
                     self._cond.wait()
                     continue
-                self._busy = True
+                self._running += 1
                 if self.max_latency and len(self._queue) == 1:
                     self._cond.wait(max(0.0, self.max_latency - (time.perf_counter() - item.queued)))
                 take = self._take()
+                if not take:  # another leader took everything while this one waited for company
+                    self._running -= 1
+                    continue
                 self._cond.release()
                 try:
                     self._run(take)
@@ -71,7 +98,7 @@ class Batcher:
                     self._cond.acquire()
                     for it in take:
                         it.done = True
-                    self._busy = False
+                    self._running -= 1
                     self._cond.notify_all()
         return item.result()
 
@@ -80,6 +107,7 @@ class Batcher:
         rows = 0
         while self._queue and (not take or rows + self._queue[0].rows <= self.max_batch):
             it = self._queue.pop(0)
+            it.taken = True
             take.append(it)
             rows += it.rows
         return take

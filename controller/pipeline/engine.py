@@ -356,7 +356,9 @@ def batched(lock: Lock, loaded: dict[str, kernels.Kernel]) -> dict[str, kernels.
     for ref, kernel in loaded.items():
         if lock.module(ref).manifest.runtime.batchable and ref not in off:
             b = settings.get(ref, Batching())
-            out[ref] = batching.Batcher(kernel, max_batch=b.max_batch_size, max_latency_ms=b.max_latency_ms)
+            out[ref] = batching.Batcher(
+                kernel, max_batch=b.max_batch_size, max_latency_ms=b.max_latency_ms, inflight=batching.cores()
+            )
     return out
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.plan.governance import Release
+
 
 @dataclass(frozen=True, slots=True)
 class QueryContext:
@@ -81,3 +83,4 @@ class Observations:
     samples: dict[str, Sample] = field(default_factory=dict)
     controls: Controls = Controls()
     gates: dict[str, GateAnswer] = field(default_factory=dict)  # by gate name, those asked this cycle
+    release: Release | None = None  # governance of the canary in flight (None: no policy applies)

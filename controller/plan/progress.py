@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.plan import analysis, gates, schedule, transitions
+from controller.plan import analysis, gates, governance, schedule, transitions
 from controller.plan.actions import Event
 from controller.plan.observations import Controls, Observations
 from controller.plan.reasons import Reason, Waiting
@@ -34,15 +34,19 @@ def handled(c: Controls, s: RolloutStatus, mark: float) -> float:
 
 def progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Moved:
     c, health = obs.controls, obs.health
-    if s.waiting in (Waiting.CANARY, Waiting.METRICS, Waiting.GATE, Waiting.GATE_ASK):  # re-established while it lasts
+    if s.waiting in (Waiting.CANARY, Waiting.METRICS, Waiting.APPROVAL, Waiting.SOAK, Waiting.GATE, Waiting.GATE_ASK):
+        # re-established below while it lasts
         s = replace(s, waiting=None)
     if is_new(c.abort, s):
         return transitions.abort(s, Reason.ABORTED_BY_USER, "abort requested", now)
     if health.canary_failed:
         return transitions.abort(s, Reason.CANARY_FAILED, health.canary_failed, now)
+    gate = governance.gate(obs.release, s, now)
+    if gate.rejected is not None:
+        return transitions.abort(s, Reason.REJECTED, gate.rejected, now)
     if is_new(c.promote_full, s):
         if health.canary_ready:
-            return transitions.promote(r, s, now, Reason.PROMOTED_FULL)
+            return _held(s, gate) if not gate.open else transitions.promote(r, s, now, Reason.PROMOTED_FULL)
         return replace(s, waiting=Waiting.CANARY, message="promote --full: waiting for the canary to be ready"), ()
     events: tuple[Event, ...] = ()
     if is_new(c.resume, s) and s.phase is Phase.PAUSED:
@@ -64,7 +68,7 @@ def progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Mov
         return s, events  # a pause step or an inconclusive analysis: only resume or abort continue
     deadline = r.spec.policies.progress_deadline
     at_gate = s.reason is Reason.GATE_HOLDING  # waiting for a gate is not a lack of progress
-    if s.step_started is not None and now - s.step_started > deadline and not at_gate:
+    if s.step_started is not None and now - s.step_started > deadline and s.step < len(r.steps) and not at_gate:
         why = f"step {s.step} made no progress for {deadline:g}s"
         s, more = transitions.abort(s, Reason.PROGRESS_DEADLINE_EXCEEDED, why, now)
         return s, events + more
@@ -78,6 +82,13 @@ def progress(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Mov
         return s, events
     s, more = _advance(r, s, obs, now)
     return s, events + more
+
+
+def _held(s: RolloutStatus, gate: governance.Gate) -> Moved:
+    """The steps are done but the policy holds the canary at its weight (approvals, soak)."""
+    assert gate.waiting is not None
+    events = () if s.reason is gate.reason else (Event(gate.reason, f"{s.canary}: {gate.message}"),)
+    return replace(s, reason=gate.reason, message=gate.message, waiting=gate.waiting), events
 
 
 def _resume(r: Rollout, s: RolloutStatus, now: float) -> Moved:
@@ -163,8 +174,13 @@ def _advance(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Mov
     s, more, hold = gates.confirm_promotion(r, s, obs, now)
     if hold:
         return s, events + more
-    s, promoted = transitions.promote(r, s, now, Reason.STEPS_COMPLETED)
-    return s, events + more + promoted
+    events += more
+    gate = governance.gate(obs.release, s, now)  # the policy: approvals and soak
+    if not gate.open:
+        s, more = _held(s, gate)
+        return s, events + more
+    s, more = transitions.promote(r, s, now, Reason.STEPS_COMPLETED)
+    return s, events + more
 
 
 def _one_step(

@@ -44,6 +44,11 @@ class Reason(enum.StrEnum):
     GATE_HOLDING = "GateHolding"  # a gate has not answered 2xx: the rollout waits for it
     GATE_PASSED = "GatePassed"  # event: a gate let the rollout through
     GATE_FAILED = "GateFailed"  # pre-rollout failed too often, or a rollback gate asked for it: aborted
+    AWAITING_APPROVAL = "AwaitingApproval"  # governance: steps done, approvals missing (held at its weight)
+    AWAITING_SOAK = "AwaitingSoak"  # governance: steps done, the policy's minimum soak not elapsed
+    REJECTED = "Rejected"  # governance: an approver rejected the canary: aborted
+    APPROVED = "Approved"  # event: an approval was given
+    BREAK_GLASS = "BreakGlass"  # event: a change started with the policy's windows and soak overridden
 
     @classmethod
     def parse(cls, value: str) -> Reason:
@@ -74,6 +79,8 @@ class Waiting(enum.StrEnum):
     METRICS = "Metrics"  # the metrics provider to answer again (metricsDown: hold)
     GATE = "Gate"  # a webhook gate to answer 2xx: asked again after its interval
     GATE_ASK = "GateAsk"  # a gate reached this cycle: asked at the next one, within a second
+    APPROVAL = "Approval"  # approvals the policy requires: `modship approve` releases it
+    SOAK = "Soak"  # the policy's minimum soak time: released when it elapses
 
     @property
     def poll_soon(self) -> bool:
@@ -104,6 +111,7 @@ _MOVES_ALIASES = frozenset(
         Reason.TARGET_REVERTED,
         Reason.SUPERSEDED,
         Reason.GATE_FAILED,
+        Reason.REJECTED,
     }
 )
 _ROLLED_BACK = frozenset(
@@ -115,5 +123,6 @@ _ROLLED_BACK = frozenset(
         Reason.PROGRESS_DEADLINE_EXCEEDED,
         Reason.ROLLED_BACK,
         Reason.GATE_FAILED,
+        Reason.REJECTED,
     }
 )

@@ -27,6 +27,7 @@ from controller.plan.status import HistoryEntry, Phase, RolloutStatus, Traffic
 from controller.spec.rollout import Check, Rollout
 
 HEALTH_POLL = 1.0
+APPROVAL_POLL = 5.0  # approvals on Kubernetes are objects nobody wakes the operator for: look again this often
 MAX_REQUEUE = 30.0
 
 due_checks = schedule.due_checks
@@ -142,6 +143,8 @@ def _requeue(r: Rollout, s: RolloutStatus, now: float) -> float | None:
             times.append(now + HEALTH_POLL)
         if s.waiting is Waiting.GATE:
             times.append(now + gates.interval(r))
+        if s.waiting is Waiting.APPROVAL:
+            times.append(now + APPROVAL_POLL)
     if s.in_flight and s.phase is Phase.PROGRESSING:
         times.append(now + MAX_REQUEUE)
         if s.step < len(r.steps):

@@ -109,20 +109,37 @@ def _number(v: object) -> TypeGuard[float]:
 
 
 def answer(body: bytes) -> Answer | None:
-    """Parse a ``/predict`` response body; None when it is not a JSON object."""
+    """Parse a ``/predict`` response body; None when it is not a JSON object. One pass over the
+    predictions and one over the evaluations: the router calls this for every answer it relays."""
     doc = _loads(body)
     if doc is None:
         return None
     preds = doc.get("prediction")
-    preds = [preds] if isinstance(preds, dict) else preds if isinstance(preds, list) else []
-    labels = tuple(p["label"] for p in preds if isinstance(p, dict) and isinstance(p.get("label"), str))
-    confs = tuple(float(c) for p in preds if isinstance(p, dict) and _number(c := p.get("confidence")))
+    if isinstance(preds, dict):
+        preds = [preds]
+    labels: list[str] = []
+    confs: list[float] = []
+    if isinstance(preds, list):
+        for p in preds:
+            if isinstance(p, dict):
+                label = p.get("label")
+                if isinstance(label, str):
+                    labels.append(label)
+                c = p.get("confidence")
+                if _number(c):
+                    confs.append(float(c))
+    passed = failed = 0
     evals = doc.get("evaluation")
-    evals = [e for e in evals if isinstance(e, dict) and "passed" in e] if isinstance(evals, list) else []
-    passed = sum(1 for e in evals if e["passed"] is True)
+    if isinstance(evals, list):
+        for e in evals:
+            if isinstance(e, dict) and "passed" in e:
+                if e["passed"] is True:
+                    passed += 1
+                else:
+                    failed += 1
     meta = doc.get("meta")
     fallbacks = meta.get("fallbacks") if isinstance(meta, dict) else None
-    return Answer(labels, confs, passed, len(evals) - passed, bool(fallbacks))
+    return Answer(tuple(labels), tuple(confs), passed, failed, bool(fallbacks))
 
 
 def input_lengths(body: bytes) -> tuple[int, ...]:

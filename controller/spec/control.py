@@ -86,6 +86,7 @@ class PromoteRequest(Model):
     revision: str | None = None
     full: bool = False
     force: bool = False
+    break_glass: bool = False  # override the policy's change windows and soak (needs a reason; audited)
 
     @field_validator("modules", mode="before")
     @classmethod
@@ -140,6 +141,14 @@ class ToggleRequest(Model):
         return v
 
 
+class ApproveRequest(Model):
+    """Approve (or reject) the change awaiting approval; ``revision`` guards against deciding on
+    another change than the one looked at."""
+
+    revision: str | None = None
+    approve: bool = True
+
+
 class DeployRequest(Model):
     """Local runtime only: register a system; its first revision becomes stable at once."""
 
@@ -191,6 +200,13 @@ class ToggleResult(Model):
     flag: str
     enabled: bool
     percent: float
+
+
+class ApproveResult(Model):
+    system: str
+    revision: str
+    approve: bool
+    missing: list[str]  # what is still missing after this decision ([]: nothing)
 
 
 class DeployResult(Model):
@@ -284,6 +300,30 @@ class TrafficFigures(Model):
     error_rate: float | None
     fallbacks: int
     mirrored: int
+    # the ML signals over the same window, where the backend sees answers (the local router):
+    labels: dict[str, int] | None = None  # predicted labels and their counts
+    confidence: float | None = None  # mean confidence of the predictions
+    compared: int | None = None  # mirrored requests whose answer was compared with stable's
+    disagreed: int | None = None  # ... and whose labels differed
+
+
+class ApprovalRow(Model):
+    user: str
+    approve: bool
+    at: float
+    reason: str | None = None
+
+
+class Governance(Model):
+    """The change in flight as the policy sees it: who made it and why, and the decisions on it."""
+
+    revision: str
+    author: str
+    reason: str | None = None
+    break_glass: bool = False
+    approvals_required: int = 0
+    decisions: list[ApprovalRow] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list)
 
 
 class StatusDocument(Model):
@@ -317,6 +357,7 @@ class StatusDocument(Model):
     history: list[Outcome]
     drift: list[str]
     aborted: AbortCause | None = None  # set while the phase is Aborted: why
+    governance: Governance | None = None  # the change's author, reason, break-glass and approvals
 
 
 class HistoryOutcome(Model):

@@ -269,8 +269,8 @@ def test_an_aborted_canary_says_why_in_the_terminal_and_on_the_dashboard(stack: 
     table = cli.ok("status", NAME).out
     assert "✗ Aborted because check module-errors" in table
     checks = cli.ok("status", NAME, "--checks").out
-    assert "module-errors (step): (sum(rate(modship_step_fallbacks_total" in checks
-    assert "errors (step): template:error-rate — max 0.05" in checks
+    assert "module-errors (step): max 0.1 — Failed" in checks and "measures (sum(rate(modship_step_fallbacks" in checks
+    assert "errors (step): max 0.05" in checks and "measures template:error-rate" in checks
     rows = [line for line in checks.splitlines() if line.strip().endswith("Failed")]
     assert rows and f"{m['value']:.4g}" in rows[-1]
     # the dashboard: a rollback counted, and the failed verdict behind it
@@ -278,4 +278,5 @@ def test_an_aborted_canary_says_why_in_the_terminal_and_on_the_dashboard(stack: 
     prom.wait_for_value(as_grafana_sends(rollbacks, range_s=600), until=lambda v: v >= 1, timeout=30)
     verdicts = dict(panel_queries())["Verdicts in range"]
     series = prom.query_range(as_grafana_sends(verdicts, range_s=600), seconds=30)
-    assert any(x["metric"] == {"check": "module-errors", "verdict": "Failed"} for x in series), series
+    failed = [x for x in series if x["metric"] == {"check": "module-errors", "verdict": "Failed"}]
+    assert failed and float(failed[0]["values"][-1][1]) >= 1, series

@@ -50,6 +50,7 @@ EXPECTED_RULES = {
     ("modship.dev", "rollouts"): {"get", "list", "watch", "update", "patch"},
     ("modship.dev", "rollouts/status"): {"get", "update", "patch"},
     ("modship.dev", "rollouts/finalizers"): {"update"},
+    ("modship.dev", "approvals"): {"list"},
     ("", "pods"): {"list"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "update", "patch", "delete"},
@@ -202,6 +203,10 @@ def test_template_default_values(control_plane: ControlPlane) -> None:
         "RoleBinding",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicyBinding",
     ]
     for d in docs:  # standard labels everywhere
         labels = d["metadata"]["labels"]
@@ -250,6 +255,10 @@ def test_template_cluster_scope_and_service_monitor(control_plane: ControlPlane)
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicyBinding",
     ]
     role = find(docs, "ClusterRole")
     assert role["metadata"]["name"] == "ops-modship" and "namespace" not in role["metadata"]

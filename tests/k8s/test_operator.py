@@ -625,7 +625,7 @@ def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: 
     rollouts = KubeRollouts(kubeconfig=str(cluster.cp.kubeconfig), namespace=ns)
     k = KubeControl(rollouts)
     assert k.toggle("ratio", ToggleRequest(flag="guard", enabled=False, percent=50), actor=ME).flag == "guard"
-    k.promote("ratio", PromoteRequest(revision=rev(2), modules=["head@2"]))
+    k.promote("ratio", PromoteRequest(revision=rev(2), modules=["head@2"]), actor=ME)
 
     def replicas() -> dict[str, int]:
         items = cluster.apps.list_namespaced_deployment(ns, label_selector="modship.dev/system=ratio").items

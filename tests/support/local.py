@@ -92,7 +92,11 @@ class Load:
     def stop(self) -> dict[str, Any]:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:  # a loaded machine: never leave the rest of a teardown undone
+                self.proc.kill()
+                self.proc.wait(10)
         return self.stats()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,3 +89,60 @@ def test_an_idle_model_is_called_at_once() -> None:
     assert b({"x": np.asarray([[3.0]])})["y"].tolist() == [[6.0]]
     assert b({"x": np.asarray([[4.0]])})["y"].tolist() == [[8.0]]
     assert model.sizes == [1, 1]
+
+
+def test_with_two_slots_two_calls_run_at_once_and_the_rest_share_the_next() -> None:
+    gate = threading.Event()
+    running: list[int] = []
+    sizes: list[int] = []
+    lock = threading.Lock()
+
+    def model(batch: Any) -> dict[str, Any]:
+        x = np.asarray(batch["x"])
+        with lock:
+            running.append(len(x))
+        if len(sizes) < 2:
+            gate.wait(10)
+        with lock:
+            sizes.append(len(x))
+        return {"y": x * 2}
+
+    b = Batcher(model, max_batch=32, inflight=2)
+    with ThreadPoolExecutor(8) as pool:
+        first = [pool.submit(b, {"x": np.asarray([[float(i)]])}) for i in range(2)]
+        deadline = time.monotonic() + 10
+        while len(running) < 2:  # both slots busy, neither finished
+            assert time.monotonic() < deadline, f"{len(running)} calls running, expected 2"
+            time.sleep(0.005)
+        rest = [pool.submit(b, {"x": np.asarray([[float(i)]])}) for i in range(2, 8)]
+        queued(b, 6)
+        gate.set()
+        for i, f in enumerate(first + rest):
+            assert f.result(10)["y"].tolist() == [[2.0 * i]]
+    assert running[:2] == [1, 1] and sum(sizes) == 8 and b.calls == len(sizes) <= 4  # 6 queued: 1 or 2 calls
+
+
+def test_sub_batches_bound_padding_and_rows() -> None:
+    from controller.pipeline.kernels import PAD_WASTE, SUB_BATCH_ROWS, sub_batches
+
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(10, 45, 60), [160, 255, 12]])
+    runs = sub_batches(lengths)
+    assert sorted(int(i) for r in runs for i in r) == list(range(len(lengths)))  # every row exactly once
+    for r in runs:
+        ls = lengths[r]
+        assert 1 <= len(r) <= SUB_BATCH_ROWS
+        assert len(r) == 1 or 1 - ls.sum() / (ls.max() * len(r)) <= PAD_WASTE
+    assert len(sub_batches(np.asarray([30] * 40))) == 3  # equal lengths: cut by rows only
+    assert [list(r) for r in sub_batches(np.asarray([7]))] == [[0]]
+
+
+def test_cores_follow_a_cgroup_cpu_limit(tmp_path: Path) -> None:
+    from controller.pipeline.batching import cores
+
+    unlimited = cores(tmp_path / "absent")
+    assert unlimited >= 1
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a limit of 1.5 CPUs
+    assert cores(tmp_path / "cpu.max") == min(unlimited, 2)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cores(tmp_path / "cpu.max") == unlimited

@@ -115,6 +115,6 @@ def test_the_terminal_says_why_and_draws_the_checks_over_time() -> None:
     assert "✗ Aborted because check errors (analysis) failed" in console.export_text()
     console.print(checks_over_time(d))
     lines = console.export_text().splitlines()
-    assert any("errors (step): errorRate — max 0.05 — Failed" in x for x in lines)
+    assert "errors (step): max 0.05 — Failed" in lines and "  measures errorRate" in lines
     rows = [x.split() for x in lines if re.match(r"\s*\d\d:\d\d:\d\d ", x)]
     assert [(r[1], r[-1]) for r in rows] == [("0.01", "Successful"), ("0.31", "Failed"), ("0.42", "Failed")]

@@ -66,8 +66,15 @@ def test_the_controller_publishes_what_runs_and_its_rollout_metrics(tmp_path: Pa
         {"targets": ["h:1"], "labels": {"kind": "controller"}}
     ]
     c.metrics.show(("", "sys"), "Idle", 0.0)
+    c.metrics.start(("", "sys"), rollout(A))
     text = runtime_metrics.render(c).decode()
     assert 'modship_rollout_phase{namespace="",phase="Idle",rollout="sys"} 1.0' in text
+    # counters exist at 0 before their first event, so that increase() counts that event
+    assert 'modship_rollout_rollbacks_total{namespace="",reason="AnalysisFailed",rollout="sys"} 0.0' in text
+    assert (
+        'modship_rollout_analysis_verdicts_total{check="errors",namespace="",rollout="sys",verdict="Failed"} 0.0'
+        in text
+    )
     assert "# TYPE modship_runtime_processes gauge" in text
 
 

@@ -32,6 +32,8 @@ log = logging.getLogger("modship.kubernetes")
 
 FINALIZER = "modship.dev/cleanup"
 TOGGLES = "modship.dev/toggles"
+AUTHOR = "modship.dev/author"  # who set spec.revision (the chart's admission policy refuses another name)
+BREAK_GLASS = "modship.dev/break-glass"  # the reason a change overrides the policy's windows and soak
 CONTROLS = {
     "abort": "modship.dev/abort",
     "resume": "modship.dev/resume",
