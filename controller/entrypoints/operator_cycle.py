@@ -20,11 +20,13 @@ from controller.adapters.kube import api as kube_api
 from controller.adapters.kube import caches, cleanup
 from controller.adapters.kube import governance as kube_governance
 from controller.adapters.kube.events import EventRecorder
+from controller.adapters.kube.names import service_url
 from controller.adapters.kube.no_router import NoRouterSource
 from controller.adapters.kube.rollouts import AUTHOR, Entry, RolloutCache, wire_spec
 from controller.adapters.kube.store import KubernetesStore
 from controller.adapters.kube.target import KubernetesTarget
 from controller.adapters.kube.traffic import Notes
+from controller.adapters.loadtest import LoadTests
 from controller.adapters.notify import Notifier
 from controller.apply import aliases, governance, module_facts, reconcile
 from controller.apply.operator_metrics import Metrics
@@ -42,6 +44,7 @@ from controller.spec.rollout import Provider, Rollout, TrafficRouting
 log = logging.getLogger("modship.operator")
 GOVERNANCE = "Governance"  # the condition of a new target the policy does not let start
 MODULES = "ModuleGovernance"  # where the tiers and owners of the Rollout's module versions came from
+LOAD_TEST = "LoadTest"  # the built-in load-test hook of a canary in flight
 REFUSED_POLL = 30.0  # a refused change is looked at again this often (windows open by the minute)
 Key = tuple[str, str]  # (namespace, name)
 
@@ -66,6 +69,7 @@ class Options:
     notifications: str | None = None  # a notifications file: CloudEvents of transitions to its sinks
     dead_letter: str = "/tmp/modship/dead-letter.jsonl"
     audit_file: str | None = None  # append the hash-chained audit log here (a file on a volume)
+    datasets: str = "/etc/modship/datasets"  # where a relative spec.loadTest.dataset is found
 
 
 class Operator:
@@ -97,6 +101,7 @@ class Operator:
                 spec = spec.model_copy(update={"links": spec.links.model_copy(update={"mlflow": opts.registry_url})})
             self.notifier = Notifier(spec, dead_letter=Path(opts.dead_letter))
         self.audit = AuditLog(Path(opts.audit_file)) if opts.audit_file else None
+        self.loads = LoadTests(Path(opts.datasets))  # the same load-test hook as the local controller's
 
     def reconcile(self, key: Key) -> float | None:
         """One cycle; seconds after its start when the Rollout is due again (None: on a change)."""
@@ -171,12 +176,23 @@ class Operator:
             log.info(
                 "%s/%s: %s step %d weight %g (%s)", e.namespace, name, st.phase, st.step, st.traffic.weight, st.reason
             )
+        self._load_test(store, e, r, d.status)
         store.sync(name)
         self.metrics.cycle((e.namespace, name), r, s=s, obs=seen[0], d=d, now=now)
         after = d.requeue_after if d.requeue_after is not None else self.opts.resync
         if GOVERNANCE in notes:  # a refused change: look again when a window may have opened (or the policy changed)
             after = min(after, REFUSED_POLL)
         return now + after
+
+    def _load_test(self, store: KubernetesStore, e: Entry, r: Rollout, s: RolloutStatus) -> None:
+        """The built-in load-test hook while the canary is in flight: the dataset through the system's
+        Service (every revision's pods), so stable and canary both get samples; condition ``LoadTest``."""
+        spec = r.spec.load_test if s.in_flight else None
+        port = r.spec.workload.port if r.spec.workload is not None else 3000
+        url = service_url(r.spec.system, store.namespace, port)
+        shown = self.loads.sync((store.namespace, e.name), spec, url)
+        if shown is not None:
+            store.notes[LOAD_TEST] = (shown[0], "Running" if shown[0] else "DatasetUnreadable", shown[1])
 
     def _module_facts(self, store: KubernetesStore, r: Rollout) -> gov.ModuleFacts | None:
         """The tiers and owners of the module versions ``spec.modules`` names, from the registry, when
@@ -270,6 +286,7 @@ class Operator:
             store.remove_finalizer(e)
             log.info("%s/%s: deleted; cleaned up what it created", e.namespace, e.name)
         self.cache.gone(e.namespace, e.name)
+        self.loads.stop((e.namespace, e.name))
         self.metrics.forget((e.namespace, e.name))
         self._failures.pop((e.namespace, e.name), None)
         self._errors.pop((e.namespace, e.name), None)
