@@ -167,7 +167,7 @@ class Operator:
             notify=self.notifier.on_decision if self.notifier is not None else None,
             gates=self.gates,
             release=lambda st: kube_governance.release(
-                self.kube, store.namespace, name, e.annotations, st, facts=facts_for(st.canary)
+                self.kube, store.namespace, name, e.annotations, st, target=r.spec.revision, facts=facts_for(st.canary)
             ),
             admit=lambda r, st: self._admit(store, e, r, st, now=now, facts=facts_for(r.spec.revision)),
         )

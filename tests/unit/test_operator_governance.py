@@ -189,3 +189,33 @@ def test_owner_approval_needs_an_owner_and_waits_while_owners_are_unknown() -> N
     unknown = kube_gov.change({AUTHOR: "alice"}, "rB", 0.0, gov.ModuleFacts(("stable",), {"topic-head": ()}))
     r = gov.release(owned, "sys", unknown, (gov.Approval("dana", True, 1.0),))
     assert gov.missing(r) == ["an owner of topic-head (its owners are unknown: the registry could not be read)"]
+
+
+class Kube:
+    """The two reads the operator's governance makes: the policy ConfigMap and the Approvals."""
+
+    def __init__(self, policy: dict[str, Any], approvals: list[dict[str, Any]]) -> None:
+        self.cm = {"data": {"policy.yaml": json.dumps(policy)}}
+        self.approvals = approvals
+
+    def get(self, res: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.cm if name == kube_gov.CONFIGMAP else None
+
+    def items(self, res: Any, namespace: str, *, selector: str = "") -> list[dict[str, Any]]:
+        return self.approvals
+
+
+def test_a_refused_edit_does_not_make_its_author_the_author_of_the_canary_in_flight() -> None:
+    approvals = {"approvals": 1, "approvers": ["alice", "bob"], "minSoak": "1h"}
+    policy = {**POLICY, "spec": {"systems": {"sys": approvals}}}
+    mine = {"spec": {"rollout": "sys", "revision": "rB", "approver": "alice", "decision": "approve"},
+            "metadata": {"creationTimestamp": "2026-11-30T10:00:00Z"}}  # fmt: skip
+    kube: Any = Kube(policy, [mine])
+    flying = replace(IDLE, phase=Phase.PROGRESSING, canary="rB", started=0.0)
+    # alice started rB; bob's edit to rC (refused) now holds the author and break-glass annotations
+    bobs = {AUTHOR: "bob", BREAK_GLASS: "skip the soak"}
+    r = kube_gov.release(kube, "ns", "sys", bobs, flying, target="rC")
+    assert r is not None and (r.author, r.break_glass) == ("", False)
+    assert gov.gate(r, flying, 10.0).reason is Reason.AWAITING_SOAK  # bob's glass does not skip rB's soak
+    r = kube_gov.release(kube, "ns", "sys", {AUTHOR: "alice"}, flying, target="rB")
+    assert r is not None and r.author == "alice" and gov.counted(r) == ()  # her own approval never counts

@@ -82,14 +82,19 @@ def release(
     annotations: dict[str, str],
     s: RolloutStatus,
     *,
+    target: str | None = None,
     facts: gov.ModuleFacts = gov.UNKNOWN,
 ) -> gov.Release | None:
     """What governs the canary in flight. ``facts``: its modules' tiers and owners (unknown without
-    a registry: a system's own rule applies, else the ``stable`` tier's, the strictest)."""
+    a registry: a system's own rule applies, else the ``stable`` tier's, the strictest). While the
+    spec names another ``target`` (one the policy refused), the author and break-glass annotations
+    are that target's: the canary's author is then unknown and its glass unbroken."""
     if not s.in_flight or s.canary is None:
         return None
     p = policy(kube, namespace)
     if p is None:
         return None
+    if target is not None and target != s.canary:
+        annotations = {k: v for k, v in annotations.items() if k not in (AUTHOR, BREAK_GLASS, LAST_REQUEST)}
     c = change(annotations, s.canary, s.started or 0.0, facts)
     return gov.release(p, name, c, tuple(approvals_of(kube, namespace, name, s.canary)))
