@@ -224,36 +224,51 @@ def test_every_panel_of_the_chart_dashboard_returns_data_during_a_rollout(stack:
     )
     wait_until(lambda: found(prom).get(("service", canary)), timeout=30, what="the canary discovered")
     cli.ok("pause", NAME, "--reason", "hold it while the dashboard is checked")
-    queries = panel_queries()
-    assert len(queries) >= 10 and len({t for t, _ in queries}) >= 9
-
-    def empty() -> list[str]:
-        return [f"{t}: {q}" for t, q in queries if not prom.query_range(as_grafana_sends(q, range_s=300), seconds=300)]
-
-    missing: list[str] = []
-
-    def all_have_data() -> bool:
-        missing[:] = empty()
-        return not missing
-
     try:
-        wait_until(all_have_data, timeout=60, interval=1.0, what="data in every panel")
-    except Exception:
-        raise AssertionError(f"panels without data: {missing}") from None
-    # the rollout in flight is what the panels show: its weight, its phase, its canary's traffic
-    weight = prom.query_range(as_grafana_sends(dict(queries)["Canary weight over time"], range_s=300), seconds=30)
-    assert weight and any(float(v) == 50.0 for x in weight for _, v in x["values"]), weight
-    rate = prom.query_range(as_grafana_sends(dict(queries)["Request rate per revision"], range_s=300), seconds=30)
-    assert {x["metric"].get("revision") for x in rate} >= {canary}, rate
-    systems = prom.api("label/system/values", **{"match[]": "modship_requests_total"})  # the $system variable
-    assert NAME in systems
-    cli.ok("resume", NAME)
+        queries = panel_queries()
+        assert len(queries) >= 10 and len({t for t, _ in queries}) >= 9
+
+        def empty() -> list[str]:
+            return [
+                f"{t}: {q}" for t, q in queries if not prom.query_range(as_grafana_sends(q, range_s=300), seconds=300)
+            ]
+
+        missing: list[str] = []
+
+        def all_have_data() -> bool:
+            missing[:] = empty()
+            return not missing
+
+        try:
+            wait_until(all_have_data, timeout=60, interval=1.0, what="data in every panel")
+        except Exception:
+            raise AssertionError(f"panels without data: {missing}") from None
+        # the rollout in flight is what the panels show: its weight, its canary's traffic (polled: a rate
+        # needs two scrapes of the canary, which may not have happened yet when the other panels had data)
+        seen: dict[str, Any] = {}
+
+        def shows_the_canary() -> bool:
+            q = dict(queries)
+            seen["weight"] = prom.query_range(as_grafana_sends(q["Canary weight over time"], range_s=300), seconds=30)
+            seen["rate"] = prom.query_range(as_grafana_sends(q["Request rate per revision"], range_s=300), seconds=30)
+            at_50 = any(float(v) == 50.0 for x in seen["weight"] for _, v in x["values"])
+            return at_50 and canary in {x["metric"].get("revision") for x in seen["rate"]}
+
+        try:
+            wait_until(shows_the_canary, timeout=60, interval=1.0, what="the canary at 50 % in the panels")
+        except TimeoutError:
+            raise AssertionError(f"the panels do not show the canary {canary} at 50 %: {seen}") from None
+        systems = prom.api("label/system/values", **{"match[]": "modship_requests_total"})  # the $system variable
+        assert NAME in systems
+    finally:  # the next test needs the rollout moving again, whatever happened here
+        cli.ok("resume", NAME)
     r = cli("status", NAME, "--wait", "--timeout", "180", "-o", "json", timeout=240)
     assert r.code == 0, r.out + r.err
 
 
 def test_an_aborted_canary_says_why_in_the_terminal_and_on_the_dashboard(stack: dict[str, Any]) -> None:
     cli, prom = stack["cli"], stack["prom"]
+    wait_until(lambda: status(cli, NAME)["phase"] in ("Idle", "Promoted"), timeout=240, what="no rollout in flight")
     cli.ok("promote", NAME, stack["faulty"], timeout=600)
     r = cli("status", NAME, "--wait", "--timeout", "180", "-o", "json", timeout=240)
     assert r.code == 1, r.out + r.err
