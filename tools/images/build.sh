@@ -49,12 +49,11 @@ for bad in bentoml onnxruntime numpy pandas pyarrow mlflow-; do
     ! compgen -G "$WH/${bad}*.whl" >/dev/null || die "the wheelhouse holds ${bad%-}: operator-requirements.txt pulls it in"
 done
 
-# The build context: the wheelhouse (hard links), modship's own wheel, the Dockerfile.
+# The build context: the wheelhouse (hard links), modship's controller package (a clean copy), the Dockerfile.
 mkdir -p "$TMP/ctx/wheels"
 cp -l "$WH"/*.whl "$WH/requirements.txt" "$TMP/ctx/wheels/" 2>/dev/null || cp "$WH"/*.whl "$WH/requirements.txt" "$TMP/ctx/wheels/"
-log "modship wheel"
-(cd "$REPO" && "$(dirname "$PY")/uv" build -q --wheel --out-dir "$TMP/ctx/wheels" . >&2) \
-    || "$PY" -m pip wheel -q --no-deps -w "$TMP/ctx/wheels" "$REPO" >&2
+cp -r "$REPO/controller" "$TMP/ctx/controller"
+find "$TMP/ctx/controller" -name __pycache__ -prune -exec rm -rf {} +
 cp "$HERE/operator.Dockerfile" "$TMP/ctx/Dockerfile"
 log "docker build $TAG (FROM $BASE)"
 start=$SECONDS

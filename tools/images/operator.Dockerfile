@@ -9,16 +9,20 @@
 #   docker build --build-arg BASE=python:3.11-slim-bookworm -f tools/images/operator.Dockerfile CONTEXT
 ARG BASE=modship.local/python-base:bookworm
 
-FROM ${BASE} AS build
+FROM ${BASE} AS deps
+# the third-party venv: this stage (and the layer copied from it) is reused until the dependencies change
 COPY wheels/ /wheels/
 RUN python3 -m venv /opt/modship \
  && /opt/modship/bin/pip install --no-index --find-links /wheels --no-cache-dir --no-compile -r /wheels/requirements.txt \
- && /opt/modship/bin/pip install --no-index --no-deps --no-cache-dir --no-compile /wheels/modship-*.whl \
  && /opt/modship/bin/pip uninstall -q -y pip setuptools \
  && /opt/modship/bin/python -m compileall -q -j 0 /opt/modship/lib
 
 FROM ${BASE}
-COPY --from=build /opt/modship /opt/modship
+COPY --from=deps /opt/modship /opt/modship
+# modship itself: the controller package (a clean copy of the sources, no build step)
+COPY controller/ /opt/modship/lib/python3.11/site-packages/controller/
+RUN /opt/modship/bin/python -m compileall -q /opt/modship/lib/python3.11/site-packages/controller \
+ && chmod -R a+rX,go-w /opt/modship/lib/python3.11/site-packages/controller
 ENV PATH=/opt/modship/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HOME=/tmp MODSHIP_HOME=/tmp/modship
