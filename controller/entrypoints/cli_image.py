@@ -12,6 +12,7 @@ from controller.adapters import bento, images
 from controller.entrypoints.cli_system import TodayOpt, _today, prepare
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import Format, console, emit
+from controller.errors import SpecError
 from controller.spec.rollout import Workload
 
 app = typer.Typer(
@@ -47,7 +48,8 @@ def build(
     obj: Context = ctx.obj
     if image is not None:
         images.check_reference(Workload(image=image).image_for("r000000000000"), "--image")
-    images.check_reference(base if ":" in base.rsplit("/", 1)[-1] else f"{base}:x", "--base")
+    if not images.REFERENCE.match(base if ":" in base.rsplit("/", 1)[-1] else f"{base}:latest"):
+        raise SpecError(f"{base!r} is not an image reference", field="--base")
     docker = images.Docker()
     docker.ping()
     images.require_base(docker, base)  # before any build: a missing base leaves nothing half-built
