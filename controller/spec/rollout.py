@@ -255,6 +255,7 @@ class ModshipRouting(Spec):
         default=None, description="default: the operator's own image (MODSHIP_ROUTER_IMAGE, set by the chart)"
     )
     resources: dict[str, dict[str, str]] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict)
 
 
 class TrafficRouting(Spec):

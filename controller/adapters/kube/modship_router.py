@@ -102,6 +102,8 @@ class ModshipRouter:
             # the last configuration outlives a restart of the container (not of the pod)
             "volumes": [{"name": "state", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
         }
+        if spec.node_selector:
+            pod["nodeSelector"] = dict(spec.node_selector)
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
