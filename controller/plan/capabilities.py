@@ -23,7 +23,7 @@ from controller.spec.rollout import BuiltinMetric, Provider, Rollout, RolloutBod
 
 
 class Router(enum.StrEnum):
-    MODSHIP = "modship"  # modship's router: the local runtime (`modship up`)
+    MODSHIP = "modship"  # modship's router: the local runtime, or spec.trafficRouting.modship in a cluster
     REPLICAS = "replicas"  # Kubernetes without spec.trafficRouting: replica ratios behind one Service
     GATEWAY_API = "gatewayAPI"
     ISTIO = "istio"
@@ -78,9 +78,12 @@ class Gap:
 
 
 def router_of(spec: RolloutBody) -> Router:
-    """The router a Rollout spec chooses: its trafficRouting; replica ratios on Kubernetes without
-    one (a workload is given); the modship router otherwise (the local runtime)."""
+    """The router a Rollout spec chooses: its trafficRouting (``modship``: modship's router in the
+    cluster); replica ratios on Kubernetes without one (a workload is given); the modship router
+    otherwise (the local runtime)."""
     t = spec.traffic_routing
+    if t is not None and t.modship is not None:
+        return Router.MODSHIP
     if t is not None and t.gateway_api is not None:
         return Router.GATEWAY_API
     if t is not None and t.istio is not None:

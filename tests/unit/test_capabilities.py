@@ -40,6 +40,7 @@ def test_the_modship_router_serves_everything_the_example_asks() -> None:
         ({"gatewayAPI": {"httpRoute": "web"}}, Router.GATEWAY_API),
         ({"istio": {"virtualService": "web"}}, Router.ISTIO),
         ({"nginx": {"ingress": "web"}}, Router.NGINX),
+        ({"modship": {}}, Router.MODSHIP),
         (None, Router.REPLICAS),
     ],
 )
@@ -129,3 +130,9 @@ def test_the_operator_condition_uses_the_same_words() -> None:
     assert _capabilities_note(example())["Capabilities"] == (
         True, "Served", "the modship router serves every check, step and policy of this Rollout"
     )  # fmt: skip
+
+
+def test_modships_router_in_the_cluster_serves_everything() -> None:
+    r = example(workload=WORKLOAD, trafficRouting={"modship": {"replicas": 2}}, policies={"stickyHeader": "x-user"})
+    assert cap.router_of(r.spec) is Router.MODSHIP
+    assert cap.gaps(r) == []
