@@ -123,9 +123,9 @@ class Holder:
             os.close(fd)
         if kind == b"C":
             for s in ids:
-                fd = self.held.pop(s, None)
-                if fd is not None:
-                    os.close(fd)
+                copy = self.held.pop(s, None)
+                if copy is not None:
+                    os.close(copy)
 
     def close(self) -> None:
         for fd in self.held.values():

@@ -131,7 +131,7 @@ class Supervisor:
 
     def spawn(self) -> None:
         parent = self.pid
-        fds = (self.sock.fileno(),) if self.sock is not None else ()
+        fds: tuple[int, ...] = (self.sock.fileno(),) if self.sock is not None else ()
         env = dict(os.environ, **({"MODSHIP_LISTEN_FD": str(fds[0])} if fds else {}))
         channel = self.keep.channel() if self.keep is not None else None
         if channel is not None and self.keep is not None:

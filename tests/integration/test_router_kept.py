@@ -153,7 +153,8 @@ def router(tmp_path: Path) -> Iterator[tuple[Units, Proc, Upstream]]:
         port = free_port()
         cmd = [sys.executable, "-m", "controller.entrypoints.router", "--port", str(port), "--system", "s"]
         cmd += ["--state", str(tmp_path / "state.json")]
-        pid, st, record = units.spawn("router", cmd, dict(os.environ), tmp_path / "router.log", listen=f"127.0.0.1:{port}")
+        log, listen = tmp_path / "router.log", f"127.0.0.1:{port}"
+        pid, st, record = units.spawn("router", cmd, dict(os.environ), log, listen=listen)
         p = Proc("router", pid, port, time.time(), [], start=st, record=record)
         try:
             wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/-/modship/healthz"), timeout=30, what="the router")
@@ -174,17 +175,21 @@ def test_sigkilled_router_loses_no_request_and_its_supervisor_leaks_no_fd(
         wait_until(lambda: traffic.done() > 30, timeout=60, what="traffic flowing")
         assert held(p.pid) >= 4  # the keep-alive and pipelining connections are held
         for i in range(KILLS):
-            target = traffic.done() + 20
-            wait_until(lambda: traffic.done() >= target, timeout=60, what=f"traffic before kill {i + 1}")
+            wait_until(_more(traffic, 20), timeout=60, what=f"traffic before kill {i + 1}")
             main = next(m["pid"] for m in units.members(p) if m["process"] == "router")
             os.kill(main, signal.SIGKILL)
             wait_until(lambda: units.restarted(p), timeout=30, what=f"restart {i + 1} reported")
-        target = traffic.done() + 30
-        wait_until(lambda: traffic.done() >= target, timeout=60, what="traffic after the last kill")
+        wait_until(_more(traffic, 30), timeout=60, what="traffic after the last kill")
     finally:
         traffic.finish()
     print(f"{KILLS} kills; answered {dict(traffic.counts)}; failed {len(traffic.failures)}")
     assert traffic.failures == [], traffic.failures[:10]
     assert units.running(p)
     # every client closed: the supervisor holds no connection any more
-    wait_until(lambda: held(p.pid) == 0 and fds(p.pid) == baseline, timeout=20, what=f"the supervisor back to {baseline} fds")
+    back = f"the supervisor back to {baseline} fds"
+    wait_until(lambda: held(p.pid) == 0 and fds(p.pid) == baseline, timeout=20, what=back)
+
+
+def _more(traffic: Traffic, n: int) -> Callable[[], bool]:
+    target = traffic.done() + n
+    return lambda: traffic.done() >= target
