@@ -49,6 +49,7 @@ SLOT_SIZE = 64 << 10
 SLOT_DATA = SLOT_SIZE - 8
 OVERFLOW = 0xFFFFFFFF  # a slot's length: its bytes did not fit
 BATCH = 250  # fds per message (the kernel takes up to 253)
+GAP = 0.01  # the supervisor handles the router's messages at most this often (~100 wakeups a second)
 CHANNEL_ENV, JOURNAL_ENV = "MODSHIP_KEEP_FD", "MODSHIP_JOURNAL_FD"
 _HEADER = struct.Struct("<II")
 

@@ -157,7 +157,7 @@ class Supervisor:
         while True:
             if self.keep is not None and self.keep.conn is not None:  # the router's messages, or its end
                 self.keep.pump(max(0.0, self.checked + POLL - time.monotonic()))
-                info = signal.sigtimedwait(WATCHED, 0)
+                info = signal.sigtimedwait(WATCHED, connkeep.GAP)  # the next messages gather meanwhile
                 if info is None and time.monotonic() - self.checked < POLL:
                     continue
             else:
