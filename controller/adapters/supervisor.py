@@ -155,9 +155,11 @@ class Supervisor:
     def watch(self) -> str | None:
         """Until a crash (``self.exit`` says which) or a stop signal (its name is returned)."""
         while True:
-            if self.keep is not None and self.keep.conn is not None:  # the router's messages, or its end
-                self.keep.pump(max(0.0, self.checked + POLL - time.monotonic()))
-                info = signal.sigtimedwait(WATCHED, connkeep.GAP)  # the next messages gather meanwhile
+            if self.keep is not None and self.keep.conn is not None:
+                # the router's messages gather meanwhile: waiting on them would wake this process at
+                # every accepted connection, and on a busy machine the router pays for each wakeup
+                info = signal.sigtimedwait(WATCHED, connkeep.GAP)
+                self.keep.drain()
                 if info is None and time.monotonic() - self.checked < POLL:
                     continue
             else:

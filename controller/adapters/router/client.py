@@ -61,6 +61,7 @@ class ClientConn(asyncio.Protocol):
         self.length = 0
         self.parsed = self.answered = self.skip = 0
         self._replay = replay
+        self._fd = self._family = -1  # the kept connection's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio's
@@ -68,8 +69,10 @@ class ClientConn(asyncio.Protocol):
         keeper = self.router.kept
         if keeper is None:
             return
+        sock = transport.get_extra_info("socket")
+        self._fd, self._family = sock.fileno(), sock.family
         if self._replay is None:
-            self.slot = keeper.hold(transport.get_extra_info("socket").fileno())
+            self.slot = keeper.hold(self._fd)
             return
         data, self.answered = self._replay
         self.length, self.skip, self._replay = len(data), self.answered, None
@@ -87,8 +90,7 @@ class ClientConn(asyncio.Protocol):
         if t is None:
             return
         if self.slot is not None and not t.is_closing() and t.get_write_buffer_size() == 0:
-            sock = t.get_extra_info("socket")  # else the supervisor closes its copy once told, after the flush
-            kept.shut(sock.family, sock.fileno())
+            kept.shut(self._family, self._fd)  # else the supervisor's copy closes once it is told, after the flush
         t.close()
 
     def send(self, data: bytes) -> None:
