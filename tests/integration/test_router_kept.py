@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -168,7 +169,7 @@ def router(tmp_path: Path) -> Iterator[tuple[Units, Proc, Upstream]]:
 def test_sigkilled_router_loses_no_request_and_its_supervisor_leaks_no_fd(
     router: tuple[Units, Proc, Upstream],
 ) -> None:
-    units, p, _ = router
+    units, p, up = router
     baseline = wait_until(lambda: fds(p.pid) if held(p.pid) == 0 else None, timeout=20, what="no connection held")
     traffic = Traffic(f"http://127.0.0.1:{p.port}", p.port).start(keep_alive=3, fresh=2, pipelined=1)
     try:
@@ -186,6 +187,8 @@ def test_sigkilled_router_loses_no_request_and_its_supervisor_leaks_no_fd(
         traffic.finish()
     print(f"{KILLS} kills; answered {dict(traffic.counts)}; failed {len(traffic.failures)}")
     assert traffic.failures == [], traffic.failures[:10]
+    resumed = [int(m) for m in re.findall(r"(\d+) connections resumed", (up.log.parent / "router.log").read_text())]
+    assert len(resumed) == KILLS + 1 and sum(resumed) >= KILLS  # each new router took over the connections
     assert units.running(p)
     # every client closed: the supervisor holds no connection any more
     back = f"the supervisor back to {baseline} fds"
