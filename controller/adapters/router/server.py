@@ -30,8 +30,11 @@ CLIENT_IDLE_S = 75.0  # close idle (or stalled) client connections after this
 class Router:
     """Routing state, telemetry and the admin API of one system's router."""
 
-    def __init__(self, system: str, *, state: Path | None = None, keeper: kept.Kept | None = None) -> None:
+    def __init__(
+        self, system: str, *, state: Path | None = None, token: bytes | None = None, keeper: kept.Kept | None = None
+    ) -> None:
         self.system = system
+        self.token = token  # of the admin API (see ``admin``); None: loopback only, no token
         self.kept = keeper
         self.telemetry = telemetry.Telemetry()
         self.routes = Routes(system, state=state, telemetry=self.telemetry)
@@ -118,7 +121,7 @@ class Router:
         """Answer one request on ``out``, then record what happened."""
         if admin.is_admin(req.target):
             self.recorder.flush()
-            out.send(await admin.answer(req, self.routes, self.telemetry, self.counters))
+            out.send(await admin.answer(req, self.routes, self.telemetry, self.counters, token=self.token))
             return
         route = self.routes.current
         if route.stable is None:
@@ -172,11 +175,18 @@ class Router:
 
 
 async def run(
-    *, host: str, port: int, system: str, state: Path | None, stop: asyncio.Event, sock: socket.socket | None = None
+    *,
+    host: str,
+    port: int,
+    system: str,
+    state: Path | None,
+    stop: asyncio.Event,
+    sock: socket.socket | None = None,
+    token: bytes | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then drain and close; on ``sock`` (already listening) if given."""
     keeper, resumed = kept.Kept.from_env()
-    router = Router(system, state=state, keeper=keeper)
+    router = Router(system, state=state, token=token, keeper=keeper)
     router.load()
     gc.collect()
     gc.freeze()  # what startup allocated is never garbage: later collections need not walk it
