@@ -220,7 +220,7 @@ def measure_argo(n: int, scratch: Path, root: Path) -> dict[str, Any]:
                         names,
                     )
                 )
-            init = kop.wait("every Rollout initialised", lambda: watcher.initialised() >= n, 60 + n * 0.3)
+            init = kop.wait("every Rollout initialised", lambda: watcher.initialised() >= n, 120 + n * 0.6)
             body = {"spec": {"template": {"spec": pod(kop.rev(2))}}}
             t1 = time.monotonic()
             for i, x in enumerate(names):
@@ -307,7 +307,9 @@ def table(r: dict[str, Any]) -> str:
     rows.append(("cluster CPU ms/rollout", *(f"{1000 * f['cluster_cpu_s'] / f['rollouts']:.0f}" for f in raw.values())))
     widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(x, widths, strict=True)) for x in rows]
-    lines += [f"{c['name']}: {c['value']:.3g} (goal {c['goal']}) {'met' if c['met'] else 'NOT met'}" for c in r["checks"]]
+    lines += [
+        f"{c['name']}: {c['value']:.3g} (goal {c['goal']}) {'met' if c['met'] else 'NOT met'}" for c in r["checks"]
+    ]
     return "\n".join(lines)
 
 

@@ -277,8 +277,8 @@ def measure(n: int, scratch: Path) -> dict[str, Any]:
                         lambda x: custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, rollout(x)), names
                     )
                 )
-            init = wait("every Rollout initialised", lambda: watcher.count("Idle", rev(1)) >= n, 60 + n * 0.3)
-            wait("every stable Deployment available", lambda: _available(api) >= n, 60 + n * 0.3)
+            init = wait("every Rollout initialised", lambda: watcher.count("Idle", rev(1)) >= n, 120 + n * 0.6)
+            wait("every stable Deployment available", lambda: _available(api) >= n, 120 + n * 0.6)
             body = {"spec": {"revision": rev(2)}}
             t1 = time.monotonic()
             for i, x in enumerate(names):  # canaries start at a steady rate, not all in one instant
