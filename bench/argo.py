@@ -282,6 +282,7 @@ def run(n: int = N, only: str | None = None) -> dict[str, Any]:
         title=f"operator beside Argo Rollouts at {n} Rollouts",
         raw=figures,
         logs=str(scratch),
+        notes=side_by_side(figures),  # `python -m bench` prints these under the checks
     )
 
 
@@ -290,8 +291,8 @@ def _brief(f: dict[str, Any]) -> dict[str, Any]:
     return {k: f[k] for k in keys}
 
 
-def table(r: dict[str, Any]) -> str:
-    raw = r["raw"]
+def side_by_side(raw: dict[str, Any]) -> list[str]:
+    """The figures of each controller in one column each."""
     rows = [("", *raw)]
     for key, label in (
         ("peak_rss_mb", "peak RSS MB"),
@@ -306,7 +307,11 @@ def table(r: dict[str, Any]) -> str:
         rows.append((label, *(f"{f[key]:g}" for f in raw.values())))
     rows.append(("cluster CPU ms/rollout", *(f"{1000 * f['cluster_cpu_s'] / f['rollouts']:.0f}" for f in raw.values())))
     widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(x, widths, strict=True)) for x in rows]
+    return ["  ".join(c.rjust(w) for c, w in zip(x, widths, strict=True)) for x in rows]
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = side_by_side(r["raw"])
     lines += [
         f"{c['name']}: {c['value']:.3g} (goal {c['goal']}) {'met' if c['met'] else 'NOT met'}" for c in r["checks"]
     ]
