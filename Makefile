@@ -33,6 +33,9 @@ system-deps: ## Debian packages the tests and benchmarks use (prometheus, nginx,
 k8s-bins: ## build the Kubernetes test control plane from the Go module proxy (cached outside the repo)
 	bash tools/k8s/build.sh
 
+argo-bins: ## build Argo Rollouts' controller from the Go module proxy, the operator benchmark's anchor (cached)
+	bash tools/k8s/argo.sh
+
 docker-daemon: ## the private docker daemon the image tests use (root; tools/kind/host-setup.sh, idempotent)
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) bash tools/kind/host-setup.sh >/dev/null
 
@@ -60,10 +63,10 @@ demo: $(STAMP) ## the main job end to end on the embedded default
 demo-digits: $(STAMP) ## bring your own modules: images, with adopted MLflow models, ONNX and a python component
 	$(BIN)/python examples/digits/demo.py
 
-bench: $(STAMP) system-deps k8s-bins ## benchmarks, side by side; results in bench/results.json
+bench: $(STAMP) system-deps k8s-bins argo-bins ## benchmarks, side by side; results in bench/results.json
 	$(BIN)/python -m bench
 
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins docker-daemon images check crd test test-fast demo demo-digits bench clean
+.PHONY: help venv system-deps k8s-bins argo-bins docker-daemon images check crd test test-fast demo demo-digits bench clean

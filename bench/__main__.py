@@ -49,6 +49,7 @@ from types import FrameType
 from typing import Any
 
 from bench import (
+    argo,
     batching,
     cache,
     composed,
@@ -76,6 +77,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "rollback": rollback.run,
     "isolation": isolation.run,
     "operator": lambda ws, cfg: k8s_operator.run(),
+    "argo": lambda ws, cfg: argo.run(),
     "soak": soak.run,
     "dashboard": dashboard.run,
 }

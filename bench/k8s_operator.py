@@ -239,11 +239,11 @@ def pct(xs: list[float], q: float) -> float:
 
 
 @contextmanager
-def plane(n: int) -> Iterator[tuple[BenchPlane, Any]]:
+def plane(n: int, crds: Sequence[Path] = (CRD,)) -> Iterator[tuple[BenchPlane, Any]]:
     cp = BenchPlane()
     with cp:
-        cp.kubectl("apply", "--server-side", f"-f={CRD}")
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rollouts.modship.dev")
+        cp.kubectl("apply", "--server-side", *(f"-f={c}" for c in crds))
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         nodes = [node(f"bench-node-{i}") for i in range(max(1, -(-2 * n // PODS_PER_NODE)) + 1)]
         cp.kubectl(
             "apply",
@@ -269,7 +269,7 @@ def measure(n: int, scratch: Path) -> dict[str, Any]:
             wait("the operator to take its lease", lambda: _leased(api), 60)
             time.sleep(1.0)  # settle: the idle operator is the baseline
             base_cpu, base_rss = op.cpu(), op.peak_rss_mb()
-            t0, cpu0 = time.monotonic(), op.cpu()
+            t0, cpu0, kcm0, writes0 = time.monotonic(), op.cpu(), kcm_cpu(cp), api_writes(cp)
             names = [f"s{i:04d}" for i in range(n)]
             with ThreadPoolExecutor(8) as pool:
                 list(
@@ -277,8 +277,8 @@ def measure(n: int, scratch: Path) -> dict[str, Any]:
                         lambda x: custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, rollout(x)), names
                     )
                 )
-            init = wait("every Rollout initialised", lambda: watcher.count("Idle", rev(1)) >= n, 60 + n * 0.3)
-            wait("every stable Deployment available", lambda: _available(api) >= n, 60 + n * 0.3)
+            init = wait("every Rollout initialised", lambda: watcher.count("Idle", rev(1)) >= n, 120 + n * 0.6)
+            wait("every stable Deployment available", lambda: _available(api) >= n, 120 + n * 0.6)
             body = {"spec": {"revision": rev(2)}}
             t1 = time.monotonic()
             for i, x in enumerate(names):  # canaries start at a steady rate, not all in one instant
@@ -286,7 +286,8 @@ def measure(n: int, scratch: Path) -> dict[str, Any]:
                 custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, x, body)
             wait("every Rollout promoted", lambda: watcher.count("Promoted", rev(2)) >= n, 120 + n * 0.5)
             done = time.monotonic() - t1
-            cpu, rss = op.cpu() - cpu0, op.peak_rss_mb()
+            cpu, rss, kcm = op.cpu() - cpu0, op.peak_rss_mb(), kcm_cpu(cp) - kcm0
+            writes = since(api_writes(cp), writes0)
             plane_cpu = {p.name: round(_cpu(p.popen.pid), 1) for p in cp._procs}
             wall = time.monotonic() - t0
             lat = list(watcher.latency.values())
@@ -301,6 +302,8 @@ def measure(n: int, scratch: Path) -> dict[str, Any]:
         "rollouts": n,
         "cpu_s": round(cpu, 2),
         "cpu_ms_per_rollout": round(1000 * cpu / n, 2),
+        "kcm_cpu_s": round(kcm, 2),
+        "cluster_cpu_s": round(cpu + kcm, 2),
         "peak_rss_mb": round(rss, 1),
         "step_latency_p50_s": round(pct(lat, 0.5), 3),
         "step_latency_p99_s": round(pct(lat, 0.99), 3),
@@ -311,6 +314,7 @@ def measure(n: int, scratch: Path) -> dict[str, Any]:
         "rollout_s": round(done, 1),
         "wall_s": round(wall, 1),
         "control_plane_cpu_s": plane_cpu,
+        "api_writes": writes,
         "baseline": {"cpu_s": round(base_cpu, 2), "peak_rss_mb": round(base_rss, 1)},
     }
 
@@ -318,6 +322,31 @@ def measure(n: int, scratch: Path) -> dict[str, Any]:
 def _cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kcm_cpu(cp: ControlPlane) -> float:
+    """CPU seconds of kube-controller-manager so far (it makes the ReplicaSets and pods)."""
+    return next(_cpu(p.popen.pid) for p in cp._procs if p.name == "kube-controller-manager")
+
+
+def api_writes(cp: ControlPlane) -> dict[str, int]:
+    """The API server's count of write requests so far, by verb and resource (every client's)."""
+    out: dict[str, int] = {}
+    for line in cp.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.rindex("}")].split(","))
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        if labels.get("verb") not in ("POST", "PATCH", "PUT", "DELETE", "APPLY", "CREATE", "UPDATE"):
+            continue
+        sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+        key = f"{labels['verb']} {labels.get('resource', '')}{sub}"
+        out[key] = out.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def since(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in sorted(now.items()) if v - before.get(k, 0)}
 
 
 def _available(api: client.ApiClient) -> int:

@@ -712,3 +712,23 @@ def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: 
     assert user and user != ME.user and asked["user"] == user
     assert (asked["what"], asked["reason"]) == ("resume", "k8s test")
     rollouts.close()
+
+
+def test_replica_ratios_one_replica_stops_the_previous_stable_at_promotion(
+    cluster: Cluster, ns: str, operators: StartOperator
+) -> None:
+    """With one replica no readiness changes at promotion: the previous stable, which the root
+    Service selects, must go to zero in the promoting cycle, not when the rollback window ends."""
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1s"}}]
+    cluster.apply(ns, rollout_doc("one", revision=rev(1), steps=steps))
+    operators()
+    cluster.wait_phase(ns, "one", "Idle", stable=rev(1))
+
+    def replicas() -> dict[str, int]:
+        items = cluster.apps.list_namespaced_deployment(ns, label_selector="modship.dev/system=one").items
+        return {d.metadata.labels["modship.dev/revision"]: d.spec.replicas for d in items}
+
+    cluster.apply(ns, rollout_doc("one", revision=rev(2), steps=steps))
+    poll("a canary pod beside the stable one", lambda: replicas() == {rev(1): 1, rev(2): 1})
+    cluster.wait_phase(ns, "one", "Promoted", stable=rev(2))
+    poll("the previous stable at 0 right after promotion", lambda: replicas() == {rev(1): 0, rev(2): 1}, timeout=30)

@@ -96,6 +96,12 @@ class DeploymentIndex:
             self._states[(namespace, name)] = state
         return old is None or (old.ready, old.failure, old.desired) != (state.ready, state.failure, state.desired)
 
+    def seed(self, namespace: str, name: str, state: DeploymentState) -> None:
+        """What an apply answered, when the watch has not shown the Deployment yet (a newer
+        watched state is never overwritten; the watch's next event replaces this one)."""
+        with self._lock:
+            self._states.setdefault((namespace, name), state)
+
     def drop(self, namespace: str, name: str) -> None:
         with self._lock:
             self._states.pop((namespace, name), None)

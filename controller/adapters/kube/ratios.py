@@ -15,6 +15,8 @@ def replicas(n: int, split: Split, revision: str, role: str) -> int:
     """Replicas of ``revision`` (in ``role``) out of the workload's ``n`` for ``split``."""
     if role == "previous" and revision not in (split.stable, split.canary):
         return 0  # the root Service selects every revision: a warm previous one would get traffic
+    if role == "canary" and revision != split.canary:
+        return min(n, 1)  # not routed yet: the route that follows in the same cycle sets its share
     if split.canary is None:
         return n
     canary = max(1, round(n * split.weight / 100))

@@ -189,6 +189,8 @@ class RolloutCache:
         new generation, new commands or toggles, deletion). Its status is not taken: only reads
         and our own writes are trusted for that."""
         new = entry_of(body, trusted=False)
+        if not body.get("status"):  # nobody has written its status yet: nothing to read again (our
+            new.status = RolloutStatus()  # writes carry its resourceVersion, so a stale one conflicts)
         key = (new.namespace, new.name)
         with self._lock:
             old = self._entries.get(key)

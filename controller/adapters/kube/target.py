@@ -128,11 +128,11 @@ class KubernetesTarget:
         return ratios.replicas(n, self.split, revision, role)
 
     def _redeploy(self) -> None:
-        """Replica ratios: the split's revisions with their share of the replicas."""
-        sp = self.split
+        """Replica ratios: every revision of this cycle with its share of the replicas under the
+        new split (a promoted rollout's previous stable drops to zero in the same cycle: the root
+        Service would send it traffic, and with one replica no readiness change wakes us later)."""
         for revision, role in self._roles.items():
-            if revision in (sp.stable, sp.canary):
-                self._apply(DEPLOYMENTS, self._deployment(revision, self._replicas(revision, role)))
+            self._apply(DEPLOYMENTS, self._deployment(revision, self._replicas(revision, role)))
 
     def _deployment(self, revision: str, replicas: int) -> Json:
         w, lbl = self.workload, labels(self.system, self.owner.name, revision)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controller.adapters.kube.api import KINDS, Json, Kube, Resource
-from controller.adapters.kube.caches import Applied, Shared
+from controller.adapters.kube.api import DEPLOYMENTS, KINDS, Json, Kube, Resource
+from controller.adapters.kube.caches import Applied, Shared, deployment_state
 from controller.adapters.kube.names import Owner
 from controller.errors import Unavailable
 from controller.plan.status import RolloutStatus
@@ -83,8 +83,10 @@ class Context:
         digest = Applied.digest(body)
         if self.shared.applied.fresh(key, digest):
             return
-        self.kube.apply(res, self.ns, body)
+        answer = self.kube.apply(res, self.ns, body)
         self.shared.applied.remember(key, digest)
+        if res == DEPLOYMENTS:  # health needs no read of a Deployment just created
+            self.shared.index.seed(self.ns, body["metadata"]["name"], deployment_state(answer))
 
     def user_object(self, res: Resource, name: str, wanted: Any) -> Json | None:
         """A router object the user owns, to rewrite; None when ``wanted`` is already written there."""
