@@ -33,6 +33,13 @@ system-deps: ## Debian packages the tests and benchmarks use (prometheus, nginx,
 k8s-bins: ## build the Kubernetes test control plane from the Go module proxy (cached outside the repo)
 	bash tools/k8s/build.sh
 
+kind-image: ## private dockerd + the kind node image, built offline (cached outside the repo; see tools/kind/build.sh)
+	bash tools/kind/host-setup.sh >/dev/null
+	bash tools/kind/build.sh
+
+kind: $(STAMP) kind-image ## the kind suite: a cluster with real pods (tests/kind)
+	$(BIN)/python -m pytest -p no:cacheprovider -m kind tests/kind $(PYTEST_ARGS)
+
 check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
 	$(BIN)/ruff check controller tests examples bentos bench
 	$(BIN)/ruff format --check controller tests examples bentos bench
@@ -60,4 +67,4 @@ bench: $(STAMP) system-deps k8s-bins ## benchmarks, side by side; results in ben
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins check crd test test-fast demo demo-digits bench clean
+.PHONY: help venv system-deps k8s-bins kind-image kind check crd test test-fast demo demo-digits bench clean
