@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from tests.support.kindenv import KindCluster, strip_forward, wait_for
+from tests.support.kindenv import KindCluster, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.kind]
 
@@ -71,20 +71,17 @@ def test_a_local_image_answers_through_a_nodeport(kind_cluster: KindCluster) -> 
 
 def test_a_pod_resolves_service_names_through_coredns(kind_cluster: KindCluster) -> None:
     kind_cluster.load(SMOKE_IMAGE)
-    out = kind_cluster.kubectl(
-        "run", "dns-check", "--rm", "-i", "--restart=Never", f"--image={SMOKE_IMAGE}",
-        "--image-pull-policy=Never", "--command", "--", "/smoke", "lookup", "kubernetes.default.svc.cluster.local",
-        timeout=180,
+    kind_cluster.kubectl(
+        "run", "dns-check", "--restart=Never", f"--image={SMOKE_IMAGE}", "--image-pull-policy=Never",
+        "--command", "--", "/smoke", "lookup", "kubernetes.default.svc.cluster.local",
     )  # fmt: skip
-    assert out.stdout.split()[0] == "10.96.0.1"
+    phase: list[str] = []
 
+    def finished() -> bool:
+        phase.append(kind_cluster.get_json("pod", "dns-check")["status"].get("phase", ""))
+        return phase[-1] in ("Succeeded", "Failed")
 
-def test_strip_forward_removes_only_the_forward_block() -> None:
-    corefile = (
-        ".:53 {\n    errors\n    kubernetes cluster.local in-addr.arpa ip6.arpa {\n       pods insecure\n    }\n"
-        "    forward . /etc/resolv.conf {\n       max_concurrent 1000\n    }\n    cache 30\n}\n"
-    )
-    assert strip_forward(corefile) == (
-        ".:53 {\n    errors\n    kubernetes cluster.local in-addr.arpa ip6.arpa {\n       pods insecure\n    }\n"
-        "    cache 30\n}\n"
-    )
+    wait_for("the dns-check pod to finish", finished, 120)
+    logs = kind_cluster.kubectl("logs", "dns-check").stdout
+    kind_cluster.kubectl("delete", "pod", "dns-check", "--wait=false")
+    assert (phase[-1], logs.strip()) == ("Succeeded", "10.96.0.1")

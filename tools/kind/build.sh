@@ -63,8 +63,11 @@ docker info >/dev/null 2>&1 || die "no docker daemon at $DOCKER_HOST (run tools/
 
 TMP=$(mktemp -d "$ROOT/.tmp.XXXXXX")
 cid=
+kp_job=
+node_job=
 cleanup() {
     [[ -z $cid ]] || docker rm -f -v "$cid" >/dev/null 2>&1 || true
+    for job in $kp_job $node_job; do wait "$job" 2>/dev/null || true; done # before their dirs go
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -76,6 +79,34 @@ printf 'module tmp\n' >"$TMP/go.mod"
 
 # The control-plane binaries of the kwok suite (a no-op when cached): the node image reuses them.
 CP_BIN=$("$REPO/tools/k8s/build.sh" | tail -n 1)
+
+# ---- Debian root filesystems ------------------------------------------------------------------
+KP_PKGS=iptables,nftables,conntrack,ca-certificates
+NODE_PKGS=systemd,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz
+NODE_PKGS+=,e2fsprogs,bash,ca-certificates,curl,jq,procps,containerd,runc,containernetworking-plugins
+
+rootfs() { # rootfs NAME PKGS: prints the path of the cached tar.zst, building it if missing
+    local name=$1 pkgs=$2 h out
+    h=$(printf '%s %s %s' "$DEBIAN_SUITE" "$name" "$pkgs" | sha256sum | cut -c1-8)
+    out="$ROOTFS/$DEBIAN_SUITE-$name-$h.tar.zst"
+    if [[ ! -f $out ]]; then
+        step "debootstrap $DEBIAN_SUITE $name"
+        local dir="$TMP/rootfs-$name"
+        debootstrap --variant=minbase --include="$pkgs" "$DEBIAN_SUITE" "$dir" "$MIRROR" >"$TMP/debootstrap-$name.log" 2>&1 ||
+            die "debootstrap $name failed: $(tail -n 5 "$TMP/debootstrap-$name.log")"
+        rm -rf "$dir"/var/cache/apt/* "$dir"/var/lib/apt/lists/* "$dir"/usr/share/{doc,man,info}/*
+        tar -C "$dir" --numeric-owner -c . | zstd -q -T0 -o "$out.tmp"
+        mv -f "$out.tmp" "$out"
+        rm -rf "$dir"
+        done_step
+    fi
+    printf '%s\n' "$out"
+}
+# Started now, collected after the Go builds: debootstrap waits on the mirror, go build on the CPU.
+rootfs kp "$KP_PKGS" >"$TMP/kp.path" &
+kp_job=$!
+rootfs node "$NODE_PKGS" >"$TMP/node.path" &
+node_job=$!
 
 # ---- Go binaries ------------------------------------------------------------------------------
 export CGO_ENABLED=0
@@ -125,34 +156,10 @@ got=$("$BIN/kubelet" --version)
 got=$("$BIN/kubeadm" version -o short)
 [[ $got == "$K8S" ]] || die "kubeadm version printed '$got', expected '$K8S'"
 
-# ---- Debian root filesystems ------------------------------------------------------------------
-KP_PKGS=iptables,nftables,conntrack,ca-certificates
-NODE_PKGS=systemd,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz
-NODE_PKGS+=,e2fsprogs,bash,ca-certificates,curl,jq,procps,containerd,runc,containernetworking-plugins
-
-rootfs() { # rootfs NAME PKGS: prints the path of the cached tar.zst, building it if missing
-    local name=$1 pkgs=$2 h out
-    h=$(printf '%s %s %s' "$DEBIAN_SUITE" "$name" "$pkgs" | sha256sum | cut -c1-8)
-    out="$ROOTFS/$DEBIAN_SUITE-$name-$h.tar.zst"
-    if [[ ! -f $out ]]; then
-        step "debootstrap $DEBIAN_SUITE $name"
-        local dir="$TMP/rootfs-$name"
-        debootstrap --variant=minbase --include="$pkgs" "$DEBIAN_SUITE" "$dir" "$MIRROR" >"$TMP/debootstrap-$name.log" 2>&1 ||
-            die "debootstrap $name failed: $(tail -n 5 "$TMP/debootstrap-$name.log")"
-        rm -rf "$dir"/var/cache/apt/* "$dir"/var/lib/apt/lists/* "$dir"/usr/share/{doc,man,info}/*
-        tar -C "$dir" --numeric-owner -c . | zstd -q -T0 -o "$out.tmp"
-        mv -f "$out.tmp" "$out"
-        rm -rf "$dir"
-        done_step
-    fi
-    printf '%s\n' "$out"
-}
-# Both at once: they wait on the mirror, not on the CPU.
-rootfs kp "$KP_PKGS" >"$TMP/kp.path" &
-kp_job=$!
-NODE_ROOTFS=$(rootfs node "$NODE_PKGS")
 wait "$kp_job" || die "debootstrap kp failed"
+wait "$node_job" || die "debootstrap node failed"
 KP_ROOTFS=$(cat "$TMP/kp.path")
+NODE_ROOTFS=$(cat "$TMP/node.path")
 
 # ---- component images (registry.k8s.io tags that kubeadm v1.34.4 expects) ---------------------
 # A minimal root: passwd/group (root, nonroot 65532, pause's 65535), /tmp and CA certificates.
@@ -285,7 +292,8 @@ if ! docker image inspect "$BASE_TAG" >/dev/null 2>&1; then
     tar -C "$N" --numeric-owner -c . | docker import --change 'ENV container=docker' \
         --change 'ENTRYPOINT ["/usr/local/bin/entrypoint","/sbin/init"]' - "$BASE_TAG-rootfs" >/dev/null
     # `docker import --change` has no STOPSIGNAL: one Dockerfile line on top (no context, nothing pulled).
-    printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' "$BASE_TAG-rootfs" | docker build -q -t "$BASE_TAG" - >/dev/null
+    printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' "$BASE_TAG-rootfs" | docker build -q -t "$BASE_TAG" - >"$TMP/build.log" 2>&1 ||
+        die "docker build of $BASE_TAG failed: $(cat "$TMP/build.log")"
     docker rmi "$BASE_TAG-rootfs" >/dev/null
     rm -rf "$N"
     done_step
@@ -316,5 +324,9 @@ done_step
 
 docker image inspect -f '{{.Id}}' "$NODE_TAG" | sed "s#^#$NODE_TAG #" >"$REF.tmp"
 mv -f "$REF.tmp" "$REF"
+# Older base and node images (other H) go; one still used by a cluster stays (rmi refuses it).
+docker images --format '{{.Repository}}:{{.Tag}}' --filter reference=modship.local/kind-base --filter reference=modship.local/kind-node |
+    grep -v -x -e "$BASE_TAG" -e "$NODE_TAG" | xargs -r docker rmi >/dev/null 2>&1 || true
+find "$ROOT" -maxdepth 1 -name 'node-*.ref' ! -name "node-$H.ref" -delete
 log "node image $NODE_TAG: $(docker image inspect -f '{{.Size}}' "$NODE_TAG" | awk '{printf "%.0f MB", $1/1e6}')"
 echo "$NODE_TAG"
