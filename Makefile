@@ -33,12 +33,8 @@ system-deps: ## Debian packages the tests and benchmarks use (prometheus, nginx,
 k8s-bins: ## build the Kubernetes test control plane from the Go module proxy (cached outside the repo)
 	bash tools/k8s/build.sh
 
-kind-image: ## private dockerd + the kind node image, built offline (cached outside the repo; see tools/kind/build.sh)
-	bash tools/kind/host-setup.sh >/dev/null
-	bash tools/kind/build.sh
-
-kind: $(STAMP) kind-image ## the kind suite: a cluster with real pods (tests/kind)
-	$(BIN)/python -m pytest -p no:cacheprovider -m kind tests/kind $(PYTEST_ARGS)
+docker-daemon: ## the private docker daemon the image tests use (root; tools/kind/host-setup.sh, idempotent)
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) bash tools/kind/host-setup.sh >/dev/null
 
 check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
 	$(BIN)/ruff check controller tests examples bentos bench
@@ -49,7 +45,7 @@ check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
 crd: $(STAMP) ## regenerate the chart's Rollout CRD from the pydantic models (a unit test checks it)
 	$(BIN)/python tools/crd.py
 
-test: $(STAMP) system-deps k8s-bins ## everything CI runs (unit, adapters against real services, end to end)
+test: $(STAMP) system-deps k8s-bins docker-daemon ## everything CI runs (unit, adapters against real services, end to end)
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## unit tests only (no real services)
@@ -64,7 +60,17 @@ demo-digits: $(STAMP) ## bring your own modules: images, with adopted MLflow mod
 bench: $(STAMP) system-deps k8s-bins ## benchmarks, side by side; results in bench/results.json
 	$(BIN)/python -m bench
 
+kind-image: docker-daemon ## the kind node image, built offline from the Go module proxy and Debian (cached outside the repo)
+	DOCKER_HOST=unix:///run/modship-docker.sock bash tools/kind/build.sh
+
+kind: $(STAMP) kind-image ## the kind suite alone: a cluster with real pods (tests/kind)
+	$(BIN)/python -m pytest -p no:cacheprovider -m kind tests/kind $(PYTEST_ARGS)
+
+test: kind-image
+
+.PHONY: docker-daemon kind-image kind
+
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins kind-image kind check crd test test-fast demo demo-digits bench clean
+.PHONY: help venv system-deps k8s-bins check crd test test-fast demo demo-digits bench clean

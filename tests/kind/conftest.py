@@ -20,9 +20,9 @@ def kind_node_image() -> str:
     return tag
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def kind_cluster(kind_node_image: str) -> Iterator[KindCluster]:
-    """One single-node kind cluster per test module, deleted afterwards.
+    """One single-node kind cluster for the session (tests use their own namespaces), deleted afterwards.
 
     Raises (the tests error) with the exact `kind create` error and the exported logs' path.
     """

@@ -35,7 +35,7 @@ metadata: {{name: smoke, namespace: default}}
 spec:
   type: NodePort
   selector: {{app: smoke}}
-  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30082}}]
 """
 
 
@@ -55,8 +55,8 @@ def test_node_is_ready_with_coredns_and_kube_proxy_running(kind_cluster: KindClu
 def test_a_local_image_answers_through_a_nodeport(kind_cluster: KindCluster) -> None:
     kind_cluster.load(SMOKE_IMAGE)
     kind_cluster.kubectl("apply", "-f", "-", stdin=SMOKE)
-    kind_cluster.kubectl("rollout", "status", "deployment/smoke", "--timeout=180s", timeout=200)
-    url = f"http://127.0.0.1:{kind_cluster.host_port(30080)}/"
+    kind_cluster.rollout("default", "smoke")
+    url = f"http://127.0.0.1:{kind_cluster.host_port(30082)}/"
     answers: list[str] = []
 
     def answers_from_the_pod() -> bool:

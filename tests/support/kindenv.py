@@ -31,7 +31,9 @@ BUILD_SCRIPT = KIND_DIR / "build.sh"
 HOST_SETUP = KIND_DIR / "host-setup.sh"
 DOCKER_HOST = "unix:///run/modship-docker.sock"
 HINT = "run `bash tools/kind/host-setup.sh` (private dockerd) and `bash tools/kind/build.sh` (node image)"
-NODE_PORTS = (30080, 30081, 30500)  # router Service, stable Service, MLflow (docs/plans/kind.md step 5)
+# NodePorts published on 127.0.0.1 (docs/plans/kind.md step 5): the modship router Service, a stable
+# Service called directly (the bench baseline), the smoke test's Service, MLflow.
+NODE_PORTS = (30080, 30081, 30082, 30500)
 POLL_INTERVAL = 0.5
 
 
@@ -174,6 +176,25 @@ class KindCluster:
 
     def get_json(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def rollout(self, namespace: str, deployment: str, timeout: float = 180.0) -> None:
+        """Wait for a Deployment's rollout; on timeout raise with its pods' state and last logs."""
+        proc = self.kubectl(
+            "-n", namespace, "rollout", "status", f"deployment/{deployment}", f"--timeout={timeout:.0f}s",
+            check=False, timeout=timeout + 30,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            pods = self.kubectl("-n", namespace, "get", "pods", "-o", "wide", check=False).stdout
+            logs = self.kubectl(
+                "-n", namespace, "logs", f"deployment/{deployment}", "--tail=20", "--all-containers", check=False
+            )
+            previous = self.kubectl(
+                "-n", namespace, "logs", f"deployment/{deployment}", "--tail=20", "--previous", check=False
+            )
+            raise KindError(
+                f"deployment {namespace}/{deployment} not rolled out: {proc.stderr.strip()}\n{pods}\n"
+                f"logs:\n{logs.stdout or logs.stderr}\nprevious container:\n{previous.stdout or previous.stderr}"
+            )
 
     def load(self, image: str, timeout: float = 600.0) -> None:
         """Send a local docker image into the node's containerd (``kind load docker-image``)."""
