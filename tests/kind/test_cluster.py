@@ -52,6 +52,17 @@ def test_node_is_ready_with_coredns_and_kube_proxy_running(kind_cluster: KindClu
     assert "forward" not in corefile
 
 
+def test_the_node_holds_every_image_kubeadm_uses_so_nothing_is_pulled(kind_cluster: KindCluster) -> None:
+    wanted = set(
+        kind_cluster.node_exec("kubeadm", "config", "images", "list", "--config", "/kind/kubeadm.conf").split()
+    )
+    present = set(kind_cluster.node_exec("ctr", "-n", "k8s.io", "images", "ls", "-q").split())
+    assert wanted, "kubeadm listed no images"
+    assert wanted <= present, f"missing from the node image: {sorted(wanted - present)}"
+    events = kind_cluster.get_json("-n", "kube-system", "events")["items"]
+    assert not [e["message"] for e in events if e.get("reason") in ("Pulling", "Failed", "ErrImagePull")]
+
+
 def test_a_local_image_answers_through_a_nodeport(kind_cluster: KindCluster) -> None:
     kind_cluster.load(SMOKE_IMAGE)
     kind_cluster.kubectl("apply", "-f", "-", stdin=SMOKE)

@@ -196,6 +196,11 @@ class KindCluster:
                 f"logs:\n{logs.stdout or logs.stderr}\nprevious container:\n{previous.stdout or previous.stderr}"
             )
 
+    def node_exec(self, *args: str, timeout: float = 60.0) -> str:
+        """Run a command in the (single) node container; return its stdout."""
+        node = f"{self.name}-control-plane"
+        return self._run(["docker", "exec", node, *args], check=True, timeout=timeout).stdout
+
     def load(self, image: str, timeout: float = 600.0) -> None:
         """Send a local docker image into the node's containerd (``kind load docker-image``)."""
         self.kind("load", "docker-image", image, "--name", self.name, timeout=timeout)
