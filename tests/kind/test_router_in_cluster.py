@@ -7,7 +7,10 @@ The image comes from tools/images/build.sh (the operator image, ghcr.io/modship/
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import subprocess
+import urllib.error
 import urllib.request
 
 import pytest
@@ -20,10 +23,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.kind]
 NS = "router-smoke"
 SMOKE_IMAGE = "modship.local/kind-smoke:1"
 IMAGES_BUILD = REPO_ROOT / "tools" / "images" / "build.sh"
+TOKEN = secrets.token_hex(16)
 
 
 def operator_image() -> str:
-    """Build (docker's cache makes a rebuild seconds) and return the operator image's tag."""
+    """``$MODSHIP_OPERATOR_IMAGE``, or build it (docker's cache makes a rebuild seconds) and return its tag."""
+    if os.environ.get("MODSHIP_OPERATOR_IMAGE"):
+        return os.environ["MODSHIP_OPERATOR_IMAGE"]
     if not IMAGES_BUILD.exists():
         pytest.skip(f"{IMAGES_BUILD.relative_to(REPO_ROOT)} (the operator image's build) is not on this branch")
     proc = subprocess.run(["bash", str(IMAGES_BUILD)], env=kind_env(), capture_output=True, text=True, timeout=1800)
@@ -76,7 +82,8 @@ spec:
         imagePullPolicy: Never
         command: [python, -m, controller.entrypoints.router, --host, 0.0.0.0, --port, "8080", --system, smoke,
                   --state, /tmp/router-state.json]
-        readinessProbe: {{httpGet: {{path: /-/modship/healthz, port: 8080}}, periodSeconds: 1}}
+        env: [{{name: MODSHIP_ROUTER_TOKEN, value: {TOKEN}}}]
+        readinessProbe: {{httpGet: {{path: /-/modship/livez, port: 8080}}, periodSeconds: 1}}
         securityContext: {{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}}
         volumeMounts: [{{name: tmp, mountPath: /tmp}}]
       volumes: [{{name: tmp, emptyDir: {{}}}}]
@@ -97,12 +104,14 @@ def get(url: str, headers: dict[str, str] | None = None) -> str:
         return str(resp.read().decode())
 
 
-def put_json(url: str, doc: dict[str, object]) -> int:
-    req = urllib.request.Request(
-        url, data=json.dumps(doc).encode(), method="PUT", headers={"content-type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return int(resp.status)
+def put_json(url: str, doc: dict[str, object], token: str | None) -> int:
+    headers = {"content-type": "application/json", **({"x-modship-token": token} if token else {})}
+    req = urllib.request.Request(url, data=json.dumps(doc).encode(), method="PUT", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def test_the_router_from_the_operator_image_routes_to_revision_pods(kind_cluster: KindCluster) -> None:
@@ -131,10 +140,13 @@ def test_the_router_from_the_operator_image_routes_to_revision_pods(kind_cluster
             "headerRoute": {"name": "x-modship-canary"},
         }
     )
-    wait_for("the router's admin API", lambda: put_json(f"{base}/-/modship/config", config.wire()) == 200, 60)
+    wait_for("the router's livez", lambda: get(f"{base}/-/modship/livez") is not None, 60)
+    assert put_json(f"{base}/-/modship/config", config.wire(), None) == 401  # the admin API needs the token
+    assert put_json(f"{base}/-/modship/config", config.wire(), TOKEN) == 200
+    wait_for("the router's readyz", lambda: get(f"{base}/-/modship/readyz") is not None, 30)
 
     assert get(direct) == f"modship-kind-smoke {pod['stable']}\n"
     assert [get(f"{base}/") for _ in range(5)] == [f"modship-kind-smoke {pod['stable']}\n"] * 5
     assert get(f"{base}/", {"x-modship-canary": "1"}) == f"modship-kind-smoke {pod['canary']}\n"
-    health = json.loads(get(f"{base}/-/modship/healthz"))
+    health = json.loads(get(f"{base}/-/modship/healthz", {"x-modship-token": TOKEN}))
     assert {role: up["reachable"] for role, up in health["upstreams"].items()} == {"stable": True, "canary": True}

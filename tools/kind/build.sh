@@ -77,9 +77,6 @@ have() { [[ -x "$BIN/$1" ]]; }
 moddir() { (cd "$TMP" && GOFLAGS= go mod download -json "$1") | jq -r '.Dir // error(.Error)'; }
 printf 'module tmp\n' >"$TMP/go.mod"
 
-# The control-plane binaries of the kwok suite (a no-op when cached): the node image reuses them.
-CP_BIN=$("$REPO/tools/k8s/build.sh" | tail -n 1)
-
 # ---- Debian root filesystems ------------------------------------------------------------------
 KP_PKGS=iptables,nftables,conntrack,ca-certificates
 NODE_PKGS=systemd,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz
@@ -109,6 +106,9 @@ rootfs node "$NODE_PKGS" >"$TMP/node.path" &
 node_job=$!
 
 # ---- Go binaries ------------------------------------------------------------------------------
+# The control-plane binaries of the kwok suite (a no-op when cached): the node image reuses them.
+CP_BIN=$("$REPO/tools/k8s/build.sh" | tail -n 1)
+
 export CGO_ENABLED=0
 NODE_CMDS=(kubelet kubeadm kubectl kube-proxy)
 missing=()
