@@ -253,10 +253,12 @@ class KindCluster:
         return proc
 
     def _delete_stale(self) -> None:
-        """Clusters left by a killed run (docker's restart policy revives their nodes) are deleted."""
+        """Clusters left by a killed run (docker's restart policy revives their nodes) are deleted:
+        ``modship-<pid>`` whose process is gone (a live session's cluster is never touched)."""
         names = self.kind("get", "clusters", check=False).stdout.split()
         for stale in names:
-            if stale.startswith("modship-"):
+            pid = stale.removeprefix("modship-")
+            if stale.startswith("modship-") and pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 with contextlib.suppress(subprocess.SubprocessError):
                     self.kind("delete", "cluster", "--name", stale, check=False, timeout=180)
 
