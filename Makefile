@@ -36,6 +36,9 @@ k8s-bins: ## build the Kubernetes test control plane from the Go module proxy (c
 docker-daemon: ## the private docker daemon the image tests use (root; tools/kind/host-setup.sh, idempotent)
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) bash tools/kind/host-setup.sh >/dev/null
 
+images: $(STAMP) docker-daemon ## the Python base and the operator image (ghcr.io/modship/modship:<appVersion>), built here
+	DOCKER_HOST=unix:///run/modship-docker.sock bash tools/images/build.sh
+
 check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
 	$(BIN)/ruff check controller tests examples bentos bench
 	$(BIN)/ruff format --check controller tests examples bentos bench
@@ -68,9 +71,7 @@ kind: $(STAMP) kind-image ## the kind suite alone: a cluster with real pods (tes
 
 test: kind-image
 
-.PHONY: docker-daemon kind-image kind
-
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins check crd test test-fast demo demo-digits bench clean
+.PHONY: help venv system-deps k8s-bins docker-daemon images kind-image kind check crd test test-fast demo demo-digits bench clean

@@ -29,6 +29,7 @@ from controller.adapters.notify import Notifier
 from controller.apply import aliases, governance, reconcile
 from controller.apply.operator_metrics import Metrics
 from controller.errors import ModshipError, NotFound, SpecError, Unavailable
+from controller.plan import capabilities
 from controller.plan import rollout as machine
 from controller.plan.actions import Event
 from controller.plan.audit import Action
@@ -131,6 +132,7 @@ class Operator:
         store.replay(e)
         r, s, _ = store.load(name)
         notes.update(_metrics_note(r))
+        notes.update(_capabilities_note(r))
         target = KubernetesTarget(self.shared, r, owner=e.owner, status=s, toggles=e.toggles, notes=notes)
         now = time.time()
         seen: list[Observations] = []
@@ -247,6 +249,17 @@ def _metrics_note(r: Rollout) -> Notes:
     if checks:
         return {"Metrics": (True, "Prometheus", f"checks query {r.spec.prometheus}")}
     return {}
+
+
+def _capabilities_note(r: Rollout) -> Notes:
+    """What the chosen traffic provider cannot serve of this Rollout (``plan.capabilities``), as the
+    same words ``modship render`` and ``system validate --rollout`` print."""
+    router = capabilities.router_of(r.spec)
+    found = capabilities.gaps(r, router)
+    if found:
+        return {"Capabilities": (False, "UnservableByTrafficProvider", capabilities.summary(found, router))}
+    label = capabilities.LABELS[router]
+    return {"Capabilities": (True, "Served", f"{label} serves every check, step and policy of this Rollout")}
 
 
 def _raw_routing(spec: dict[str, Any]) -> tuple[str | None, TrafficRouting | None, int]:
