@@ -66,7 +66,15 @@ demo-digits: $(STAMP) ## bring your own modules: images, with adopted MLflow mod
 bench: $(STAMP) system-deps k8s-bins argo-bins ## benchmarks, side by side; results in bench/results.json
 	$(BIN)/python -m bench
 
+kind-image: docker-daemon ## the kind node image, built offline from the Go module proxy and Debian (cached outside the repo)
+	DOCKER_HOST=unix:///run/modship-docker.sock bash tools/kind/build.sh
+
+kind: $(STAMP) kind-image ## the kind suite alone: a cluster with real pods (tests/kind)
+	$(BIN)/python -m pytest -p no:cacheprovider -m kind tests/kind $(PYTEST_ARGS)
+
+test: kind-image
+
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins argo-bins docker-daemon images check crd test test-fast demo demo-digits bench clean
+.PHONY: help venv system-deps k8s-bins argo-bins docker-daemon images kind-image kind check crd test test-fast demo demo-digits bench clean
