@@ -229,3 +229,78 @@ def test_the_operator_waits_for_an_approval_then_promotes(
     assert ("promote", ADMIN_USER, None) in entries
     promoted = [a for act, _, a in entries if act == "promoted"]
     assert promoted == [{"author": ADMIN_USER, "approvedBy": [TEST_USER], "breakGlass": False}]
+
+
+# -- the operator enforces who may promote and when, whoever edits the Rollout -----------------------
+
+
+def _policy_configmap(rule: dict[str, Any]) -> dict[str, Any]:
+    policy = {"apiVersion": "modship.dev/v1alpha1", "kind": "Policy", "spec": {"systems": {"held": rule}}}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "modship-policy"},
+            "data": {"policy.yaml": yaml.safe_dump(policy)}}  # fmt: skip
+
+
+def _condition(cluster: Cluster, ns: str, kind: str) -> dict[str, Any] | None:  # noqa: F811 (not the fixtures)
+    conds = cluster.rollout(ns, "held").get("status", {}).get("conditions", [])
+    return next((c for c in conds if c["type"] == kind), None)
+
+
+def test_the_operator_refuses_a_change_whose_author_may_not_promote_or_is_outside_a_window(
+    plane: Plane,
+    cluster: Cluster,  # noqa: F811
+    ns: str,  # noqa: F811
+    operators: StartOperator,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    cp = cluster.cp
+    cluster.apply(ns, _policy_configmap({"promoters": [ADMIN_USER]}))
+    _approver_rbac(cp, ns)  # the test user may patch Rollouts (RBAC), but is no promoter (the policy)
+    cluster.apply(ns, rollout_doc("held", revision=rev(1), steps=[{"setWeight": 50}]))
+    audit = tmp_path / "audit.jsonl"
+    operators(env={"MODSHIP_AUDIT_FILE": str(audit)})
+    cluster.wait_phase(ns, "held", "Idle", stable=rev(1))
+
+    # the test user bypasses modship's client check: a bare kubectl patch in their own name
+    res = plane.cp.kubectl("patch", "rollout", "held", "-n", ns, "--type=merge", "-p",
+                           json.dumps({"spec": {"revision": rev(2)}, "metadata": {"annotations": {AUTHOR: TEST_USER}}}),
+                           kubeconfig=cp.user_kubeconfig, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr  # RBAC and the admission policy let it through
+    cond = poll("the Governance condition", lambda: _condition(cluster, ns, "Governance"))
+    assert cond["status"] == "False" and cond["reason"] == "Forbidden"
+    assert f"{TEST_USER} may not promote" in cond["message"] and "NotAPromoter" in cond["message"]
+    st = cluster.status(ns, "held")
+    assert st["phase"] == "Idle" and st["stableRevision"] == rev(1) and not st.get("canaryRevision")
+    assert "Forbidden" in [e.reason for e in cluster.events(ns, "held")]
+    # ... and leaving the author out (as a plain kubectl edit may) does not help
+    res = plane.cp.kubectl("patch", "rollout", "held", "-n", ns, "--type=merge", "-p",
+                           json.dumps({"spec": {"revision": rev(3)}, "metadata": {"annotations": {AUTHOR: None}}}),
+                           kubeconfig=cp.user_kubeconfig, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    poll("the unknown author refused",
+         lambda: "unknown author" in ((_condition(cluster, ns, "Governance") or {}).get("message") or ""))  # fmt: skip
+    assert cluster.status(ns, "held")["phase"] == "Idle"
+
+    # a promoter outside the change windows: OutsideWindow; break-glass with a reason starts it
+    cluster.apply(ns, _policy_configmap({"promoters": [ADMIN_USER], "windows": [{"cron": "* * 31 2 *"}]}))
+    admin = KubeRollouts(kubeconfig=str(cp.kubeconfig), namespace=ns)
+    try:
+        admin.write("held", target=(rev(4), ["head@4"]))
+
+        def outside() -> dict[str, Any] | None:
+            c = _condition(cluster, ns, "Governance")
+            return c if c is not None and c["reason"] == "OutsideWindow" else None
+
+        cond = poll("OutsideWindow", outside)
+        assert rev(4) in cond["message"] and cluster.status(ns, "held")["phase"] == "Idle"
+        modules = _condition(cluster, ns, "ModuleGovernance")  # head@4's tier and owners: no registry to ask
+        assert modules is not None and modules["status"] == "False" and modules["reason"] == "NoRegistry"
+        admin.write("held", target=(rev(4), ["head@4"]), break_glass="INC-42 hotfix")
+    finally:
+        admin.close()
+    cluster.wait_phase(ns, "held", "Progressing")
+    assert _condition(cluster, ns, "Governance") is None
+
+    log = AuditLog(audit)
+    assert log.verify() is None
+    refused = [(e["actor"], e["after"]["refused"]) for e in log.entries() if e["action"] == "refused"]
+    assert refused == [(TEST_USER, "NotAPromoter"), ("unknown", "NotAPromoter"), (ADMIN_USER, "OutsideWindow")]
