@@ -294,7 +294,8 @@ def test_the_operator_refuses_a_change_whose_author_may_not_promote_or_is_outsid
         assert rev(4) in cond["message"] and cluster.status(ns, "held")["phase"] == "Idle"
         modules = _condition(cluster, ns, "ModuleGovernance")  # head@4's tier and owners: no registry to ask
         assert modules is not None and modules["status"] == "False" and modules["reason"] == "NoRegistry"
-        admin.write("held", target=(rev(4), ["head@4"]), break_glass="INC-42 hotfix")
+        # a new revision: the admission policy lets the author annotation change only with spec.revision
+        admin.write("held", target=(rev(5), ["head@5"]), break_glass="INC-42 hotfix")
     finally:
         admin.close()
     cluster.wait_phase(ns, "held", "Progressing")
