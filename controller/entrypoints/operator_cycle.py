@@ -22,7 +22,7 @@ from controller.adapters.kube import governance as kube_governance
 from controller.adapters.kube.events import EventRecorder
 from controller.adapters.kube.names import service_url
 from controller.adapters.kube.no_router import NoRouterSource
-from controller.adapters.kube.rollouts import AUTHOR, Entry, RolloutCache, wire_spec
+from controller.adapters.kube.rollouts import AUTHOR, BREAK_GLASS, Entry, RolloutCache, wire_spec
 from controller.adapters.kube.store import KubernetesStore
 from controller.adapters.kube.target import KubernetesTarget
 from controller.adapters.kube.traffic import Notes
@@ -146,7 +146,8 @@ class Operator:
         seen: list[Observations] = []
 
         def before_save(r: Rollout, s: RolloutStatus, obs: Observations, d: machine.Decision) -> None:
-            store.stage(name, [a for a in d.actions if isinstance(a, Event)])  # saved with the status
+            events = [a for a in d.actions if isinstance(a, Event)]
+            store.stage(name, events + _break_glass(e, r, events))  # saved with the status
             seen.append(obs)
 
         facts = self._module_facts(store, r)
@@ -161,7 +162,7 @@ class Operator:
             target=target,
             sources=self._sources(r),
             now=now,
-            record=lambda ev: self._record(store, e, name, ev, seen),
+            record=lambda ev: self._record(store, e, r, ev, seen),
             aliases=moves,
             before_save=before_save,
             notify=self.notifier.on_decision if self.notifier is not None else None,
@@ -235,21 +236,22 @@ class Operator:
             log.warning("%s/%s: %s", e.namespace, e.name, message)
             store.record(e.name, Event(reason, message, warning=True))
             if self.audit is not None:
-                body = governance.entry(
+                self._audit(governance.entry(
                     Action.REFUSED, system=e.name, actor=e.annotations.get(AUTHOR) or "unknown", reason=message,
                     now=now, namespace=store.namespace, event=reason.value, after={"revision": target,
                     "refused": refused.kind.value},
-                )  # fmt: skip
-                try:
-                    self.audit.append(body)
-                except (ModshipError, OSError) as exc:
-                    log.error("audit log: %s", exc)
+                ))  # fmt: skip
         return r.model_copy(update={"spec": r.spec.model_copy(update={"revision": gov.held_target(s)})})
 
-    def _record(self, store: KubernetesStore, e: Entry, name: str, ev: Event, seen: list[Observations]) -> None:
+    def _record(self, store: KubernetesStore, e: Entry, r: Rollout, ev: Event, seen: list[Observations]) -> None:
         """The Event on the Rollout, and what the audit log keeps of it: the operator's own
-        transitions, and a new canary under its author's name (the admission policy's word)."""
+        transitions, and a new canary under its author's name (the admission policy's word), with
+        an ``override`` entry and a ``BreakGlass`` Event when it started by breaking glass."""
+        name = e.name
         store.record(name, ev)
+        broken = _break_glass(e, r, [ev])
+        for glass in broken:
+            store.record(name, glass)
         if self.audit is None:
             return
         action = governance.controller_action(ev.reason)
@@ -259,10 +261,19 @@ class Operator:
         if action is None:
             return
         facts = governance.release_facts(seen[0].release if seen else None)
-        body = governance.entry(
+        self._audit(governance.entry(
             action, system=name, actor=actor, reason=ev.message, now=time.time(), namespace=store.namespace,
             event=ev.reason.value, after=facts or None,
-        )  # fmt: skip
+        ))  # fmt: skip
+        for glass in broken:
+            self._audit(governance.entry(
+                Action.OVERRIDE, system=name, actor=actor, reason=e.annotations.get(BREAK_GLASS), now=time.time(),
+                namespace=store.namespace, event=glass.reason.value,
+                after={"revision": r.spec.revision, "breakGlass": True},
+            ))  # fmt: skip
+
+    def _audit(self, body: dict[str, Any]) -> None:
+        assert self.audit is not None
         try:
             self.audit.append(body)
         except (ModshipError, OSError) as exc:  # reported, never a reason to stop a rollout halfway
@@ -313,6 +324,16 @@ class Operator:
                 store.notes["Ready"] = (False, kind, message)
                 store.sync(key[1])
         return backoff.delay(n, first=max(0.2, delay), cap=30.0, doublings=5)
+
+
+def _break_glass(e: Entry, r: Rollout, events: list[Event]) -> list[Event]:
+    """The ``BreakGlass`` Event of a new canary that starts by breaking glass (the Rollout's
+    ``modship.dev/break-glass`` annotation, stamped with its revision by ``promote --break-glass``)."""
+    why = e.annotations.get(BREAK_GLASS)
+    if why is None or not any(ev.reason in (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED) for ev in events):
+        return []
+    author = e.annotations.get(AUTHOR) or "an unknown author"
+    return [Event(Reason.BREAK_GLASS, f"{author} broke glass for {r.spec.revision}: {why}", warning=True)]
 
 
 def _metrics_note(r: Rollout) -> Notes:

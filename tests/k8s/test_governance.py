@@ -179,12 +179,22 @@ def test_the_author_of_a_change_is_whoever_makes_it(plane: Plane) -> None:
     assert res.returncode != 0 and f"not {ADMIN_USER}" in res.stderr
     # an edit that leaves the revision alone keeps the author; in one's own name the change is accepted
     assert _patch(plane, {"spec": {"paused": True}}, as_admin=True).returncode == 0
+    # nobody claims, or removes, the authorship of a change already made (their approval would count)
+    for claim in (ADMIN_USER, None):
+        res = _patch(plane, {"metadata": {"annotations": {AUTHOR: claim}}}, as_admin=True)
+        assert res.returncode != 0 and f"changes only with spec.revision: it stays {TEST_USER}" in res.stderr
     ok = _patch(plane, {"spec": {"revision": rev(10)}, "metadata": {"annotations": {AUTHOR: ADMIN_USER}}},
                 as_admin=True)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
 
 
 # -- the operator holds the canary until an approver approves ---------------------------------------
+
+
+def _audited_promotion(log: AuditLog) -> None:
+    """The operator saves a status before it posts that cycle's Events and appends them to its audit
+    log (in that order): once the promotion is in the log, its Event is posted too."""
+    poll("the promotion in the operator's audit log", lambda: any(e["action"] == "promoted" for e in log.entries()))
 
 
 def test_the_operator_waits_for_an_approval_then_promotes(
@@ -220,10 +230,11 @@ def test_the_operator_waits_for_an_approval_then_promotes(
     admin.approve("gated", control.ApproveRequest(), actor=control.Actor(user="x", reason="mine"))
     approver.approve("gated", control.ApproveRequest(revision=rev(2)), actor=control.Actor(user="x", reason="ok"))
     cluster.wait_phase(ns, "gated", "Promoted", stable=rev(2))
+    log = AuditLog(audit)
+    _audited_promotion(log)
     reasons = [e.reason for e in cluster.events(ns, "gated")]
     assert "AwaitingApproval" in reasons and "Promoted" in reasons
     # the operator's audit log: the change under its author's name, the promotion with who approved it
-    log = AuditLog(audit)
     assert log.verify() is None
     entries = [(e["action"], e["actor"], e.get("after")) for e in log.entries()]
     assert ("promote", ADMIN_USER, None) in entries
@@ -294,14 +305,27 @@ def test_the_operator_refuses_a_change_whose_author_may_not_promote_or_is_outsid
         assert rev(4) in cond["message"] and cluster.status(ns, "held")["phase"] == "Idle"
         modules = _condition(cluster, ns, "ModuleGovernance")  # head@4's tier and owners: no registry to ask
         assert modules is not None and modules["status"] == "False" and modules["reason"] == "NoRegistry"
-        # a new revision: the admission policy lets the author annotation change only with spec.revision
-        admin.write("held", target=(rev(5), ["head@5"]), break_glass="INC-42 hotfix")
+        # the same change again, breaking glass (what `modship promote --break-glass` sends)
+        admin.write("held", target=(rev(4), ["head@4"]), break_glass="INC-42 hotfix")
     finally:
         admin.close()
-    cluster.wait_phase(ns, "held", "Progressing")
+    # one step and nothing to wait for: the canary is Progressing for a single cycle (tens of ms),
+    # so what proves it started is where it ends, its Events and the audit log
+    cluster.wait_phase(ns, "held", "Promoted", stable=rev(4))
     assert _condition(cluster, ns, "Governance") is None
-
     log = AuditLog(audit)
+    _audited_promotion(log)
+    events = cluster.events(ns, "held")
+    reasons = [e.reason for e in events]
+    assert reasons.count("OutsideWindow") == 1 and "RolloutStarted" in reasons
+    glass = [e.message for e in events if e.reason == "BreakGlass"]
+    assert glass == [f"{ADMIN_USER} broke glass for {rev(4)}: INC-42 hotfix"]
+
     assert log.verify() is None
     refused = [(e["actor"], e["after"]["refused"]) for e in log.entries() if e["action"] == "refused"]
     assert refused == [(TEST_USER, "NotAPromoter"), ("unknown", "NotAPromoter"), (ADMIN_USER, "OutsideWindow")]
+    assert ("promote", ADMIN_USER) in [(e["action"], e["actor"]) for e in log.entries()]
+    overrides = [(e["actor"], e["reason"], e["after"]) for e in log.entries() if e["action"] == "override"]
+    assert overrides == [(ADMIN_USER, "INC-42 hotfix", {"revision": rev(4), "breakGlass": True})]
+    promoted = [e["after"] for e in log.entries() if e["action"] == "promoted"]
+    assert promoted == [{"author": ADMIN_USER, "approvedBy": [], "breakGlass": True}]
