@@ -42,7 +42,7 @@ from controller.spec import notifications
 from controller.spec.rollout import Provider, Rollout, TrafficRouting
 
 log = logging.getLogger("modship.operator")
-GOVERNANCE = "Governance"  # the condition of a new target the policy does not let start
+GOVERNANCE = gov.CONDITION  # the condition of a new target the policy does not let start
 MODULES = "ModuleGovernance"  # where the tiers and owners of the Rollout's module versions came from
 LOAD_TEST = "LoadTest"  # the built-in load-test hook of a canary in flight
 REFUSED_POLL = 30.0  # a refused change is looked at again this often (windows open by the minute)
@@ -229,7 +229,7 @@ class Operator:
         if refused is None:
             return r
         reason = Reason.OUTSIDE_WINDOW if refused.kind is gov.Refused.OUTSIDE_WINDOW else Reason.FORBIDDEN
-        message = f"{target} not started ({refused.kind.value}): {refused.message}"
+        message = gov.refusal_message(target, refused)
         store.notes[GOVERNANCE] = (False, reason.value, message)
         shown = next((c for c in e.conditions if c.get("type") == GOVERNANCE), {})
         if (shown.get("reason"), shown.get("message")) != (reason.value, message):  # once, not every cycle

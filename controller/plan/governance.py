@@ -9,7 +9,7 @@ tests decide on the kind, never on the words.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,8 @@ from controller.plan.reasons import Reason, Waiting
 from controller.plan.status import RolloutStatus
 from controller.spec.modules import Stability
 from controller.spec.policy import Policy, Rule, members
+
+CONDITION = "Governance"  # the Rollout condition (Kubernetes) of a new target the policy does not let start
 
 
 class Refused(enum.StrEnum):
@@ -262,6 +264,20 @@ def admission(policy: Policy | None, system: str, change: Change, s: RolloutStat
     user = change.author or "an unknown author (no modship.dev/author annotation)"
     return promote_refusal(
         rule, policy.spec.groups, user=user, reason=change.reason, now=now, break_glass=change.break_glass
+    )
+
+
+def refusal_message(target: str | None, refused: Refusal) -> str:
+    """The message of the ``Governance`` condition (and Event) of a target the operator refused."""
+    return f"{target} not started ({refused.kind.value}): {refused.message}"
+
+
+def refused_target(conditions: Sequence[Mapping[str, Any]], target: str | None) -> bool:
+    """Is ``target`` a change the operator refused to start (a ``Governance`` condition naming it)?
+    Such a target is not a rollout in progress: another promote may replace it."""
+    return target is not None and any(
+        c.get("type") == CONDITION and c.get("status") == "False" and str(c.get("message", "")).startswith(f"{target} ")
+        for c in conditions
     )
 
 

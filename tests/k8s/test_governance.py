@@ -294,8 +294,12 @@ def test_the_operator_refuses_a_change_whose_author_may_not_promote_or_is_outsid
     # a promoter outside the change windows: OutsideWindow; break-glass with a reason starts it
     cluster.apply(ns, _policy_configmap({"promoters": [ADMIN_USER], "windows": [{"cron": "* * 31 2 *"}]}))
     admin = KubeRollouts(kubeconfig=str(cp.kubeconfig), namespace=ns)
+    promote = KubeControl(admin).promote
     try:
-        admin.write("held", target=(rev(4), ["head@4"]))
+        # modship promote: the refused target is no rollout in progress; its client checks the window
+        with pytest.raises(Forbidden, match="outside the change windows"):
+            promote("held", control.PromoteRequest(revision=rev(4), modules=["head@4"]), actor=control.Actor(user="x"))
+        admin.write("held", target=(rev(4), ["head@4"]))  # as a bare kubectl patch would: the operator refuses
 
         def outside() -> dict[str, Any] | None:
             c = _condition(cluster, ns, "Governance")
@@ -305,8 +309,9 @@ def test_the_operator_refuses_a_change_whose_author_may_not_promote_or_is_outsid
         assert rev(4) in cond["message"] and cluster.status(ns, "held")["phase"] == "Idle"
         modules = _condition(cluster, ns, "ModuleGovernance")  # head@4's tier and owners: no registry to ask
         assert modules is not None and modules["status"] == "False" and modules["reason"] == "NoRegistry"
-        # the same change again, breaking glass (what `modship promote --break-glass` sends)
-        admin.write("held", target=(rev(4), ["head@4"]), break_glass="INC-42 hotfix")
+        # the same change again, breaking glass
+        glass = control.PromoteRequest(revision=rev(4), modules=["head@4"], break_glass=True)
+        promote("held", glass, actor=control.Actor(user="x", reason="INC-42 hotfix"))
     finally:
         admin.close()
     # one step and nothing to wait for: the canary is Progressing for a single cycle (tens of ms),
