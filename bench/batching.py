@@ -110,6 +110,11 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         hits = servers[BATCHED].counter("modship_step_cache_hits_total", step="encoder")
     ceiling = statistics.median(local)
     c = CONNECTIONS
+    # What batching can give at most here: the unbatched service's CPU per request over the encoder's
+    # cheapest CPU per text at any batch size (a batch saves what the encoder saves, and at best all
+    # of the rest of the request). With two cores busy both ways, throughput follows CPU per request.
+    unbatched_cpu = statistics.median(s.cpu_ms for s in measured.samples[(UNBATCHED, c)])
+    bound = unbatched_cpu / min(profile.values())
     batched_rps = [s.rps for s in measured.samples[(BATCHED, c)]]
     vs_local = statistics.median(batched_rps) / ceiling
     checks = [
@@ -128,6 +133,9 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
             f" encoder cache hits {hits:g} (unique inputs)",
             "encoder kernel alone, CPU ms per text by batch size: "
             + ", ".join(f"{k}: {v:g}" for k, v in profile.items()),
+            f"upper bound of batched/unbatched on this machine: {bound:.2f} (unbatched {unbatched_cpu:.1f} CPU ms"
+            f" per request / the encoder's cheapest {min(profile.values()):.1f} CPU ms per text, even if batching"
+            " removed every other cost of a request)",
         ],
         figures={BATCHED: measured.figures(BATCHED)},
         baseline={UNBATCHED: measured.figures(UNBATCHED), IN_PROCESS: {"texts_per_s": round(ceiling, 1)}},
@@ -137,4 +145,5 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         in_process_texts_per_s=[round(x, 1) for x in local],
         encoder_cpu_ms_per_text_by_batch=profile,
         p99_ms={BATCHED: figs["p99_ms"], UNBATCHED: base["p99_ms"]},
+        bound_batched_over_unbatched=round(bound, 3),
     )

@@ -35,6 +35,7 @@ from controller.adapters import bento, local_units
 from controller.adapters.local_store import LocalStore
 from controller.adapters.local_units import Crash, Proc
 from controller.errors import Unavailable
+from controller.plan import router_config
 from controller.plan.actions import Event, SetTraffic
 from controller.plan.observations import Health
 from controller.plan.reasons import Reason
@@ -210,23 +211,12 @@ class LocalRuntime:
         if stable is None:
             raise Unavailable(f"stable revision {t.stable} has no process yet")
         canary = self.procs.get(t.canary) if t.canary else None
-        config: dict[str, Any] = {
-            "system": self.system,
-            "stable": {"revision": t.stable, "url": stable.url},
-            "canary": {"revision": t.canary, "url": canary.url} if canary is not None else None,
-            "weight": t.weight if canary is not None else 0.0,
-            "headerRoute": {"name": t.header_route[0], "value": t.header_route[1]}
-            if t.header_route and canary
-            else None,
-            "mirror": {"percent": t.mirror} if t.mirror and canary else None,
-            "sticky": {"header": t.sticky_header, "cookie": t.sticky_cookie}
-            if (t.sticky_header or t.sticky_cookie)
-            else None,
-            "fallback": t.fallback,
-        }
+        config = router_config.wanted(
+            self.system, t, stable_url=stable.url, canary_url=canary.url if canary is not None else None
+        )
         try:
             current = self._http.get(f"{self.admin_url}/config").json()
-            if current and _same(current, config):
+            if router_config.same(current, config):
                 return
             if ((current or {}).get("stable") or {}).get("revision") != t.stable and not self._ready(t.stable):
                 # never point users at a revision that cannot answer yet (first start, or a dead one)
@@ -325,11 +315,3 @@ class LocalRuntime:
         if self._watch is not None:
             self._watch.close()
         self._http.close()
-
-
-def _same(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    keys = ("stable", "canary", "weight", "headerRoute", "mirror", "sticky", "fallback")
-    norm = {k: current.get(k) for k in keys}
-    return all(
-        norm.get(k) == wanted.get(k) or (k == "weight" and float(norm.get(k) or 0) == float(wanted[k])) for k in keys
-    )

@@ -41,6 +41,7 @@ class Traffic(enum.StrEnum):
     GATEWAY_API = "gateway-api"
     ISTIO = "istio"
     NGINX = "nginx"
+    MODSHIP = "modship"  # modship's router in the cluster: no user object to render
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ def manifests(
         Traffic.GATEWAY_API: {"gatewayAPI": {"httpRoute": route}},
         Traffic.ISTIO: {"istio": {"virtualService": route}},
         Traffic.NGINX: {"nginx": {"ingress": route}},
+        Traffic.MODSHIP: {"modship": {}},
     }.get(traffic.kind)
     if routing is not None:
         spec["trafficRouting"] = routing
@@ -197,7 +199,7 @@ def _traffic(system: str, route: str, port: int, t: TrafficOptions, namespace: s
             spec = {"ingressClassName": t.ingress_class, "rules": [rule]}
             meta = _meta(route, namespace, _labels(system))
             return [Manifest("ingress.yaml", _object("networking.k8s.io/v1", "Ingress", meta, spec))]
-        case Traffic.NONE:
+        case Traffic.NONE | Traffic.MODSHIP:
             return []
 
 

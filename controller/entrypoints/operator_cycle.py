@@ -17,7 +17,7 @@ from controller import backoff, ports
 from controller.adapters.audit_log import AuditLog
 from controller.adapters.gates import HttpGates
 from controller.adapters.kube import api as kube_api
-from controller.adapters.kube import caches, cleanup
+from controller.adapters.kube import caches, cleanup, router_pods
 from controller.adapters.kube import governance as kube_governance
 from controller.adapters.kube.events import EventRecorder
 from controller.adapters.kube.names import service_url
@@ -160,7 +160,7 @@ class Operator:
             name,
             store=store,
             target=target,
-            sources=self._sources(r),
+            sources=self._sources(r, store.namespace),
             now=now,
             record=lambda ev: self._record(store, e, r, ev, seen),
             aliases=moves,
@@ -279,8 +279,14 @@ class Operator:
         except (ModshipError, OSError) as exc:  # reported, never a reason to stop a rollout halfway
             log.error("audit log: %s", exc)
 
-    def _sources(self, r: Rollout) -> dict[Provider, ports.MetricsSource]:
-        out: dict[Provider, ports.MetricsSource] = {Provider.BUILTIN: NoRouterSource()}
+    def _sources(self, r: Rollout, ns: str) -> dict[Provider, ports.MetricsSource]:
+        routing = r.spec.traffic_routing
+        builtin: ports.MetricsSource = NoRouterSource()
+        if routing is not None and routing.modship is not None:  # the system's router pods
+            token = router_pods.TOKENS.get(self.kube, ns)
+            pods = router_pods.RouterPods(self.kube, ns, r.spec.system, routing.modship.port, token)
+            builtin = router_pods.RouterPodsSource(pods)
+        out: dict[Provider, ports.MetricsSource] = {Provider.BUILTIN: builtin}
         url = r.spec.prometheus
         if url:
             if url not in self._prometheus:
@@ -338,6 +344,9 @@ def _break_glass(e: Entry, r: Rollout, events: list[Event]) -> list[Event]:
 
 def _metrics_note(r: Rollout) -> Notes:
     checks = r.spec.analysis.checks
+    routing = r.spec.traffic_routing
+    if routing is not None and routing.modship is not None:
+        return {"Metrics": (True, "ModshipRouter", "builtin checks read the telemetry of the system's router pods")}
     if any(c.provider is Provider.BUILTIN for c in checks):
         names = ", ".join(c.name for c in checks if c.provider is Provider.BUILTIN)
         return {"Metrics": (False, "BuiltinMetricsNeedLocalRouter", f"checks {names}: {NoRouterSource.MESSAGE}")}

@@ -2,7 +2,8 @@
 
 One per system, started by the local runtime; the controller configures it over its admin API
 (``PUT /-/modship/config``). It serves the persisted configuration right away after a restart and
-exits cleanly (status 0) on SIGTERM or SIGINT.
+exits cleanly (status 0) on SIGTERM or SIGINT. ``MODSHIP_ROUTER_TOKEN``, when set, is the token its
+admin API asks for (in a cluster, from a Secret); it is never logged.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sock = socket.socket(fileno=args.fd) if args.fd else None
-    await server.run(host=args.host, port=args.port, system=args.system, state=args.state, stop=stop, sock=sock)
+    token = os.environ.get("MODSHIP_ROUTER_TOKEN", "").strip().encode() or None
+    await server.run(
+        host=args.host, port=args.port, system=args.system, state=args.state, stop=stop, sock=sock, token=token
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -244,6 +244,20 @@ class Nginx(Spec):
     ingress: str = Field(min_length=1, description="the stable Ingress; modship manages its canary twin")
 
 
+class ModshipRouting(Spec):
+    """modship's own router as a Deployment in front of the revision Services: sticky assignment,
+    header routes, mirroring with answer comparison and zero-loss fallback as on one machine, and
+    its telemetry serves the ``builtin`` checks. The system's Service ``S`` selects its pods."""
+
+    replicas: int = Field(default=1, ge=1, le=50)
+    port: int = Field(default=8080, ge=1, le=65535, description="the router's container port")
+    image: str | None = Field(
+        default=None, description="default: the operator's own image (MODSHIP_ROUTER_IMAGE, set by the chart)"
+    )
+    resources: dict[str, dict[str, str]] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+
 class TrafficRouting(Spec):
     """Kubernetes: which router splits traffic (one of them; none: replica ratios)."""
 
@@ -252,11 +266,12 @@ class TrafficRouting(Spec):
     gateway_api: GatewayAPI | None = Field(default=None, alias="gatewayAPI")
     istio: Istio | None = None
     nginx: Nginx | None = None
+    modship: ModshipRouting | None = None
 
     @model_validator(mode="after")
     def _one(self) -> TrafficRouting:
-        if sum(x is not None for x in (self.gateway_api, self.istio, self.nginx)) > 1:
-            raise ValueError("choose one of gatewayAPI, istio, nginx")
+        if sum(x is not None for x in (self.gateway_api, self.istio, self.nginx, self.modship)) > 1:
+            raise ValueError("choose one of gatewayAPI, istio, nginx, modship")
         return self
 
 

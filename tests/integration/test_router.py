@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -31,8 +32,9 @@ BODY = {"text": "the match ended in a draw after extra time"}
 
 
 class RouterProc:
-    def __init__(self, tmp: Path, system: str = "demo") -> None:
+    def __init__(self, tmp: Path, system: str = "demo", token: str | None = None) -> None:
         self.system = system
+        self.token = token
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = tmp / "router-state.json"
@@ -52,15 +54,16 @@ class RouterProc:
             "--state",
             str(self.state),
         ]
+        env = {**os.environ, "MODSHIP_ROUTER_TOKEN": self.token} if self.token else None
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True, env=env
         )
 
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"router exited: {self.log.read_text()[-2000:]}")
-            return httpx.get(f"{self.url}/-/modship/healthz", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}/-/modship/livez", timeout=1).status_code == 200
 
         wait_until(ready, timeout=20, interval=0.05, what="router ready")
         return self
@@ -309,6 +312,31 @@ def test_config_generations_only_grow_and_bad_configs_are_refused(stack: Stack) 
     assert stack.router.put({**doc, "generation": 99, "system": "other"}).status_code == 400
     got = httpx.get(f"{stack.router.url}/-/modship/config").json()
     assert (got["generation"], got["weight"]) == (doc["generation"], 10)
+
+
+def test_with_a_token_the_admin_api_answers_only_to_it_and_readiness_waits_for_a_config(tmp_path: Path) -> None:
+    token = "s3cret-router-token"
+    with Upstream("r1", log_dir=tmp_path).running() as stable:
+        router = RouterProc(tmp_path, token=token).start()
+        try:
+            admin, good = f"{router.url}/-/modship", {"x-modship-token": token}
+            assert httpx.get(f"{admin}/readyz").status_code == 503  # no config: not ready for clients
+            doc = {"system": "demo", "generation": 1, "stable": {"revision": "r1", "url": stable.url}}
+            for headers in ({}, {"x-modship-token": "wrong"}, {"authorization": f"Bearer {token}"}):
+                assert httpx.put(f"{admin}/config", json=doc, headers=headers).status_code == 401
+                for path in ("config", "telemetry", "healthz"):
+                    r = httpx.get(f"{admin}/{path}", headers=headers)
+                    assert r.status_code == 401 and "x-modship-token" in r.json()["error"]
+            assert httpx.get(f"{admin}/readyz").status_code == 503  # nothing was applied
+            assert httpx.put(f"{admin}/config", json=doc, headers=good).status_code == 200
+            assert httpx.get(f"{admin}/readyz").json() == {"ready": True}
+            assert httpx.get(f"{admin}/config", headers=good).json()["generation"] == 1
+            assert httpx.get(f"{admin}/telemetry", headers=good).status_code == 200
+            assert httpx.get(f"{router.url}/metrics").status_code == 200  # counts only, for Prometheus
+            assert httpx.post(f"{router.url}/predict", json=BODY).status_code == 200  # clients need no token
+            assert token not in router.log.read_text()
+        finally:
+            router.stop()
 
 
 def test_a_restarted_router_serves_its_persisted_config(stack: Stack) -> None:

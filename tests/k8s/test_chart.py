@@ -52,6 +52,8 @@ EXPECTED_RULES = {
     ("modship.dev", "rollouts/finalizers"): {"update"},
     ("modship.dev", "approvals"): {"list"},
     ("", "pods"): {"list"},
+    ("", "pods/proxy"): {"get", "update"},  # trafficRouting.modship: the router pods' admin API
+    ("", "secrets"): {"get", "create"},  # get: only the router token, by name (below)
     ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch", "delete"},
@@ -347,11 +349,16 @@ def test_rbac_rules_are_exactly_what_the_operator_needs(control_plane: ControlPl
     crd = ("apiextensions.k8s.io", "customresourcedefinitions")
     if scope == "cluster":  # one CRD, by name, read only (the HTTPRoute schema's mirror support)
         assert granted.pop(crd) == {"get"} and named.pop(crd) == ["httproutes.gateway.networking.k8s.io"]
-    assert named == {}
+    assert named == {("", "secrets"): ["modship-router-token"]}
     assert granted == EXPECTED_RULES
     rules = [r for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]]
     every = {x for r in rules for k in ("apiGroups", "resources", "verbs") for x in r[k]}
-    assert "*" not in every and not {"secrets", "pods/exec", "pods/attach", "pods/portforward", "nodes"} & every
+    assert "*" not in every and not {"pods/exec", "pods/attach", "pods/portforward", "nodes"} & every
+    secret_rules = [r for r in rules if "secrets" in r["resources"]]  # read one by name; create (write-only)
+    assert sorted((r["verbs"], r.get("resourceNames")) for r in secret_rules) == [
+        (["create"], None),
+        (["get"], ["modship-router-token"]),
+    ]
 
 
 # -- the Grafana dashboard ------------------------------------------------------------------------
@@ -448,12 +455,16 @@ def test_rbac_is_proven_for_the_service_account(control_plane: ControlPlane, ins
             ("patch", "ingresses.networking.k8s.io", ""),
             ("create", "events", ""),
             ("create", "events.events.k8s.io", ""),
+            ("get", "pods", "proxy"),
+            ("update", "pods", "proxy"),
+            ("get", "secrets/modship-router-token", ""),
             ("create", "leases.coordination.k8s.io", ""),
             ("get", f"leases.coordination.k8s.io/{installed.lease}", ""),
             ("update", f"leases.coordination.k8s.io/{installed.lease}", ""),
         ]
         denied = [
-            ("get", "secrets", "", ns),
+            ("get", "secrets", "", ns),  # any Secret but the router token
+            ("get", "secrets/some-app-secret", "", ns),
             ("list", "secrets", "", ns),
             ("watch", "secrets", "", ns),
             ("create", "pods", "exec", ns),
@@ -475,6 +486,8 @@ def test_rbac_is_proven_for_the_service_account(control_plane: ControlPlane, ins
             ("create", "events", "", other),
             ("patch", "httproutes.gateway.networking.k8s.io", "", other),
             ("create", "leases.coordination.k8s.io", "", other),
+            ("get", "secrets/modship-router-token", "", other),
+            ("get", "pods", "proxy", other),
         ]
         wrong = [f"{v} {r} {s}: expected yes" for v, r, s in allowed if not can_i(cp, sa, v, r, ns, s)]
         wrong += [f"{v} {r} {s} in {n}: expected no" for v, r, s, n in denied if can_i(cp, sa, v, r, n, s)]

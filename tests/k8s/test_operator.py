@@ -7,6 +7,7 @@ Each test gets its own namespace and its own operator subprocess(es) (``--lease-
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -609,6 +610,49 @@ def test_istio_and_nginx_get_the_right_objects(cluster: Cluster, ns: str, operat
     assert ann["nginx.ingress.kubernetes.io/canary-weight"] == "0"
     assert "nginx.ingress.kubernetes.io/canary-by-header" not in ann
     rollouts.close()
+
+
+def test_the_modship_router_is_deployed_and_traffic_waits_for_its_pods(
+    cluster: Cluster, ns: str, operators: StartOperator
+) -> None:
+    """``trafficRouting.modship``: the router Deployment (from the operator's image), its token Secret,
+    one Service per revision for it to call and ``S`` in front of it. kwok's pods cannot answer (and
+    their addresses must not be dialled here), so the router pods are kept Pending by a node selector:
+    the split is never reported as applied while no router pod has it. Real router pods serving real
+    requests through this provider need a real node (issue 12's kind suite)."""
+    image = "modship.local/operator:kwok-test"
+    routing = {"modship": {"replicas": 2, "port": 8080, "nodeSelector": {"modship.dev/test": "no-such-node"}}}
+    cluster.apply(ns, rollout_doc("mr", revision=rev(1), steps=ROUTER_STEPS, routing=routing))
+    op = operators(env={"MODSHIP_ROUTER_IMAGE": image})
+
+    def waiting() -> dict[str, Any] | None:
+        ready = condition(cluster.status(ns, "mr"), "Ready")
+        return ready if "mr-router runs yet" in ready.get("message", "") else None
+
+    ready = poll("the operator waits for the router pods", waiting)
+    assert ready["status"] == "False" and ready["reason"] == "Unavailable"
+    d = cluster.apps.read_namespaced_deployment("mr-router", ns)
+    (c,) = d.spec.template.spec.containers
+    assert (c.image, d.spec.replicas, d.spec.template.spec.node_selector) == (
+        image,
+        2,
+        routing["modship"]["nodeSelector"],
+    )
+    assert c.env[0].value_from.secret_key_ref.name == "modship-router-token"
+    assert d.metadata.owner_references[0].name == "mr"
+    assert cluster.core.read_namespaced_service("mr", ns).spec.selector == {
+        "modship.dev/system": "mr",
+        "modship.dev/component": "router",
+    }
+    upstream = cluster.core.read_namespaced_service(f"mr-{rev(1)}", ns).spec.selector
+    assert upstream == {"modship.dev/system": "mr", "modship.dev/revision": rev(1)}
+    secret = cluster.core.read_namespaced_secret("modship-router-token", ns)
+    token = base64.b64decode(secret.data["token"]).decode()
+    assert len(token) >= 32
+    pods = cluster.core.list_namespaced_pod(ns, label_selector="modship.dev/component=router").items
+    assert len(pods) == 2 and all(p.status.phase == "Pending" for p in pods)
+    said = json.dumps(cluster.status(ns, "mr")) + op.log() + " ".join(e.message or "" for e in cluster.events(ns, "mr"))
+    assert token not in said
 
 
 def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: StartOperator) -> None:

@@ -60,7 +60,7 @@ def test_the_schema_follows_the_models() -> None:
     assert (step["minProperties"], step["maxProperties"]) == (1, 1)
     assert set(step["properties"]) == {"setWeight", "pause", "analysis", "setFlag", "setHeaderRoute", "setMirror"}
     assert spec["properties"]["trafficRouting"]["maxProperties"] == 1
-    assert set(spec["properties"]["trafficRouting"]["properties"]) == {"gatewayAPI", "istio", "nginx"}
+    assert set(spec["properties"]["trafficRouting"]["properties"]) == {"gatewayAPI", "istio", "nginx", "modship"}
     assert spec["properties"]["revision"]["pattern"] == "^r[0-9a-f]{12}$"
     machine = schema()["properties"]["status"]["properties"]["machine"]
     assert machine["x-kubernetes-preserve-unknown-fields"] is True

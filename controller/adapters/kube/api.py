@@ -30,6 +30,7 @@ DEPLOYMENTS: Resource = ("apps/v1", "deployments")
 SERVICES: Resource = ("v1", "services")
 CONFIGMAPS: Resource = ("v1", "configmaps")
 PODS: Resource = ("v1", "pods")
+SECRETS: Resource = ("v1", "secrets")
 EVENTS: Resource = ("v1", "events")
 INGRESSES: Resource = ("networking.k8s.io/v1", "ingresses")
 HTTPROUTES: Resource = ("gateway.networking.k8s.io/v1", "httproutes")
@@ -118,10 +119,12 @@ class Kube:
         body: Any = None,
         query: Iterable[tuple[str, str]] = (),
         content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Json:
         """One request; the JSON answer. Raises NotFound, SpecError, Conflict (field-manager
-        conflicts of server-side apply only) or Unavailable (everything a retry may fix)."""
-        headers = {"Accept": "application/json"}
+        conflicts of server-side apply only) or Unavailable (everything a retry may fix).
+        ``headers``: more request headers (for a pod behind the API server's proxy)."""
+        headers = {"Accept": "application/json", **(headers or {})}
         if content_type:
             headers["Content-Type"] = content_type
         what = f"{method} {url}"

@@ -3,9 +3,9 @@ Services, and the traffic split through the Rollout's ``TrafficRouter`` (see ``t
 
 The feature-flag file the workload reads through ``MODSHIP_FLAGS_FILE`` is ConfigMap ``S-R-flags``.
 Services ``S-stable`` and ``S-canary`` select a revision (canary selects stable while nothing is in
-flight); ``S`` selects every revision (traffic in replica-ratio mode). Policies of the local router
-no cluster router here applies (sticky assignment, zero-loss fallback) become conditions in
-``notes``.
+flight); ``S`` selects every revision (traffic in replica-ratio mode), or, with
+``trafficRouting.modship``, the router pods (``modship_router``). Policies of the local router no
+mesh here applies (sticky assignment, zero-loss fallback) become conditions in ``notes``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from controller.adapters.kube.api import CONFIGMAPS, DEPLOYMENTS, PODS, SERVICES
 from controller.adapters.kube.caches import Applied, DeploymentState, Shared, deployment_state
 from controller.adapters.kube.gateway import GatewayRouter
 from controller.adapters.kube.istio import IstioRouter
+from controller.adapters.kube.modship_router import ModshipRouter, revision_service
 from controller.adapters.kube.names import Owner, deployment_name, flags_name, labels, meta, service_names
 from controller.adapters.kube.nginx import NginxRouter
 from controller.adapters.kube.ratios import ReplicaRatios
+from controller.adapters.kube.router_pods import selector_labels as router_selector
 from controller.adapters.kube.traffic import Context, Split, TrafficRouter
 from controller.adapters.kube.traffic import conditions as traffic_conditions
 from controller.errors import SpecError
@@ -81,15 +83,22 @@ class KubernetesTarget:
         self._apply(DEPLOYMENTS, self._deployment(revision, self._replicas(revision, role)))
 
     def stop(self, revision: str) -> None:
-        for res, name in ((DEPLOYMENTS, deployment_name(self.system, revision)), (CONFIGMAPS, self._flags(revision))):
+        objects = [(DEPLOYMENTS, deployment_name(self.system, revision)), (CONFIGMAPS, self._flags(revision))]
+        if self.routing.modship is not None:
+            objects.append((SERVICES, revision_service(self.system, revision)))
+        for res, name in objects:
             self.kube.delete(res, self.ns, name)
             self.shared.applied.forget(self._key(res, name))
         self.shared.applied.forget(self._key(("", "toggles"), self._flags(revision)))
         self.shared.index.drop(self.ns, deployment_name(self.system, revision))
 
     def route(self, traffic: SetTraffic) -> None:
-        self.split = Split(traffic.stable, traffic.canary, traffic.weight, traffic.header_route, traffic.mirror)
-        self._unmapped(traffic)
+        t = traffic
+        self.split = Split(
+            t.stable, t.canary, t.weight, t.header_route, t.mirror, t.fallback, t.sticky_header, t.sticky_cookie
+        )
+        if self.routing.modship is None:
+            self._unmapped(traffic)
         self._services()
         self.notes.update(traffic_conditions(self.router, self.split))
         self.router.route(self.split)
@@ -242,6 +251,8 @@ class KubernetesTarget:
             selector = {"modship.dev/system": self.system}
             if revision is not None:
                 selector["modship.dev/revision"] = revision
+            elif self.routing.modship is not None:  # S: the router pods
+                selector = router_selector(self.system)
             port = {"name": "http", "port": self.workload.port, "targetPort": "http", "protocol": "TCP"}
             body = {
                 "apiVersion": "v1",
@@ -277,4 +288,6 @@ def router_for(routing: TrafficRouting, ctx: Context, *, redeploy: Callable[[], 
         return IstioRouter(ctx, routing.istio.virtual_service)
     if routing.nginx is not None:
         return NginxRouter(ctx, routing.nginx.ingress)
+    if routing.modship is not None:
+        return ModshipRouter(ctx, routing.modship)
     return ReplicaRatios(redeploy)

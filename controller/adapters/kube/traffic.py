@@ -30,6 +30,9 @@ class Split:
     weight: float = 0.0
     header_route: tuple[str, str | None] | None = None
     mirror: float = 0.0
+    fallback: bool = False  # what only the ``modship`` router applies
+    sticky_header: str | None = None
+    sticky_cookie: str | None = None
 
     @classmethod
     def of(cls, s: RolloutStatus) -> Split:

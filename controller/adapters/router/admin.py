@@ -1,10 +1,19 @@
 """The admin API, never proxied: ``GET|PUT /-/modship/config``, ``GET /-/modship/healthz``,
-``GET /-/modship/telemetry?window=S`` (format in ``controller.plan.telemetry``), ``GET /metrics``.
+``GET /-/modship/telemetry?window=S`` (format in ``controller.plan.telemetry``), ``GET /metrics``,
+``GET /-/modship/livez`` (the process answers) and ``GET /-/modship/readyz`` (it has a stable
+revision to route to: a Kubernetes readiness probe keeps clients away from an unconfigured router).
+
+With a token (``MODSHIP_ROUTER_TOKEN``: always in a cluster, where any pod could reach the router),
+every admin request but ``livez``, ``readyz`` and ``/metrics`` (counts only, for Prometheus) needs the header
+``x-modship-token`` with it; a missing or wrong one is answered 401. The header is not
+``Authorization``: the Kubernetes API server's pod proxy, through which the operator configures
+routers, keeps the caller's own credential for itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,7 +25,16 @@ from controller.plan import telemetry
 
 PROBE_TIMEOUT_S = 0.5
 PROBE = b"GET /readyz HTTP/1.1\r\nhost: modship-router\r\n\r\n"
-PATHS = (b"/-/modship/config", b"/-/modship/healthz", b"/-/modship/telemetry", b"/metrics")
+PATHS = (
+    b"/-/modship/config",
+    b"/-/modship/healthz",
+    b"/-/modship/telemetry",
+    b"/metrics",
+    b"/-/modship/livez",
+    b"/-/modship/readyz",
+)
+OPEN = (b"/-/modship/livez", b"/-/modship/readyz", b"/metrics")  # never need the token
+TOKEN_HEADER = b"x-modship-token"
 
 
 def is_admin(target: bytes) -> bool:
@@ -46,9 +64,31 @@ async def health(routes: Routes) -> dict[str, Any]:
     }
 
 
-async def answer(req: wire.Request, routes: Routes, tel: telemetry.Telemetry, counters: metrics.Counters) -> bytes:
+def authorized(req: wire.Request, token: bytes | None) -> bool:
+    """Whether ``req`` may use the admin API: no token configured, or the right one sent."""
+    if token is None:
+        return True
+    sent = next((v for n, v in req.headers if n == TOKEN_HEADER), None)
+    return sent is not None and hmac.compare_digest(sent, token)
+
+
+async def answer(
+    req: wire.Request,
+    routes: Routes,
+    tel: telemetry.Telemetry,
+    counters: metrics.Counters,
+    *,
+    token: bytes | None = None,
+) -> bytes:
     path, _, query = req.target.partition(b"?")
     keep, get = req.keep_alive, req.method == b"GET"
+    if path == b"/-/modship/livez" and get:
+        return wire.json(200, {"status": "ok"}, keep_alive=keep)
+    if path == b"/-/modship/readyz" and get:
+        ready = routes.current.stable is not None
+        return wire.json(200 if ready else 503, {"ready": ready}, keep_alive=keep)
+    if path not in OPEN and not authorized(req, token):
+        return wire.json(401, {"error": "the router's admin API needs its token in x-modship-token"}, keep_alive=keep)
     if path == b"/-/modship/config" and req.method == b"PUT":
         status, doc = routes.put(req.body)
         return wire.json(status, doc, keep_alive=keep)

@@ -30,8 +30,9 @@ CLIENT_IDLE_S = 75.0  # close idle (or stalled) client connections after this
 class Router:
     """Routing state, telemetry and the admin API of one system's router."""
 
-    def __init__(self, system: str, *, state: Path | None = None) -> None:
+    def __init__(self, system: str, *, state: Path | None = None, token: bytes | None = None) -> None:
         self.system = system
+        self.token = token  # of the admin API (see ``admin``); None: loopback only, no token
         self.telemetry = telemetry.Telemetry()
         self.routes = Routes(system, state=state, telemetry=self.telemetry)
         self.counters = metrics.Counters(system, self._weights)
@@ -117,7 +118,7 @@ class Router:
         """Answer one request on ``out``, then record what happened."""
         if admin.is_admin(req.target):
             self.recorder.flush()
-            out.send(await admin.answer(req, self.routes, self.telemetry, self.counters))
+            out.send(await admin.answer(req, self.routes, self.telemetry, self.counters, token=self.token))
             return
         route = self.routes.current
         if route.stable is None:
@@ -158,10 +159,17 @@ class Router:
 
 
 async def run(
-    *, host: str, port: int, system: str, state: Path | None, stop: asyncio.Event, sock: socket.socket | None = None
+    *,
+    host: str,
+    port: int,
+    system: str,
+    state: Path | None,
+    stop: asyncio.Event,
+    sock: socket.socket | None = None,
+    token: bytes | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then drain and close; on ``sock`` (already listening) if given."""
-    router = Router(system, state=state)
+    router = Router(system, state=state, token=token)
     router.load()
     gc.collect()
     gc.freeze()  # what startup allocated is never garbage: later collections need not walk it
