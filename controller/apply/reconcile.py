@@ -45,9 +45,10 @@ def reconcile_once(
     (without it, a rollout with gates holds at the first one). ``admit`` is the rollout as the
     governance policy lets it run (the operator's: a refused new target is not started)."""
     r, s, controls = store.load(system)
+    asked = r.spec.revision
     r = admit(r, s)
     obs = observe.observe(r, s, controls, target=target, sources=sources, now=now, reference=reference, gates=gates)
-    obs = replace(obs, release=release(s))  # governance: approvals and soak of the canary in flight
+    obs = replace(obs, release=release(s), held=r.spec.revision != asked)  # governance: approvals, soak, refusals
     decision = machine.step(r, s, obs, now)
     execute.runtime(decision.actions, target)
     if before_save is not None:

@@ -131,6 +131,37 @@ def test_reconcile_does_not_start_a_refused_target_and_starts_it_once_allowed() 
     assert (s.phase, s.canary) == (Phase.PROGRESSING, "rB")
 
 
+def test_a_refused_edit_leaves_the_canary_in_flight_where_it_was() -> None:
+    """A refused new target comes with other changes (its modules at least): the canary in flight
+    runs on at its step, it is not restarted at step 0; allowed, the new target supersedes it."""
+    store, target = MemoryStore(), MemoryTarget(start_delay=1)
+    store.rollouts["sys"] = Rollout.model_validate(ROLLOUT)
+    metrics = MemoryMetrics(lambda c, ctx: Sample(value=0.0, stable=0.0, samples=50))
+    now = drive(store, target, metrics, [], start=0, until=2)
+    promote(store, "rB")
+    now = drive(store, target, metrics, [], start=now, until=now + 3)
+    before = store.statuses["sys"]
+    assert (before.phase, before.canary, before.step) == (Phase.PROGRESSING, "rB", 1)
+    spec = store.rollouts["sys"].spec.model_copy(update={"revision": "rC", "modules": ("head@3",)})
+    store.rollouts["sys"] = store.rollouts["sys"].model_copy(update={"spec": spec})
+    allowed = {"rC": False}
+
+    def admit(r: Rollout, s: RolloutStatus) -> Rollout:
+        if allowed.get(r.spec.revision or "", True):
+            return r
+        return r.model_copy(update={"spec": r.spec.model_copy(update={"revision": gov.held_target(s)})})
+
+    events: list[Any] = []
+    d = reconcile.reconcile_once("sys", store=store, target=target, sources={Provider.BUILTIN: metrics}, now=now,
+                                 admit=admit, record=events.append)  # fmt: skip
+    assert (d.status.canary, d.status.started) == ("rB", before.started) and d.status.step >= before.step
+    assert Reason.ROLLOUT_RESTARTED not in [e.reason for e in events]
+    allowed["rC"] = True
+    d = reconcile.reconcile_once("sys", store=store, target=target, sources={Provider.BUILTIN: metrics},
+                                 now=now + 1, admit=admit, record=events.append)  # fmt: skip
+    assert (d.status.canary, d.status.started) == ("rC", now + 1) and Reason.SUPERSEDED in [e.reason for e in events]
+
+
 # -- module tiers and owners from the registry --------------------------------------------------------
 
 
