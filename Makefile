@@ -33,6 +33,12 @@ system-deps: ## Debian packages the tests and benchmarks use (prometheus, nginx,
 k8s-bins: ## build the Kubernetes test control plane from the Go module proxy (cached outside the repo)
 	bash tools/k8s/build.sh
 
+docker-daemon: ## the private docker daemon the image tests use (root; tools/kind/host-setup.sh, idempotent)
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) bash tools/kind/host-setup.sh >/dev/null
+
+images: $(STAMP) docker-daemon ## the Python base and the operator image (ghcr.io/modship/modship:<appVersion>), built here
+	DOCKER_HOST=unix:///run/modship-docker.sock bash tools/images/build.sh
+
 check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
 	$(BIN)/ruff check controller tests examples bentos bench
 	$(BIN)/ruff format --check controller tests examples bentos bench
@@ -42,7 +48,7 @@ check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
 crd: $(STAMP) ## regenerate the chart's Rollout CRD from the pydantic models (a unit test checks it)
 	$(BIN)/python tools/crd.py
 
-test: $(STAMP) system-deps k8s-bins ## everything CI runs (unit, adapters against real services, end to end)
+test: $(STAMP) system-deps k8s-bins docker-daemon ## everything CI runs (unit, adapters against real services, end to end)
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## unit tests only (no real services)
@@ -60,4 +66,4 @@ bench: $(STAMP) system-deps k8s-bins ## benchmarks, side by side; results in ben
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins check crd test test-fast demo demo-digits bench clean
+.PHONY: help venv system-deps k8s-bins docker-daemon images check crd test test-fast demo demo-digits bench clean

@@ -30,6 +30,7 @@ import httpx
 import yaml
 
 from bench import load, results, setup
+from controller.adapters.local_runtime import router_token
 from controller.apply import modules
 from tests.support.services import free_port, stop_process, wait_until
 
@@ -127,7 +128,10 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         client = Client(f"http://127.0.0.1:{port}")
         client.start()
         cli("promote", name, f"{reg.version.name}@{reg.version.version}")
-        admin = httpx.Client(base_url=f"http://127.0.0.1:{port}/-/modship", timeout=2)
+        token = router_token(home / "systems" / name / "run")
+        admin = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}/-/modship", timeout=2, headers={"x-modship-token": token}
+        )
         for i in range(max(3, min(cfg.runs, 5))):
             if i:
                 cli("retry", name)

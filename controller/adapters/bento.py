@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from controller import settings
+from controller.adapters.malloc import MALLOC_ENV
 from controller.compose import revision
 from controller.compose.revision import Lock
 from controller.errors import ModshipError, SpecError
@@ -130,14 +131,6 @@ def serve_command(bento_dir: Path, *, host: str, port: int) -> list[str]:
     keeps its Prometheus multiprocess directory there and wipes it whenever a server starts, so two
     servers sharing a home would clobber each other's metrics."""
     return [BENTOML, "serve", str(bento_dir), "--host", host, "--port", str(port)]
-
-
-# glibc's default lets the mmap threshold rise to the largest block ever freed (up to 32 MB); after
-# that, a model's big per-batch buffers come from the heap, which fragments and never shrinks: a worker
-# serving batches of mixed sizes grew from ~240 MB to ~900 MB and stayed there. A fixed threshold keeps
-# large buffers mmapped, so they go back to the system when freed (~5 % more CPU per large batch, RSS
-# flat at ~180 MB). Users can override it in the environment.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def serve_env(private_home: Path, **extra: str) -> dict[str, str]:

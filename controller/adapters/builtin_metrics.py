@@ -22,9 +22,10 @@ from controller.spec.rollout import Check
 class BuiltinSource:
     """Telemetry of the router at ``admin_url`` (its base URL, ``http://127.0.0.1:PORT``)."""
 
-    def __init__(self, admin_url: str, *, timeout: float = 2.0) -> None:
+    def __init__(self, admin_url: str, *, timeout: float = 2.0, token: str | None = None) -> None:
         self.admin_url = admin_url.rstrip("/")
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 0.5)))
+        headers = {"x-modship-token": token} if token else None  # the router's admin token, if it asks for one
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 0.5)), headers=headers)
 
     def close(self) -> None:
         self._client.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -52,13 +53,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def admin_header() -> str:
+    return "x-modship-token"
+
+
+def router_token(run_dir: Path) -> str:
+    """The token of a system's router admin API (``run/router.token``, 0600, made once): on one
+    machine any local process can reach the router's port, so its admin API asks for this."""
+    path = run_dir / "router.token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+        f.flush()
+        os.fsync(f.fileno())
+    return token
+
+
 class LocalRuntime:
     def __init__(self, store: LocalStore, system: str, *, bentoml_home: Path, router_port: int) -> None:
         self.store, self.system, self.bentoml_home = store, system, bentoml_home
         self.router_port = router_port
         self.run_dir = store.dir(system) / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._http = httpx.Client(timeout=httpx.Timeout(2.0, connect=0.5))
+        self.router_token = router_token(self.run_dir)
+        self._http = httpx.Client(timeout=httpx.Timeout(2.0, connect=0.5), headers={admin_header(): self.router_token})
         self.units = local_units.Units(self.run_dir / "units")
         self.procs: dict[str, Proc] = {}
         self.router: Proc | None = None
@@ -153,7 +179,8 @@ class LocalRuntime:
             str(self.run_dir / "router.json"),
         ]
         # the supervisor holds the router's socket and restarts it in place: clients wait, not fail
-        self.router = self._spawn("router", cmd, dict(os.environ), port=self.router_port, restarts=[], hold=True)
+        env = {**os.environ, "MODSHIP_ROUTER_TOKEN": self.router_token}  # its admin API asks for it
+        self.router = self._spawn("router", cmd, env, port=self.router_port, restarts=[], hold=True)
         self._persist()
 
     def router_ready(self) -> bool:

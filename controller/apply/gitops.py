@@ -21,6 +21,7 @@ from controller.compose import revision as revisions
 from controller.compose import roundtrip
 from controller.compose.revision import Lock
 from controller.errors import SpecError
+from controller.plan import capabilities
 from controller.spec import parse, refs, wire
 from controller.spec import system as systems
 from controller.spec.rollout import Rollout
@@ -77,13 +78,16 @@ def render(
     namespace: str | None = None,
     image: str | None = None,
     traffic: mf.TrafficOptions | None = None,
-) -> tuple[str, list[Path]]:
-    """``modship render``: the system's manifests written into ``out``; (system, files written)."""
+) -> tuple[str, list[Path], list[capabilities.Gap]]:
+    """``modship render``: the system's manifests written into ``out``; (system, files written, what
+    the rendered Rollout's traffic provider cannot serve)."""
     r, sys_spec, lock = load_inputs(target, rollout, system)
     items = mf.manifests(
         r, system=sys_spec, lock=lock, namespace=namespace, image=image, traffic=traffic or mf.TrafficOptions()
     )
-    return r.spec.system, write(out, mf.texts(items, namespace))
+    cr = next(m.doc for m in items if m.file == mf.ROLLOUT_FILE)
+    gaps = capabilities.gaps(Rollout.model_validate(cr))
+    return r.spec.system, write(out, mf.texts(items, namespace)), gaps
 
 
 def write(out: Path, texts: dict[str, str]) -> list[Path]:

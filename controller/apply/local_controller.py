@@ -217,7 +217,9 @@ class LocalController:
 
     def _sources(self, m: Managed) -> dict[Provider, ports.MetricsSource]:
         if Provider.BUILTIN not in m.sources:
-            m.sources[Provider.BUILTIN] = BuiltinSource(f"http://127.0.0.1:{m.runtime.router_port}")
+            m.sources[Provider.BUILTIN] = BuiltinSource(
+                f"http://127.0.0.1:{m.runtime.router_port}", token=m.runtime.router_token
+            )
         url = self.store.rollout(m.name).spec.prometheus
         if url and Provider.PROMETHEUS not in m.sources:
             from controller.adapters.prometheus import PrometheusSource

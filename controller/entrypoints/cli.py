@@ -18,6 +18,7 @@ from controller.entrypoints import (
     cli_dashboard,
     cli_gitops,
     cli_governance,
+    cli_image,
     cli_module,
     cli_notify,
     cli_rollout,
@@ -38,6 +39,7 @@ app = typer.Typer(
 app.add_typer(cli_module.app, name="module")
 app.add_typer(cli_system.app, name="system")
 app.add_typer(cli_notify.app, name="notify")
+app.add_typer(cli_image.app, name="image")
 cli_up.register(app)
 cli_rollout.register(app)
 cli_governance.register(app)

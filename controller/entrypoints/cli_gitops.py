@@ -7,7 +7,7 @@ call the same use cases.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -69,11 +69,13 @@ def render(
     if gateway is not None and traffic is not Traffic.GATEWAY_API:
         raise SpecError("--gateway needs --traffic gateway-api", field="--gateway")
     options = TrafficOptions(kind=traffic, route=route, gateway=gateway, host=host, ingress_class=ingress_class)
-    name, paths = gitops.render(
+    name, paths, gaps = gitops.render(
         out, target, rollout=rollout, system=system, namespace=namespace, image=image, traffic=options
     )
-    emit(
-        {"system": name, "files": [str(p) for p in paths]},
-        output,
-        lambda d: console.print(f"rendered {len(paths)} file(s) for [bold]{d['system']}[/] into {out}"),
-    )
+
+    def show(d: dict[str, Any]) -> None:
+        console.print(f"rendered {len(paths)} file(s) for [bold]{d['system']}[/] into {out}")
+        for g in gaps:
+            console.print(f"[yellow]warning[/] {g.field}: {g.message}", highlight=False, soft_wrap=True)
+
+    emit({"system": name, "files": [str(p) for p in paths], "warnings": [g.to_json() for g in gaps]}, output, show)

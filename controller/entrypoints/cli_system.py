@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,9 @@ from controller.compose.revision import Lock
 from controller.entrypoints.context import Context
 from controller.entrypoints.output import Format, console, emit
 from controller.errors import ModshipError, SpecError
+from controller.plan import capabilities
+from controller.spec import parse
+from controller.spec.rollout import Rollout
 from controller.spec.system import System
 
 app = typer.Typer(
@@ -42,9 +46,48 @@ def _checked(ctx: typer.Context, file: Path, today: str | None) -> systems.Check
     return systems.check(obj.registry, system, cache=obj.settings.module_cache, today=_today(today))
 
 
+class TrafficChoice(enum.StrEnum):
+    MODSHIP = "modship"
+    REPLICAS = "replicas"
+    GATEWAY_API = "gateway-api"
+    ISTIO = "istio"
+    NGINX = "nginx"
+
+
+_ROUTERS = {
+    TrafficChoice.MODSHIP: capabilities.Router.MODSHIP,
+    TrafficChoice.REPLICAS: capabilities.Router.REPLICAS,
+    TrafficChoice.GATEWAY_API: capabilities.Router.GATEWAY_API,
+    TrafficChoice.ISTIO: capabilities.Router.ISTIO,
+    TrafficChoice.NGINX: capabilities.Router.NGINX,
+}
+
+
+def _gaps(rollout: Path | None, traffic: TrafficChoice | None) -> list[capabilities.Gap]:
+    if rollout is None:
+        if traffic is not None:
+            raise SpecError("--traffic needs --rollout FILE (the checks to weigh)", field="--traffic")
+        return []
+    r = parse.load(Rollout, rollout)
+    return capabilities.gaps(r, _ROUTERS[traffic] if traffic is not None else None)
+
+
 @app.command("validate")
-def validate_(ctx: typer.Context, file: FileArg, today: TodayOpt = None, output: OutputOpt = Format.TABLE) -> None:
-    """Check every edge, module, digest, deprecation and stability rule; report every violation (exit 2)."""
+def validate_(
+    ctx: typer.Context,
+    file: FileArg,
+    today: TodayOpt = None,
+    rollout: Annotated[
+        Path | None, typer.Option(help="also warn about what its traffic provider cannot serve (a Rollout spec)")
+    ] = None,
+    traffic: Annotated[
+        TrafficChoice | None, typer.Option(help="with --rollout: weigh this provider instead of the Rollout's own")
+    ] = None,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Check every edge, module, digest, deprecation and stability rule; report every violation (exit 2).
+    With --rollout, also warn about every check, step and policy its traffic provider cannot serve."""
+    gaps = _gaps(rollout, traffic)
     checked = _checked(ctx, file, today)
     r = checked.report
     data = {
@@ -52,9 +95,15 @@ def validate_(ctx: typer.Context, file: FileArg, today: TodayOpt = None, output:
         "valid": r.ok,
         "violations": [v.to_json() for v in r.violations],
         "modules": {ref: mv.ref for ref, mv in r.resolved.items()},
+        "warnings": [g.to_json() for g in gaps],
     }
 
+    def warn() -> None:
+        for g in gaps:
+            console.print(f"[yellow]warning[/] {g.field}: {g.message}", highlight=False, soft_wrap=True)
+
     def render(_: Any) -> None:
+        warn()
         if r.ok:
             console.print(
                 f"[green]✓[/] {file}: system [bold]{data['system']}[/] is valid "

@@ -31,6 +31,7 @@ from controller.adapters.notify import Notifier
 from controller.apply import aliases, governance, module_facts, reconcile
 from controller.apply.operator_metrics import Metrics
 from controller.errors import ModshipError, NotFound, SpecError, Unavailable
+from controller.plan import capabilities
 from controller.plan import governance as gov
 from controller.plan import rollout as machine
 from controller.plan.actions import Event
@@ -141,6 +142,7 @@ class Operator:
         store.replay(e)
         r, s, _ = store.load(name)
         notes.update(_metrics_note(r))
+        notes.update(_capabilities_note(r))
         target = KubernetesTarget(self.shared, r, owner=e.owner, status=s, toggles=e.toggles, notes=notes)
         now = time.time()
         seen: list[Observations] = []
@@ -353,6 +355,17 @@ def _metrics_note(r: Rollout) -> Notes:
     if checks:
         return {"Metrics": (True, "Prometheus", f"checks query {r.spec.prometheus}")}
     return {}
+
+
+def _capabilities_note(r: Rollout) -> Notes:
+    """What the chosen traffic provider cannot serve of this Rollout (``plan.capabilities``), as the
+    same words ``modship render`` and ``system validate --rollout`` print."""
+    router = capabilities.router_of(r.spec)
+    found = capabilities.gaps(r, router)
+    if found:
+        return {"Capabilities": (False, "UnservableByTrafficProvider", capabilities.summary(found, router))}
+    label = capabilities.LABELS[router]
+    return {"Capabilities": (True, "Served", f"{label} serves every check, step and policy of this Rollout")}
 
 
 def _raw_routing(spec: dict[str, Any]) -> tuple[str | None, TrafficRouting | None, int]:

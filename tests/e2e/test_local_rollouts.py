@@ -335,6 +335,19 @@ def test_the_api_acts_only_for_a_token_never_for_another_site(stack: dict[str, A
     assert {k: after[k] for k in keep} == {k: before[k] for k in keep}
     controls = json.loads((cli.home / "systems" / "topic-classifier" / "controls.json").read_text())
     assert controls["abort"] is None and controls["promote_full"] is None and controls["paused"] is True
+    # the router's admin API too: any local process can reach its port, only the token holder configures it
+    run = cli.home / "systems" / "topic-classifier" / "run"
+    assert os.stat(run / "router.token").st_mode & 0o777 == 0o600
+    admin = f"http://127.0.0.1:{stack['port']}/-/modship"
+    hostile = {
+        "system": "topic-classifier",
+        "generation": 10**9,
+        "stable": {"revision": "x", "url": "http://127.0.0.1:9"},
+    }
+    assert httpx.put(f"{admin}/config", json=hostile, timeout=10).status_code == 401
+    assert httpx.get(f"{admin}/telemetry", timeout=10).status_code == 401
+    mine = {"x-modship-token": (run / "router.token").read_text().strip()}
+    assert httpx.get(f"{admin}/config", headers=mine, timeout=10).json()["stable"]["revision"] != "x"
 
     alice = cli.ok("token", "create", "alice").out.strip()
     assert alice.startswith("mst_") and "alice" in cli.ok("token", "list").out

@@ -327,6 +327,12 @@ def test_analysis_promotes_a_good_canary_and_rolls_back_a_failing_one(
     assert 50 in weights
     st = cluster.wait_phase(ns, "scorer", "Promoted")
     assert condition(st, "Metrics") == {**condition(st, "Metrics"), "status": "True", "reason": "Prometheus"}
+    served = {
+        "status": "True",
+        "reason": "Served",
+        "message": "Gateway API serves every check, step and policy of this Rollout",
+    }
+    assert condition(st, "Capabilities") == {**condition(st, "Capabilities"), **served}
 
     cluster.promote(ns, "scorer", rev(3))  # 50 % errors
     st = cluster.wait_phase(ns, "scorer", "Aborted")

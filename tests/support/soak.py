@@ -121,7 +121,7 @@ class Soak:
             if canary is None or canary not in ports or rt.get("router") is None:
                 return None
             ok = http_ok(f"http://127.0.0.1:{ports[canary]}/readyz") and http_ok(
-                f"http://127.0.0.1:{rt['router']['port']}/-/modship/healthz"
+                f"http://127.0.0.1:{rt['router']['port']}/-/modship/readyz"
             )
             members = self.members(canary)
             return canary if ok and {"server", "worker"} <= set(members) else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,24 @@ def test_render_traffic_skeletons(tmp_path: Path, traffic: str, route_file: str,
     assert doc["kind"] == kind and "namespace" not in doc["metadata"]
     assert load(tmp_path / "rollout.yaml")["spec"]["trafficRouting"] == routing
     assert "namespace" not in load(tmp_path / "kustomization.yaml")
+
+
+def test_render_says_which_checks_the_traffic_provider_cannot_serve(tmp_path: Path) -> None:
+    args = [str(SYSTEM), "--rollout", str(ROLLOUT), "--out", str(tmp_path), "--image", IMAGE]
+    result = CliRunner().invoke(app, ["render", *args, "--traffic", "gateway-api", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    warnings = {w["field"]: w for w in json.loads(result.output)["warnings"]}
+    checks = [c["name"] for c in load(tmp_path / "rollout.yaml")["spec"]["analysis"]["checks"]]
+    dis = warnings[f"spec.analysis.checks[{checks.index('disagreement')}]"]
+    assert dis["needs"] == "answerComparison"
+    assert "Gateway API mirrors requests but drops the mirrored answers" in dis["message"]
+    err = warnings[f"spec.analysis.checks[{checks.index('error-rate')}]"]
+    assert "measure it with provider prometheus" in err["message"]
+    table = CliRunner().invoke(app, ["render", *args, "--traffic", "nginx"])
+    assert table.exit_code == 0, table.output
+    assert "warning spec.strategy.canary.steps[0].setMirror: step 0 setMirror: NGINX Ingress cannot mirror" in (
+        table.output
+    )
 
 
 def test_route_skeletons_are_what_the_operator_writes_at_rest(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from controller.adapters import bento
 from controller.adapters.kube import ratios
 from controller.adapters.kube.api import CONFIGMAPS, DEPLOYMENTS, PODS, SERVICES, Json, Resource
 from controller.adapters.kube.caches import Applied, DeploymentState, Shared, deployment_state
@@ -28,6 +27,7 @@ from controller.adapters.kube.ratios import ReplicaRatios
 from controller.adapters.kube.router_pods import selector_labels as router_selector
 from controller.adapters.kube.traffic import Context, Split, TrafficRouter
 from controller.adapters.kube.traffic import conditions as traffic_conditions
+from controller.adapters.malloc import MALLOC_ENV
 from controller.errors import SpecError
 from controller.plan.actions import SetTraffic
 from controller.plan.observations import Health
@@ -140,7 +140,7 @@ class KubernetesTarget:
             {"name": "MODSHIP_FLAGS_FILE", "value": f"{FLAGS_DIR}/flags.json"},
             {"name": "MODSHIP_SYSTEM", "value": self.system},
             {"name": "MODSHIP_REVISION", "value": revision},
-            *({"name": k, "value": v} for k, v in sorted({**bento.MALLOC_ENV, **w.env}.items())),
+            *({"name": k, "value": v} for k, v in sorted({**MALLOC_ENV, **w.env}.items())),
         ]
         container: Json = {
             "name": "system",
