@@ -20,7 +20,10 @@ unit's main process and
 - with ``--restart`` (the router) it instead starts the main process again in place (backing off
   when crashes come fast) and lists the crashes it survived in the record; with ``--listen`` it
   holds that listening socket and hands it down (``MODSHIP_LISTEN_FD``), so clients connecting
-  while the router restarts wait in the backlog instead of being refused;
+  while the router restarts wait in the backlog instead of being refused, and it keeps a copy of
+  every client connection the router accepted, and the journal of what the router read from them
+  and did not answer yet (``controller.adapters.connkeep``), so that the restarted router resumes
+  them: a SIGKILLed router loses no request;
 - on SIGTERM/SIGINT/SIGHUP stops the whole tree the same way and exits 0;
 - keeps ``--record`` (JSON, written atomically) up to date: its own ``pid`` and ``start`` (so a
   controller restarted after SIGKILL adopts it by identity, not by a reusable pid), every member
@@ -49,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import atomic
-from controller.adapters import proctree
+from controller.adapters import connkeep, proctree
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -98,6 +101,8 @@ class Supervisor:
         self.crash_count = 0
         self.scanned = 0.0
         self.sock = _listen(listen) if listen else None
+        self.keep = connkeep.Holder() if listen else None
+        self.checked = 0.0  # when the members were last looked at
 
     def run(self) -> int:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -126,8 +131,12 @@ class Supervisor:
 
     def spawn(self) -> None:
         parent = self.pid
-        fds = (self.sock.fileno(),) if self.sock is not None else ()
+        fds: tuple[int, ...] = (self.sock.fileno(),) if self.sock is not None else ()
         env = dict(os.environ, **({"MODSHIP_LISTEN_FD": str(fds[0])} if fds else {}))
+        channel = self.keep.channel() if self.keep is not None else None
+        if channel is not None and self.keep is not None:
+            fds += (channel.fileno(), self.keep.journal)
+            env |= {connkeep.CHANNEL_ENV: str(channel.fileno()), connkeep.JOURNAL_ENV: str(self.keep.journal)}
 
         def child_setup() -> None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
@@ -135,18 +144,31 @@ class Supervisor:
             if os.getppid() != parent:  # the supervisor died before the line above
                 os._exit(1)
 
-        main = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, env=env, pass_fds=fds, preexec_fn=child_setup)  # noqa: PLW1509 (one thread)
+        try:
+            main = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, env=env, pass_fds=fds, preexec_fn=child_setup)  # noqa: PLW1509 (one thread)
+        finally:
+            if channel is not None:
+                channel.close()  # the router holds the other end alone: its death is the channel's end
         self.members[main.pid] = Member(main.pid, proctree.start_of(main.pid) or 0, _cmd(self.cmd), 0.0, main=True)
         self.save()
 
     def watch(self) -> str | None:
         """Until a crash (``self.exit`` says which) or a stop signal (its name is returned)."""
         while True:
-            info = signal.sigtimedwait(WATCHED, POLL)
+            if self.keep is not None and self.keep.conn is not None:
+                # the router's messages gather meanwhile: waiting on them would wake this process at
+                # every accepted connection, and on a busy machine the router pays for each wakeup
+                info = signal.sigtimedwait(WATCHED, connkeep.GAP)
+                self.keep.drain()
+                if info is None and time.monotonic() - self.checked < POLL:
+                    continue
+            else:
+                info = signal.sigtimedwait(WATCHED, POLL)
             if info is not None and info.si_signo in STOPS:
                 name = signal.Signals(info.si_signo).name
                 self.exit = {"reason": "stopped", "signal": name}
                 return name
+            self.checked = time.monotonic()
             crash = self.observe(full=info is not None or time.monotonic() - self.scanned >= FULL_SCAN)
             if crash is not None:
                 self.exit = crash

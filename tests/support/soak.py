@@ -28,6 +28,8 @@ from tests.support.local import Controller, Load
 from tests.support.services import http_ok, wait_until
 
 KINDS = ("server", "worker", "router", "controller")
+# what may be killed: all of KINDS unless narrowed (``MODSHIP_SOAK_KINDS=router``, to soak one of them)
+CHOSEN = tuple(k for k in os.environ.get("MODSHIP_SOAK_KINDS", ",".join(KINDS)).split(",") if k in KINDS) or KINDS
 SYSTEM = "topic-classifier"
 # a canary that stays at 20 % until resumed: nothing but the crashes decides its fate
 ROLLOUT = {
@@ -159,7 +161,7 @@ class Soak:
         failed0 = self.load.stats().get("failed", 0)
         requests0 = self.load.stats().get("requests", 0)
         t0 = time.monotonic()
-        order = list(KINDS)[:crashes] + [self.rng.choice(KINDS) for _ in range(crashes - len(KINDS))]
+        order = list(CHOSEN)[:crashes] + [self.rng.choice(CHOSEN) for _ in range(crashes - len(CHOSEN))]
         self.rng.shuffle(order)
         for kind in order:
             self.crash(kind)

@@ -2,6 +2,10 @@
 in order, one at a time. A request is first offered to the handler's fast path (answered through
 callbacks, without a task); what it declines, and everything queued behind a request in flight, is
 served by one worker task per connection.
+
+Kept connections (``kept``: the router runs under the local runtime's supervisor) are handed over
+on accept, journaled as read and counted as answered, so that a restarted router resumes them
+(``replay``: the journal's bytes, parsed again, the requests answered already skipped).
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from typing import Any, Protocol, cast
 
 import httptools
 
-from controller.adapters.router import wire
+from controller.adapters import connkeep
+from controller.adapters.router import kept, wire
 
 log = logging.getLogger("modship.router")
 
 
 class Handler(Protocol):
     clients: set[ClientConn]
+    kept: kept.Kept | None
 
     def fast(self, req: wire.Request, out: ClientConn) -> bool:
         """Start answering ``req`` now, through callbacks; ``out.finished`` or ``out.hand_over``
@@ -33,7 +39,7 @@ class Handler(Protocol):
 class ClientConn(asyncio.Protocol):
     """One client connection: parse requests (pipelined ones in order) and answer them in turn."""
 
-    def __init__(self, router: Handler) -> None:
+    def __init__(self, router: Handler, *, slot: int | None = None, replay: tuple[bytes, int] | None = None) -> None:
         self.router = router
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -48,25 +54,65 @@ class ClientConn(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._expect = False
+        self._mid = False  # the parser is inside a request
+        # kept connections: the journal slot, its length, requests parsed and answered since it was
+        # last emptied, and those to skip (answered by a router before this one)
+        self.slot = slot
+        self.length = 0
+        self.parsed = self.answered = self.skip = 0
+        self._replay = replay
+        self._fd = self._family = -1  # the kept connection's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio's
         self.router.clients.add(self)
+        keeper = self.router.kept
+        if keeper is None:
+            return
+        sock = transport.get_extra_info("socket")
+        self._fd, self._family = sock.fileno(), sock.family
+        if self._replay is None:
+            self.slot = keeper.hold(self._fd)
+            return
+        data, self.answered = self._replay
+        self.length, self.skip, self._replay = len(data), self.answered, None
+        self._feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.router.clients.discard(self)
         self.transport = None
+        if self.slot is not None and self.router.kept is not None:
+            self.router.kept.release(self.slot)
+            self.slot = None
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is None:
+            return
+        if self.slot is not None and not t.is_closing() and t.get_write_buffer_size() == 0:
+            kept.shut(self._family, self._fd)  # else the supervisor's copy closes once it is told, after the flush
+        t.close()
 
     def send(self, data: bytes) -> None:
+        """Send the answer to the oldest request not answered yet."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+        if self.slot is None or self.router.kept is None:
+            return
+        self.answered += 1
+        if self.answered >= self.parsed and not self._mid:  # everything read is answered: empty the slot
+            self.parsed = self.answered = self.length = 0
+            self.router.kept.journal.mark(self.slot, 0, 0)
+        elif self.length != connkeep.OVERFLOW:
+            self.router.kept.journal.mark(self.slot, self.length, self.answered)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        if self.slot is not None and self.length != connkeep.OVERFLOW and self.router.kept is not None:
+            self.length = self.router.kept.journal.append(self.slot, self.length, self.answered, data)
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # not supported: serve what was parsed, then close
@@ -86,6 +132,7 @@ class ClientConn(asyncio.Protocol):
             self.paused = True
 
     def on_message_begin(self) -> None:
+        self._mid = True
         self._url = b""
         self._headers = []
         self._body = []
@@ -107,8 +154,8 @@ class ClientConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._size = 0
-        if self._expect:
-            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._expect and self.transport is not None:  # an interim answer: not counted
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -117,12 +164,19 @@ class ClientConn(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._mid = False
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         keep = self.parser.should_keep_alive()
         req = wire.Request(self.parser.get_method(), self._url, self._headers, body, keep_alive=keep)
         self._enqueue(req)
 
     def _enqueue(self, req: wire.Request) -> None:
+        self.parsed += 1
+        if self.skip:  # answered by the router that was killed
+            self.skip -= 1
+            if not req.keep_alive:
+                self.close()
+            return
         self.last = req
         if not self.busy and self.worker is None and not self.queue and req.reject is None:
             self.busy = True

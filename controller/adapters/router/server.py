@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from controller.adapters.router import admin, fallback, metrics, split, wire
+from controller.adapters.router import admin, fallback, kept, metrics, split, wire
 from controller.adapters.router.client import ClientConn
 from controller.adapters.router.mirror import Mirrors
 from controller.adapters.router.recorder import Recorder
@@ -30,9 +30,12 @@ CLIENT_IDLE_S = 75.0  # close idle (or stalled) client connections after this
 class Router:
     """Routing state, telemetry and the admin API of one system's router."""
 
-    def __init__(self, system: str, *, state: Path | None = None, token: bytes | None = None) -> None:
+    def __init__(
+        self, system: str, *, state: Path | None = None, token: bytes | None = None, keeper: kept.Kept | None = None
+    ) -> None:
         self.system = system
         self.token = token  # of the admin API (see ``admin``); None: loopback only, no token
+        self.kept = keeper
         self.telemetry = telemetry.Telemetry()
         self.routes = Routes(system, state=state, telemetry=self.telemetry)
         self.counters = metrics.Counters(system, self._weights)
@@ -151,6 +154,19 @@ class Router:
         for up in self.routes.upstreams.values():
             up.retire()
 
+    async def resume(self, slot: int, sock: socket.socket) -> None:
+        """Serve a connection the supervisor kept while the previous router process died: what its
+        journal holds first (the requests answered already skipped), then whatever comes next."""
+        assert self.kept is not None
+        data, answered = self.kept.journal.read(slot)
+        if data is None:  # the unanswered bytes had outgrown the slot: they cannot be replayed
+            kept.shut(sock.family, sock.fileno())
+            sock.close()
+            self.kept.release(slot)
+            return
+        conn = ClientConn(self, slot=slot, replay=(data, answered))
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock)
+
     def sweep(self, now: float) -> None:
         """Close client connections idle (or stalled mid-request) for ``CLIENT_IDLE_S``."""
         idle = [c for c in self.clients if c.worker is None and not c.busy and now - c.last_active > CLIENT_IDLE_S]
@@ -169,7 +185,8 @@ async def run(
     token: bytes | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then drain and close; on ``sock`` (already listening) if given."""
-    router = Router(system, state=state, token=token)
+    keeper, resumed = kept.Kept.from_env()
+    router = Router(system, state=state, token=token, keeper=keeper)
     router.load()
     gc.collect()
     gc.freeze()  # what startup allocated is never garbage: later collections need not walk it
@@ -179,13 +196,16 @@ async def run(
     else:
         server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=2048)
     bound = server.sockets[0].getsockname()[1] if server.sockets else port
+    for slot, client in resumed:
+        await router.resume(slot, client)
     log.info(
-        "modship router for %s on http://%s:%d (generation %d, state %s)",
+        "modship router for %s on http://%s:%d (generation %d, state %s, %s)",
         system,
         host,
         bound,
         router.routes.current.generation,
         state,
+        "no connection kept" if keeper is None else f"{len(resumed)} connections resumed",
     )
 
     async def sweeper() -> None:
