@@ -50,7 +50,7 @@ class LoadRunner:
         path = Path(spec.dataset)
         self.spec = spec
         self.bodies = read_dataset(path if path.is_absolute() else home / path)
-        self.url = base_url.rstrip("/") + spec.path
+        self.url = _url(spec, base_url)
         self.sent = self.ok = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modship-loadtest", daemon=True)
@@ -79,3 +79,55 @@ class LoadRunner:
                     pass  # the router counts what failed; the analysis decides
                 next_at = max(next_at + gap, time.monotonic() - gap)  # pace: never burst to catch up
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+class LoadTests:
+    """The load-test hooks of many rollouts (the operator's): each runs while its canary is in
+    flight, and only then; a dataset that cannot be read is reported once per spec, not retried."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._running: dict[object, LoadRunner] = {}
+        self._refused: dict[object, tuple[LoadTest, str]] = {}
+        self._lock = threading.Lock()
+
+    def sync(self, key: object, spec: LoadTest | None, base_url: str) -> tuple[bool, str] | None:
+        """Run ``spec`` against ``base_url`` for ``key`` (None: stop it). Returns what to show:
+        (running, message), or None when there is no load test."""
+        with self._lock:
+            runner = self._running.get(key)
+            if runner is not None and (spec is None or runner.spec != spec or runner.url != _url(spec, base_url)):
+                runner.stop()
+                del self._running[key]
+                runner = None
+            if spec is None:
+                self._refused.pop(key, None)
+                return None
+            refused = self._refused.get(key)
+            if refused is not None and refused[0] == spec:
+                return False, refused[1]
+            if runner is None:
+                try:
+                    runner = self._running[key] = LoadRunner(spec, base_url, home=self.home).start()
+                except SpecError as exc:
+                    self._refused[key] = (spec, str(exc))
+                    log.error("%s: load test not started: %s", key, exc)
+                    return False, str(exc)
+            return True, f"replaying {len(runner.bodies)} request(s) at {spec.rate:g}/s to {runner.url}"
+
+    def stop(self, key: object) -> None:
+        with self._lock:
+            runner = self._running.pop(key, None)
+            self._refused.pop(key, None)
+        if runner is not None:
+            runner.stop()
+
+    def close(self) -> None:
+        with self._lock:
+            runners, self._running = list(self._running.values()), {}
+        for r in runners:
+            r.stop()
+
+
+def _url(spec: LoadTest, base_url: str) -> str:
+    return base_url.rstrip("/") + spec.path

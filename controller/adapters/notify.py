@@ -78,7 +78,6 @@ class Notifier:
         self._workers = {s.name: _Worker(self, s) for s in cfg.sinks}
         self.delivered: list[Delivery] = []  # the latest outcomes, for tests and `notify test`
         self.dead: list[Delivery] = []
-        self._analysis: dict[str, dict[str, Any]] = {}  # per system: the latest values of this rollout's checks
 
     # -- what the controller calls --------------------------------------------------------------
     def on_decision(self, r: Rollout, before: RolloutStatus, d: machine.Decision, now: float) -> None:
@@ -89,14 +88,11 @@ class Notifier:
         self, r: Rollout, before: RolloutStatus, after: RolloutStatus, events: list[Event], now: float
     ) -> None:
         """Enqueue the cycle's transitions for their subscribers; returns at once."""
-        system = r.spec.system
-        if any(e.reason in (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED) for e in events):
-            self._analysis.pop(system, None)  # a new rollout: what the last one measured does not count
-            before = RolloutStatus()
-        seen = self._analysis[system] = {**self._analysis.get(system, {}), **plan.analysis_of(before, after)}
         if not events or not self.cfg.subscriptions:
             return
-        for ev, trigger in plan.cloud_events(r, before, after, events, now=now, links=self.cfg.links, analysis=seen):
+        if any(e.reason in (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED) for e in events):
+            before = RolloutStatus()  # a new rollout: what the last one measured does not count
+        for ev, trigger in plan.cloud_events(r, before, after, events, now=now, links=self.cfg.links):
             for name in plan.sinks_for(self.cfg, r.spec.system, trigger):
                 self.publish(name, ev)
 

@@ -17,7 +17,7 @@ from controller import ports
 from controller.apply import control as rules
 from controller.apply import governance
 from controller.errors import Conflict, Forbidden, NotFound, SpecError
-from controller.plan.governance import Change
+from controller.plan.governance import Change, refused_target
 from controller.plan.status import Phase
 from controller.spec import control
 from controller.spec.modules import Stability
@@ -111,7 +111,8 @@ class KubeControl:
         if not _REVISION.match(req.revision):
             raise SpecError(f"{req.revision!r} is not a revision (r followed by 12 hex digits)", field="revision")
         s = x.status
-        rules.ensure_no_rollout(system, s, x.target, revision=req.revision)
+        refused = refused_target(x.conditions, x.target)  # by the operator's policy: replaceable
+        rules.ensure_no_rollout(system, s, None if refused else x.target, revision=req.revision)
         rules.ensure_new(system, s, req.revision)
         self._check_policy(system, req, actor, now)
         # a new target starts clean: a standing pause does not carry over

@@ -35,16 +35,20 @@ def reconcile_once(
     notify: Notify | None = None,
     gates: ports.Gates | None = None,
     release: Callable[[RolloutStatus], Release | None] = lambda s: None,
+    admit: Callable[[Rollout, RolloutStatus], Rollout] = lambda r, s: r,
 ) -> machine.Decision:
     """One cycle. ``before_save`` sees the rollout, the status before, the observations and the
     decision once its runtime actions are done and before the status is saved (the operator stages
     the cycle's Events into the status it saves, and measures the cycle). ``notify`` sees the
     rollout, the status before and the decision once it is saved; it must not block (a sender
     enqueues), and its failure never fails the cycle. ``gates`` asks the webhook gates that are due
-    (without it, a rollout with gates holds at the first one)."""
+    (without it, a rollout with gates holds at the first one). ``admit`` is the rollout as the
+    governance policy lets it run (the operator's: a refused new target is not started)."""
     r, s, controls = store.load(system)
+    asked = r.spec.revision
+    r = admit(r, s)
     obs = observe.observe(r, s, controls, target=target, sources=sources, now=now, reference=reference, gates=gates)
-    obs = replace(obs, release=release(s))  # governance: approvals and soak of the canary in flight
+    obs = replace(obs, release=release(s), held=r.spec.revision != asked)  # governance: approvals, soak, refusals
     decision = machine.step(r, s, obs, now)
     execute.runtime(decision.actions, target)
     if before_save is not None:

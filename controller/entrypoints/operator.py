@@ -182,6 +182,7 @@ async def serve(opts: Options, *, stop: asyncio.Event | None = None) -> None:
         scheduler.close()
         if op.notifier is not None:
             op.notifier.close(timeout=2.0)
+        op.loads.close()
         api.close()
 
 
@@ -234,6 +235,11 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         default=os.environ.get("MODSHIP_AUDIT_FILE"),
         help="append the hash-chained audit log to this file, on a persistent volume (env MODSHIP_AUDIT_FILE)",
     )
+    p.add_argument(
+        "--datasets",
+        default=os.environ.get("MODSHIP_DATASETS", "/etc/modship/datasets"),
+        help="where a relative spec.loadTest.dataset is found (env MODSHIP_DATASETS)",
+    )
     p.add_argument("--log-level", default=os.environ.get("MODSHIP_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     if a.renew_deadline >= a.lease_duration:
@@ -262,6 +268,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         notifications=a.notifications,
         dead_letter=a.dead_letter,
         audit_file=a.audit_file,
+        datasets=a.datasets,
     )
 
 

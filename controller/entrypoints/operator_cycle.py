@@ -20,16 +20,19 @@ from controller.adapters.kube import api as kube_api
 from controller.adapters.kube import caches, cleanup, router_pods
 from controller.adapters.kube import governance as kube_governance
 from controller.adapters.kube.events import EventRecorder
+from controller.adapters.kube.names import service_url
 from controller.adapters.kube.no_router import NoRouterSource
-from controller.adapters.kube.rollouts import AUTHOR, Entry, RolloutCache, wire_spec
+from controller.adapters.kube.rollouts import AUTHOR, BREAK_GLASS, Entry, RolloutCache, wire_spec
 from controller.adapters.kube.store import KubernetesStore
 from controller.adapters.kube.target import KubernetesTarget
 from controller.adapters.kube.traffic import Notes
+from controller.adapters.loadtest import LoadTests
 from controller.adapters.notify import Notifier
-from controller.apply import aliases, governance, reconcile
+from controller.apply import aliases, governance, module_facts, reconcile
 from controller.apply.operator_metrics import Metrics
 from controller.errors import ModshipError, NotFound, SpecError, Unavailable
 from controller.plan import capabilities
+from controller.plan import governance as gov
 from controller.plan import rollout as machine
 from controller.plan.actions import Event
 from controller.plan.audit import Action
@@ -40,6 +43,10 @@ from controller.spec import notifications
 from controller.spec.rollout import Provider, Rollout, TrafficRouting
 
 log = logging.getLogger("modship.operator")
+GOVERNANCE = gov.CONDITION  # the condition of a new target the policy does not let start
+MODULES = "ModuleGovernance"  # where the tiers and owners of the Rollout's module versions came from
+LOAD_TEST = "LoadTest"  # the built-in load-test hook of a canary in flight
+REFUSED_POLL = 30.0  # a refused change is looked at again this often (windows open by the minute)
 Key = tuple[str, str]  # (namespace, name)
 
 
@@ -63,6 +70,7 @@ class Options:
     notifications: str | None = None  # a notifications file: CloudEvents of transitions to its sinks
     dead_letter: str = "/tmp/modship/dead-letter.jsonl"
     audit_file: str | None = None  # append the hash-chained audit log here (a file on a volume)
+    datasets: str = "/etc/modship/datasets"  # where a relative spec.loadTest.dataset is found
 
 
 class Operator:
@@ -75,6 +83,7 @@ class Operator:
             from controller.adapters import factory
 
             self.registry = factory.registry(settings.load(registry=opts.registry_url))
+        self.facts = module_facts.ModuleFactsReader(self.registry) if self.registry is not None else None
         self.kube, self.opts = kube, opts
         self.cache = RolloutCache()
         self.shared = caches.Shared(kube)
@@ -93,6 +102,7 @@ class Operator:
                 spec = spec.model_copy(update={"links": spec.links.model_copy(update={"mlflow": opts.registry_url})})
             self.notifier = Notifier(spec, dead_letter=Path(opts.dead_letter))
         self.audit = AuditLog(Path(opts.audit_file)) if opts.audit_file else None
+        self.loads = LoadTests(Path(opts.datasets))  # the same load-test hook as the local controller's
 
     def reconcile(self, key: Key) -> float | None:
         """One cycle; seconds after its start when the Rollout is due again (None: on a change)."""
@@ -138,8 +148,14 @@ class Operator:
         seen: list[Observations] = []
 
         def before_save(r: Rollout, s: RolloutStatus, obs: Observations, d: machine.Decision) -> None:
-            store.stage(name, [a for a in d.actions if isinstance(a, Event)])  # saved with the status
+            events = [a for a in d.actions if isinstance(a, Event)]
+            store.stage(name, events + _break_glass(e, r, events))  # saved with the status
             seen.append(obs)
+
+        facts = self._module_facts(store, r)
+
+        def facts_for(revision: str | None) -> gov.ModuleFacts:  # what spec.modules says is of its revision
+            return facts if facts is not None and revision == r.spec.revision else gov.UNKNOWN
 
         moves = aliases.for_changed_modules(self.registry, r.spec.revision, r.spec.modules) if self.registry else None
         d = reconcile.reconcile_once(
@@ -148,26 +164,96 @@ class Operator:
             target=target,
             sources=self._sources(r, store.namespace),
             now=now,
-            record=lambda ev: self._record(store, e, name, ev, seen),
+            record=lambda ev: self._record(store, e, r, ev, seen),
             aliases=moves,
             before_save=before_save,
             notify=self.notifier.on_decision if self.notifier is not None else None,
             gates=self.gates,
-            release=lambda st: kube_governance.release(self.kube, store.namespace, name, e.annotations, st),
+            release=lambda st: kube_governance.release(
+                self.kube, store.namespace, name, e.annotations, st, target=r.spec.revision, facts=facts_for(st.canary)
+            ),
+            admit=lambda r, st: self._admit(store, e, r, st, now=now, facts=facts_for(r.spec.revision)),
         )
         if d.status != s:
             st = d.status
             log.info(
                 "%s/%s: %s step %d weight %g (%s)", e.namespace, name, st.phase, st.step, st.traffic.weight, st.reason
             )
+        self._load_test(store, e, r, d.status)
         store.sync(name)
         self.metrics.cycle((e.namespace, name), r, s=s, obs=seen[0], d=d, now=now)
-        return now + (d.requeue_after if d.requeue_after is not None else self.opts.resync)
+        after = d.requeue_after if d.requeue_after is not None else self.opts.resync
+        if GOVERNANCE in notes:  # a refused change: look again when a window may have opened (or the policy changed)
+            after = min(after, REFUSED_POLL)
+        return now + after
 
-    def _record(self, store: KubernetesStore, e: Entry, name: str, ev: Event, seen: list[Observations]) -> None:
+    def _load_test(self, store: KubernetesStore, e: Entry, r: Rollout, s: RolloutStatus) -> None:
+        """The built-in load-test hook while the canary is in flight: the dataset through the system's
+        Service (every revision's pods), so stable and canary both get samples; condition ``LoadTest``."""
+        spec = r.spec.load_test if s.in_flight else None
+        port = r.spec.workload.port if r.spec.workload is not None else 3000
+        url = service_url(r.spec.system, store.namespace, port)
+        shown = self.loads.sync((store.namespace, e.name), spec, url)
+        if shown is not None:
+            store.notes[LOAD_TEST] = (shown[0], "Running" if shown[0] else "DatasetUnreadable", shown[1])
+
+    def _module_facts(self, store: KubernetesStore, r: Rollout) -> gov.ModuleFacts | None:
+        """The tiers and owners of the module versions ``spec.modules`` names, from the registry, when
+        a policy may need them; the condition ``ModuleGovernance`` says where they came from."""
+        if not module_facts.pinned(r.spec.modules) or kube_governance.policy(self.kube, store.namespace) is None:
+            return None
+        if self.facts is None:
+            why = f"{module_facts.NO_REGISTRY}: a system's own rule applies, else the stable tier's, and no owner's"
+            store.notes[MODULES] = (False, "NoRegistry", why)
+            return None
+        facts = self.facts.read(r.spec.modules)
+        if facts is None:
+            return None
+        if facts.problem:
+            why = f"not read from the registry ({facts.problem}): counted as stable, owners unknown"
+            store.notes[MODULES] = (False, "RegistryUnavailable", why)
+        else:
+            owners = "; ".join(f"{m}: {', '.join(o)}" for m, o in sorted(facts.owners.items()))
+            store.notes[MODULES] = (True, "FromRegistry", f"tiers {', '.join(facts.tiers)}; owners {owners}")
+        return facts
+
+    def _admit(
+        self, store: KubernetesStore, e: Entry, r: Rollout, s: RolloutStatus, *, now: float, facts: gov.ModuleFacts
+    ) -> Rollout:
+        """The rollout as the namespace's policy lets it run: a new target whose author may not
+        promote it (now) is not started, whoever wrote it and however (``modship promote`` or a bare
+        ``kubectl edit``); the condition ``Governance`` says why, with an Event and an audit entry
+        once per refusal. It starts by itself once allowed (a window opens, the policy changes)."""
+        target = r.spec.revision
+        refused = kube_governance.admission(
+            self.kube, store.namespace, e.name, annotations=e.annotations, target=target, s=s, now=now, facts=facts
+        )
+        if refused is None:
+            return r
+        reason = Reason.OUTSIDE_WINDOW if refused.kind is gov.Refused.OUTSIDE_WINDOW else Reason.FORBIDDEN
+        message = gov.refusal_message(target, refused)
+        store.notes[GOVERNANCE] = (False, reason.value, message)
+        shown = next((c for c in e.conditions if c.get("type") == GOVERNANCE), {})
+        if (shown.get("reason"), shown.get("message")) != (reason.value, message):  # once, not every cycle
+            log.warning("%s/%s: %s", e.namespace, e.name, message)
+            store.record(e.name, Event(reason, message, warning=True))
+            if self.audit is not None:
+                self._audit(governance.entry(
+                    Action.REFUSED, system=e.name, actor=e.annotations.get(AUTHOR) or "unknown", reason=message,
+                    now=now, namespace=store.namespace, event=reason.value, after={"revision": target,
+                    "refused": refused.kind.value},
+                ))  # fmt: skip
+        return r.model_copy(update={"spec": r.spec.model_copy(update={"revision": gov.held_target(s)})})
+
+    def _record(self, store: KubernetesStore, e: Entry, r: Rollout, ev: Event, seen: list[Observations]) -> None:
         """The Event on the Rollout, and what the audit log keeps of it: the operator's own
-        transitions, and a new canary under its author's name (the admission policy's word)."""
+        transitions, and a new canary under its author's name (the admission policy's word), with
+        an ``override`` entry and a ``BreakGlass`` Event when it started by breaking glass."""
+        name = e.name
         store.record(name, ev)
+        broken = _break_glass(e, r, [ev])
+        for glass in broken:
+            store.record(name, glass)
         if self.audit is None:
             return
         action = governance.controller_action(ev.reason)
@@ -177,10 +263,19 @@ class Operator:
         if action is None:
             return
         facts = governance.release_facts(seen[0].release if seen else None)
-        body = governance.entry(
+        self._audit(governance.entry(
             action, system=name, actor=actor, reason=ev.message, now=time.time(), namespace=store.namespace,
             event=ev.reason.value, after=facts or None,
-        )  # fmt: skip
+        ))  # fmt: skip
+        for glass in broken:
+            self._audit(governance.entry(
+                Action.OVERRIDE, system=name, actor=actor, reason=e.annotations.get(BREAK_GLASS), now=time.time(),
+                namespace=store.namespace, event=glass.reason.value,
+                after={"revision": r.spec.revision, "breakGlass": True},
+            ))  # fmt: skip
+
+    def _audit(self, body: dict[str, Any]) -> None:
+        assert self.audit is not None
         try:
             self.audit.append(body)
         except (ModshipError, OSError) as exc:  # reported, never a reason to stop a rollout halfway
@@ -210,6 +305,7 @@ class Operator:
             store.remove_finalizer(e)
             log.info("%s/%s: deleted; cleaned up what it created", e.namespace, e.name)
         self.cache.gone(e.namespace, e.name)
+        self.loads.stop((e.namespace, e.name))
         self.metrics.forget((e.namespace, e.name))
         self._failures.pop((e.namespace, e.name), None)
         self._errors.pop((e.namespace, e.name), None)
@@ -236,6 +332,16 @@ class Operator:
                 store.notes["Ready"] = (False, kind, message)
                 store.sync(key[1])
         return backoff.delay(n, first=max(0.2, delay), cap=30.0, doublings=5)
+
+
+def _break_glass(e: Entry, r: Rollout, events: list[Event]) -> list[Event]:
+    """The ``BreakGlass`` Event of a new canary that starts by breaking glass (the Rollout's
+    ``modship.dev/break-glass`` annotation, stamped with its revision by ``promote --break-glass``)."""
+    why = e.annotations.get(BREAK_GLASS)
+    if why is None or not any(ev.reason in (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED) for ev in events):
+        return []
+    author = e.annotations.get(AUTHOR) or "an unknown author"
+    return [Event(Reason.BREAK_GLASS, f"{author} broke glass for {r.spec.revision}: {why}", warning=True)]
 
 
 def _metrics_note(r: Rollout) -> Notes:

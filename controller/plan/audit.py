@@ -35,6 +35,7 @@ class Action(enum.StrEnum):
     TOGGLE = "toggle"
     COMMAND = "command"  # pause, resume, retry
     POLICY = "policy"  # the policy changed
+    REFUSED = "refused"  # the operator did not start a change the policy forbids (Kubernetes)
 
 
 def canonical(entry: dict[str, Any]) -> bytes:

@@ -9,7 +9,7 @@ tests decide on the kind, never on the words.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,8 @@ from controller.plan.reasons import Reason, Waiting
 from controller.plan.status import RolloutStatus
 from controller.spec.modules import Stability
 from controller.spec.policy import Policy, Rule, members
+
+CONDITION = "Governance"  # the Rollout condition (Kubernetes) of a new target the policy does not let start
 
 
 class Refused(enum.StrEnum):
@@ -149,7 +151,9 @@ def missing(release: Release) -> list[str]:
         out.append(f"{release.rule.approvals - len(ok)} more approval(s) of {release.rule.approvals}")
     if release.rule.owner_approval:
         for module, owners in sorted(release.owners.items()):
-            if owners and not users & set(owners):
+            if not owners:  # a module has at least one owner: none known means they could not be read
+                out.append(f"an owner of {module} (its owners are unknown: the registry could not be read)")
+            elif not users & set(owners):
                 out.append(f"an owner of {module} ({', '.join(owners)})")
     return out
 
@@ -210,6 +214,21 @@ class Change:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ModuleFacts:
+    """What the registry says of the module versions a change moves (on Kubernetes, the Rollout's
+    ``spec.modules``): their stability tiers and owners. A module whose owners are an empty tuple
+    could not be read: its tier counts as ``stable`` and an owner approval it needs cannot be given
+    until it is read. ``UNKNOWN`` (no registry, or no module versions named): the ``stable`` tier."""
+
+    tiers: tuple[str, ...] = (Stability.STABLE.value,)
+    owners: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    problem: str | None = None  # why some could not be read
+
+
+UNKNOWN = ModuleFacts()
+
+
 def rule_for(policy: Policy, system: str, change: Change) -> Rule:
     return policy.rule(system, {Stability(t) for t in change.tiers if t in set(Stability)})
 
@@ -225,3 +244,44 @@ def release(policy: Policy, system: str, change: Change, approvals: tuple[Approv
         owners=change.owners,
         approvals=approvals,
     )
+
+
+def is_new_change(target: str | None, s: RolloutStatus) -> bool:
+    """Would the state machine start a new canary for ``target``? What a policy's promote rule holds.
+    Going back (to the stable, the warm previous stable, the canary in flight or just aborted: abort,
+    undo, retry) is never held."""
+    return target is not None and s.stable is not None and target not in (s.stable, s.canary, s.previous_stable)
+
+
+def admission(policy: Policy | None, system: str, change: Change, s: RolloutStatus, now: float) -> Refusal | None:
+    """May the state machine start the change a Rollout's spec asks for (on Kubernetes, where
+    nothing but the operator sees every change: ``modship promote`` and a bare ``kubectl edit``
+    alike)? The same rule as a promote locally; None: start it (or nothing new to start). A change
+    without a known author (``change.author`` empty) is refused where the rule names promoters."""
+    if policy is None or not is_new_change(change.revision, s):
+        return None
+    rule = rule_for(policy, system, change)
+    user = change.author or "an unknown author (no modship.dev/author annotation)"
+    return promote_refusal(
+        rule, policy.spec.groups, user=user, reason=change.reason, now=now, break_glass=change.break_glass
+    )
+
+
+def refusal_message(target: str | None, refused: Refusal) -> str:
+    """The message of the ``Governance`` condition (and Event) of a target the operator refused."""
+    return f"{target} not started ({refused.kind.value}): {refused.message}"
+
+
+def refused_target(conditions: Sequence[Mapping[str, Any]], target: str | None) -> bool:
+    """Is ``target`` a change the operator refused to start (a ``Governance`` condition naming it)?
+    Such a target is not a rollout in progress: another promote may replace it."""
+    return target is not None and any(
+        c.get("type") == CONDITION and c.get("status") == "False" and str(c.get("message", "")).startswith(f"{target} ")
+        for c in conditions
+    )
+
+
+def held_target(s: RolloutStatus) -> str | None:
+    """The revision a rollout keeps going to while its spec's new target is refused: the canary in
+    flight (it runs on as if nothing was asked), else the stable (nothing starts)."""
+    return s.canary if s.in_flight else s.stable

@@ -104,9 +104,11 @@ def sinks_for(cfg: Notifications, system: str, trigger: Trigger | None) -> list[
 
 
 def analysis_of(before: RolloutStatus, after: RolloutStatus) -> dict[str, dict[str, Any]]:
-    """Each check's latest measurement in the cycle's statuses (a step's results leave the status
-    when the step completes: a sender keeps them, see ``cloud_events``' ``analysis``)."""
-    runs = {**before.background, **before.step_analysis, **after.background, **after.step_analysis}
+    """Each check's latest measurement in this rollout: what the status keeps of it after its step
+    (``decided``, saved with the status, so a restarted controller still reports it), else the
+    runs in the cycle's statuses (a status saved before ``decided`` existed)."""
+    runs = {**before.background, **before.step_analysis, **before.decided}
+    runs |= {**after.background, **after.step_analysis, **after.decided}
     return {name: _last(run) for name, run in sorted(runs.items()) if run.recent}
 
 

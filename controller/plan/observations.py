@@ -84,3 +84,4 @@ class Observations:
     controls: Controls = Controls()
     gates: dict[str, GateAnswer] = field(default_factory=dict)  # by gate name, those asked this cycle
     release: Release | None = None  # governance of the canary in flight (None: no policy applies)
+    held: bool = False  # the spec's new target is refused by the policy: what runs carries on, unrestarted

@@ -105,16 +105,18 @@ def _record(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Roll
     due = set(schedule.due_checks(r, s, now))
     step_checks, bg_checks = set(schedule.active_step_checks(r, s)), set(schedule.active_background(r, s))
     full = {n: f for n, (_, f) in schedule.windows(r, s, now).items()}
-    sa, bg = dict(s.step_analysis), dict(s.background)
+    sa, bg, decided = dict(s.step_analysis), dict(s.background), dict(s.decided)
     for name, sample in sorted(obs.samples.items()):
         if name not in due:
             continue
         m = analysis.measure(r.check(name), sample, now, window_full=full.get(name, True))
-        if name in step_checks:
-            sa[name] = sa.get(name, CheckRun()).record(m)
         if name in bg_checks:
             bg[name] = bg.get(name, CheckRun()).record(m)
-    return replace(s, step_analysis=sa, background=bg)
+            decided[name] = replace(bg[name], recent=(m,))
+        if name in step_checks:
+            sa[name] = sa.get(name, CheckRun()).record(m)
+            decided[name] = replace(sa[name], recent=(m,))
+    return replace(s, step_analysis=sa, background=bg, decided=decided)
 
 
 def _background(r: Rollout, s: RolloutStatus, now: float) -> tuple[RolloutStatus, tuple[Event, ...], bool]:

@@ -49,6 +49,8 @@ class Reason(enum.StrEnum):
     REJECTED = "Rejected"  # governance: an approver rejected the canary: aborted
     APPROVED = "Approved"  # event: an approval was given
     BREAK_GLASS = "BreakGlass"  # event: a change started with the policy's windows and soak overridden
+    FORBIDDEN = "Forbidden"  # governance (operator): the spec's new target's author may not promote it
+    OUTSIDE_WINDOW = "OutsideWindow"  # governance (operator): the spec's new target is outside the windows
 
     @classmethod
     def parse(cls, value: str) -> Reason:

@@ -57,7 +57,8 @@ def step(r: Rollout, s: RolloutStatus, obs: Observations, now: float) -> Decisio
         return _initialize(r, s, target, h, now)
     mark = s.handled_controls
     events: tuple[Event, ...] = ()
-    if target is not None and target != s.stable and (s.canary != target or s.spec_hash != h):
+    restart = s.spec_hash != h and not obs.held  # a refused edit's other changes restart nothing
+    if target is not None and target != s.stable and (s.canary != target or restart):
         if target == s.previous_stable:
             return _finish(r, *transitions.instant_rollback(s, target, h, now), now)
         if not (s.phase is Phase.ABORTED and s.canary == target and s.spec_hash == h):

@@ -107,6 +107,9 @@ class RolloutStatus:
     waiting: Waiting | None = None  # what a rollout in flight waits for; None: it moves on its own
     gates_passed: tuple[str, ...] = ()  # one-time gates (confirm-rollout, pre-rollout) passed this rollout
     gate_failures: dict[str, int] = field(default_factory=dict)  # pre-rollout failures this rollout
+    # each check's run at its latest measurement in this rollout (that alone), kept after its step
+    # ends: the values that decided, which notifications report (also after a restart)
+    decided: dict[str, CheckRun] = field(default_factory=dict)
 
     HISTORY = 20
 
@@ -120,7 +123,7 @@ class RolloutStatus:
         d["phase"] = self.phase.value
         d["reason"] = self.reason.value
         d["waiting"] = self.waiting.value if self.waiting is not None else None
-        for key in ("step_analysis", "background"):
+        for key in ("step_analysis", "background", "decided"):
             for run in d[key].values():
                 for m in run["recent"]:
                     m["verdict"] = m["verdict"].value if isinstance(m["verdict"], Verdict) else m["verdict"]
@@ -157,6 +160,7 @@ class RolloutStatus:
             waiting=Waiting.parse(d.get("waiting")) if "waiting" in d else _waiting_of_old(d),
             gates_passed=tuple(str(g) for g in d.get("gates_passed") or ()),
             gate_failures={str(k): int(v) for k, v in (d.get("gate_failures") or {}).items()},
+            decided={k: run(v) for k, v in (d.get("decided") or {}).items()},
         )
 
     def remember(self, entry: HistoryEntry) -> tuple[HistoryEntry, ...]:

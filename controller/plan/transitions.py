@@ -43,6 +43,7 @@ def start(s: RolloutStatus, target: str, h: str, *, now: float) -> Moved:
         waiting=None,
         gates_passed=(),
         gate_failures={},
+        decided={},
     ), events
 
 

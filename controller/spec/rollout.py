@@ -300,9 +300,9 @@ class Gate(Spec):
 
 
 class LoadTest(Spec):
-    """The built-in load-test hook (local runtime): while a canary is in flight, replay a dataset of
-    request bodies through the system's router at ``rate`` requests per second, so analysis has
-    samples on systems with little live traffic."""
+    """The built-in load-test hook: while a canary is in flight, replay a dataset of request bodies
+    through the system's router (on Kubernetes its Service) at ``rate`` requests per second, so
+    analysis has samples on systems with little live traffic."""
 
     dataset: str = Field(min_length=1, description="a JSON-lines file: one request body per line")
     rate: float = Field(default=5.0, gt=0, le=1000, description="requests per second")

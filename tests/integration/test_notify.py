@@ -19,7 +19,7 @@ from controller.adapters.memory import MemoryMetrics, MemoryStore, MemoryTarget
 from controller.adapters.notify import SIGNATURE_HEADER, Notifier, read_dead_letters
 from controller.apply import reconcile
 from controller.plan.observations import Sample
-from controller.plan.status import Phase
+from controller.plan.status import Phase, RolloutStatus
 from controller.spec.notifications import Notifications
 from controller.spec.rollout import Provider, Rollout
 from tests.conftest import Cli
@@ -120,6 +120,42 @@ def test_slack_and_teams_tell_people_what_decided(tmp_path: Path) -> None:
     facts = {f["name"]: f["value"] for f in card["sections"][0]["facts"]}
     assert facts["Modules changed"] == "topic-head@2" and facts["Check errors"].startswith("Failed: 0.5")
     assert [a["name"] for a in card["potentialAction"]] == ["Dashboard", "MLflow topic-head@2"]
+
+
+def test_a_restarted_controller_still_reports_the_values_that_decided(tmp_path: Path) -> None:
+    """The analysis step's results leave the status when it completes; what decided is saved with
+    the status, so a new controller (a new Notifier, the status read back) reports them."""
+    doc = json.loads(json.dumps(ROLLOUT))
+    doc["spec"]["strategy"]["canary"]["steps"][2:2] = [{"pause": {"duration": 5}}]
+    store, target = MemoryStore(), MemoryTarget()
+    store.rollouts["sys"] = Rollout.model_validate(doc)
+    metrics = MemoryMetrics(lambda c, ctx: Sample(value=0.0, stable=0.01, samples=50))
+    with receiving() as rec:
+        first = Notifier(config(rec.url, triggers=["promoted"]), dead_letter=tmp_path / "dead.jsonl")
+        notifier, now = first, 1000.0
+        for _ in range(40):
+            if now == 1002.0:
+                r = store.rollouts["sys"]
+                store.rollouts["sys"] = r.model_copy(update={"spec": r.spec.model_copy(update={"revision": "rB"})})
+            s = store.statuses.get("sys")
+            if notifier is first and s is not None and s.step == 2:  # pausing after the analysis: a restart
+                first.close()
+                store.statuses["sys"] = RolloutStatus.from_storage(json.loads(json.dumps(s.for_storage())))
+                assert not store.statuses["sys"].step_analysis  # the step's own results are gone
+                notifier = Notifier(config(rec.url, triggers=["promoted"]), dead_letter=tmp_path / "dead.jsonl")
+            d = reconcile.reconcile_once(
+                "sys", store=store, target=target, sources={Provider.BUILTIN: metrics}, now=now,
+                notify=notifier.on_decision,
+            )  # fmt: skip
+            if d.status.phase is Phase.PROMOTED:
+                break
+            now += min(d.requeue_after if d.requeue_after is not None else 1.0, 1.0) or 0.5
+        assert notifier is not first and store.statuses["sys"].phase is Phase.PROMOTED
+        assert notifier.drain(10)
+        notifier.close()
+    [promoted] = [r.json() for r in rec.requests]
+    errors = promoted["data"]["customData"]["analysis"]["errors"]
+    assert (errors["value"], errors["stable"], errors["verdict"], errors["successes"]) == (0.0, 0.01, "Successful", 2)
 
 
 def test_a_failing_receiver_is_retried_with_backoff_until_it_answers(tmp_path: Path) -> None:

@@ -179,12 +179,22 @@ def test_the_author_of_a_change_is_whoever_makes_it(plane: Plane) -> None:
     assert res.returncode != 0 and f"not {ADMIN_USER}" in res.stderr
     # an edit that leaves the revision alone keeps the author; in one's own name the change is accepted
     assert _patch(plane, {"spec": {"paused": True}}, as_admin=True).returncode == 0
+    # nobody claims, or removes, the authorship of a change already made (their approval would count)
+    for claim in (ADMIN_USER, None):
+        res = _patch(plane, {"metadata": {"annotations": {AUTHOR: claim}}}, as_admin=True)
+        assert res.returncode != 0 and f"changes only with spec.revision: it stays {TEST_USER}" in res.stderr
     ok = _patch(plane, {"spec": {"revision": rev(10)}, "metadata": {"annotations": {AUTHOR: ADMIN_USER}}},
                 as_admin=True)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
 
 
 # -- the operator holds the canary until an approver approves ---------------------------------------
+
+
+def _audited_promotion(log: AuditLog) -> None:
+    """The operator saves a status before it posts that cycle's Events and appends them to its audit
+    log (in that order): once the promotion is in the log, its Event is posted too."""
+    poll("the promotion in the operator's audit log", lambda: any(e["action"] == "promoted" for e in log.entries()))
 
 
 def test_the_operator_waits_for_an_approval_then_promotes(
@@ -220,12 +230,107 @@ def test_the_operator_waits_for_an_approval_then_promotes(
     admin.approve("gated", control.ApproveRequest(), actor=control.Actor(user="x", reason="mine"))
     approver.approve("gated", control.ApproveRequest(revision=rev(2)), actor=control.Actor(user="x", reason="ok"))
     cluster.wait_phase(ns, "gated", "Promoted", stable=rev(2))
+    log = AuditLog(audit)
+    _audited_promotion(log)
     reasons = [e.reason for e in cluster.events(ns, "gated")]
     assert "AwaitingApproval" in reasons and "Promoted" in reasons
     # the operator's audit log: the change under its author's name, the promotion with who approved it
-    log = AuditLog(audit)
     assert log.verify() is None
     entries = [(e["action"], e["actor"], e.get("after")) for e in log.entries()]
     assert ("promote", ADMIN_USER, None) in entries
     promoted = [a for act, _, a in entries if act == "promoted"]
     assert promoted == [{"author": ADMIN_USER, "approvedBy": [TEST_USER], "breakGlass": False}]
+
+
+# -- the operator enforces who may promote and when, whoever edits the Rollout -----------------------
+
+
+def _policy_configmap(rule: dict[str, Any]) -> dict[str, Any]:
+    policy = {"apiVersion": "modship.dev/v1alpha1", "kind": "Policy", "spec": {"systems": {"held": rule}}}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "modship-policy"},
+            "data": {"policy.yaml": yaml.safe_dump(policy)}}  # fmt: skip
+
+
+def _condition(cluster: Cluster, ns: str, kind: str) -> dict[str, Any] | None:  # noqa: F811 (not the fixtures)
+    conds = cluster.rollout(ns, "held").get("status", {}).get("conditions", [])
+    return next((c for c in conds if c["type"] == kind), None)
+
+
+def test_the_operator_refuses_a_change_whose_author_may_not_promote_or_is_outside_a_window(
+    plane: Plane,
+    cluster: Cluster,  # noqa: F811
+    ns: str,  # noqa: F811
+    operators: StartOperator,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    cp = cluster.cp
+    cluster.apply(ns, _policy_configmap({"promoters": [ADMIN_USER]}))
+    _approver_rbac(cp, ns)  # the test user may patch Rollouts (RBAC), but is no promoter (the policy)
+    cluster.apply(ns, rollout_doc("held", revision=rev(1), steps=[{"setWeight": 50}]))
+    audit = tmp_path / "audit.jsonl"
+    operators(env={"MODSHIP_AUDIT_FILE": str(audit)})
+    cluster.wait_phase(ns, "held", "Idle", stable=rev(1))
+
+    # the test user bypasses modship's client check: a bare kubectl patch in their own name
+    res = plane.cp.kubectl("patch", "rollout", "held", "-n", ns, "--type=merge", "-p",
+                           json.dumps({"spec": {"revision": rev(2)}, "metadata": {"annotations": {AUTHOR: TEST_USER}}}),
+                           kubeconfig=cp.user_kubeconfig, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr  # RBAC and the admission policy let it through
+    cond = poll("the Governance condition", lambda: _condition(cluster, ns, "Governance"))
+    assert cond["status"] == "False" and cond["reason"] == "Forbidden"
+    assert f"{TEST_USER} may not promote" in cond["message"] and "NotAPromoter" in cond["message"]
+    st = cluster.status(ns, "held")
+    assert st["phase"] == "Idle" and st["stableRevision"] == rev(1) and not st.get("canaryRevision")
+    assert "Forbidden" in [e.reason for e in cluster.events(ns, "held")]
+    # ... and leaving the author out (as a plain kubectl edit may) does not help
+    res = plane.cp.kubectl("patch", "rollout", "held", "-n", ns, "--type=merge", "-p",
+                           json.dumps({"spec": {"revision": rev(3)}, "metadata": {"annotations": {AUTHOR: None}}}),
+                           kubeconfig=cp.user_kubeconfig, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    poll("the unknown author refused",
+         lambda: "unknown author" in ((_condition(cluster, ns, "Governance") or {}).get("message") or ""))  # fmt: skip
+    assert cluster.status(ns, "held")["phase"] == "Idle"
+
+    # a promoter outside the change windows: OutsideWindow; break-glass with a reason starts it
+    cluster.apply(ns, _policy_configmap({"promoters": [ADMIN_USER], "windows": [{"cron": "* * 31 2 *"}]}))
+    admin = KubeRollouts(kubeconfig=str(cp.kubeconfig), namespace=ns)
+    promote = KubeControl(admin).promote
+    try:
+        # modship promote: the refused target is no rollout in progress; its client checks the window
+        with pytest.raises(Forbidden, match="outside the change windows"):
+            promote("held", control.PromoteRequest(revision=rev(4), modules=["head@4"]), actor=control.Actor(user="x"))
+        admin.write("held", target=(rev(4), ["head@4"]))  # as a bare kubectl patch would: the operator refuses
+
+        def outside() -> dict[str, Any] | None:
+            c = _condition(cluster, ns, "Governance")
+            return c if c is not None and c["reason"] == "OutsideWindow" else None
+
+        cond = poll("OutsideWindow", outside)
+        assert rev(4) in cond["message"] and cluster.status(ns, "held")["phase"] == "Idle"
+        modules = _condition(cluster, ns, "ModuleGovernance")  # head@4's tier and owners: no registry to ask
+        assert modules is not None and modules["status"] == "False" and modules["reason"] == "NoRegistry"
+        # the same change again, breaking glass
+        glass = control.PromoteRequest(revision=rev(4), modules=["head@4"], break_glass=True)
+        promote("held", glass, actor=control.Actor(user="x", reason="INC-42 hotfix"))
+    finally:
+        admin.close()
+    # one step and nothing to wait for: the canary is Progressing for a single cycle (tens of ms),
+    # so what proves it started is where it ends, its Events and the audit log
+    cluster.wait_phase(ns, "held", "Promoted", stable=rev(4))
+    assert _condition(cluster, ns, "Governance") is None
+    log = AuditLog(audit)
+    _audited_promotion(log)
+    events = cluster.events(ns, "held")
+    reasons = [e.reason for e in events]
+    assert reasons.count("OutsideWindow") == 1 and "RolloutStarted" in reasons
+    glass = [e.message for e in events if e.reason == "BreakGlass"]
+    assert glass == [f"{ADMIN_USER} broke glass for {rev(4)}: INC-42 hotfix"]
+
+    assert log.verify() is None
+    refused = [(e["actor"], e["after"]["refused"]) for e in log.entries() if e["action"] == "refused"]
+    assert refused == [(TEST_USER, "NotAPromoter"), ("unknown", "NotAPromoter"), (ADMIN_USER, "OutsideWindow")]
+    assert ("promote", ADMIN_USER) in [(e["action"], e["actor"]) for e in log.entries()]
+    overrides = [(e["actor"], e["reason"], e["after"]) for e in log.entries() if e["action"] == "override"]
+    assert overrides == [(ADMIN_USER, "INC-42 hotfix", {"revision": rev(4), "breakGlass": True})]
+    promoted = [e["after"] for e in log.entries() if e["action"] == "promoted"]
+    assert promoted == [{"author": ADMIN_USER, "approvedBy": [], "breakGlass": True}]

@@ -12,6 +12,7 @@ from controller.adapters.memory import MemoryRollouts
 from controller.apply import control as rules
 from controller.apply.kube_control import KubeControl
 from controller.errors import Conflict, NotFound, SpecError
+from controller.plan import governance as gov
 from controller.plan.reasons import Reason
 from controller.plan.status import HistoryEntry, Phase, RolloutStatus, Traffic
 from controller.spec import control
@@ -159,6 +160,23 @@ def test_promote_on_kubernetes_names_a_revision_and_is_refused_while_another_rol
     assert (done.revision, done.number, mem.read("sys").target, mem.read("sys").modules) == (C, 3, C, ["head@3"])
     with pytest.raises(Conflict, match="already stable"):
         kube(PROMOTED)[0].promote("sys", control.PromoteRequest(revision=B), actor=ME)
+
+
+def test_a_target_the_operators_policy_refused_is_replaced_by_the_next_promote() -> None:
+    """After a refused change (``Governance`` False naming it), a promote of another revision is no
+    conflict: nothing is in progress; a target merely accepted (no such condition) still is."""
+    refusal = gov.Refusal(gov.Refused.OUTSIDE_WINDOW, "outside the change windows")
+    refused = {"type": gov.CONDITION, "status": "False", "reason": "OutsideWindow",
+               "message": gov.refusal_message(B, refusal)}  # fmt: skip
+    mem = MemoryRollouts("ns")
+    mem.put(record(IDLE, B, conditions=[refused]))
+    done = KubeControl(mem, clock=lambda: 1000.0).promote("sys", control.PromoteRequest(revision=C), actor=ME)
+    assert (done.revision, mem.read("sys").target) == (C, C)
+    other = {**refused, "message": gov.refusal_message(C, refusal)}  # an older refusal names another target
+    for conditions in ([], [other], [{**refused, "status": "True"}]):
+        mem.put(record(IDLE, B, conditions=conditions))
+        with pytest.raises(Conflict, match=f"a rollout of {B} is in progress"):
+            KubeControl(mem, clock=lambda: 1000.0).promote("sys", control.PromoteRequest(revision=C), actor=ME)
 
 
 def test_commands_on_kubernetes() -> None:

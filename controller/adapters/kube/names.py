@@ -27,6 +27,11 @@ def service_names(system: str) -> tuple[str, str, str]:
     return f"{system}-stable", f"{system}-canary", system
 
 
+def service_url(system: str, namespace: str, port: int) -> str:
+    """The in-cluster address of Service ``S``, which selects every revision's pods."""
+    return f"http://{system}.{namespace}.svc:{port}"
+
+
 def labels(system: str, rollout: str, revision: str | None = None) -> dict[str, str]:
     out = {
         "app.kubernetes.io/name": system,
