@@ -13,8 +13,7 @@ from typing import Any
 
 import httpx
 
-from controller.errors import SpecError
-from controller.plan import telemetry
+from controller.plan import router_telemetry
 from controller.plan.observations import QueryContext, Sample
 from controller.spec.rollout import Check
 
@@ -51,18 +50,11 @@ class BuiltinSource:
         return doc
 
     def sample(self, check: Check, ctx: QueryContext) -> Sample:
-        if check.metric is None:
-            raise SpecError(f"check {check.name!r} has no metric for provider builtin", field="metric")
+        router_telemetry.metric_of(check)
         try:
             snapshot = self._snapshot(ctx.window_s)
         except (httpx.HTTPError, ValueError) as exc:
             return Sample(
                 value=None, error=f"router telemetry at {self.admin_url} unusable ({type(exc).__name__}: {exc})"
             )
-        try:
-            fig = telemetry.figure(
-                snapshot, check.metric, canary=ctx.revision, stable=ctx.stable_revision, reference=ctx.reference
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            return Sample(value=None, error=f"cannot compute {check.metric.value}: {exc!r}")
-        return Sample(value=fig.value, stable=fig.stable, samples=fig.samples)
+        return router_telemetry.to_sample(snapshot, check, ctx)

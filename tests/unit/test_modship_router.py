@@ -15,7 +15,7 @@ from controller.adapters.kube.names import Owner
 from controller.adapters.kube.router_pods import RouterPods
 from controller.adapters.kube.traffic import Context
 from controller.errors import NotFound, SpecError, Unavailable
-from controller.plan import router_config, telemetry
+from controller.plan import router_config, router_telemetry
 from controller.plan.actions import SetTraffic
 from controller.spec.rollout import ModshipRouting, TrafficRouting
 
@@ -56,7 +56,7 @@ def test_telemetry_of_router_replicas_adds_up() -> None:
     a = _snap(10, {"sport": 6, "tech": 4}, [7, 3], now=100.0)
     b = _snap(5, {"sport": 1, "business": 4}, [5, 0], now=101.0)
     b["revisions"]["r1"] = {**b["revisions"]["r2"], "role": "stable"}
-    m = telemetry.merge([a, b])
+    m = router_telemetry.merge([a, b])
     r2 = m["revisions"]["r2"]
     assert (m["now"], m["generation"], m["window"]) == (101.0, 3, 60)
     assert (r2["requests"], r2["role"]) == (15, "canary")
@@ -65,7 +65,7 @@ def test_telemetry_of_router_replicas_adds_up() -> None:
     assert r2["confidence"] == {"sum": 7.5, "count": 15} and r2["mirror"]["compared"] == 2
     assert m["revisions"]["r1"]["role"] == "stable"
     with pytest.raises(ValueError):
-        telemetry.merge([])
+        router_telemetry.merge([])
 
 
 def test_only_one_traffic_provider() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from controller.adapters.kube.api import PODS, SECRETS, Json, Kube, KubeUnavailable
 from controller.errors import ModshipError, NotFound, SpecError, Unavailable
-from controller.plan import telemetry
+from controller.plan import router_telemetry
 from controller.plan.observations import QueryContext, Sample
 from controller.spec.rollout import Check
 
@@ -141,19 +141,12 @@ class RouterPodsSource:
                 errors.append(f"{name}: {exc}")
         if errors:  # a router that cannot be read may hold the failing requests: no figure without it
             raise ValueError("router telemetry incomplete (" + "; ".join(errors) + ")")
-        return telemetry.merge(snaps)
+        return router_telemetry.merge(snaps)
 
     def sample(self, check: Check, ctx: QueryContext) -> Sample:
-        if check.metric is None:
-            raise SpecError(f"check {check.name!r} has no metric for provider builtin", field="metric")
+        router_telemetry.metric_of(check)
         try:
             snapshot = self._snapshot(ctx.window_s)
         except (ModshipError, ValueError, KeyError, TypeError) as exc:
             return Sample(value=None, error=f"router telemetry of {self.pods.system} unusable: {exc}")
-        try:
-            fig = telemetry.figure(
-                snapshot, check.metric, canary=ctx.revision, stable=ctx.stable_revision, reference=ctx.reference
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            return Sample(value=None, error=f"cannot compute {check.metric.value}: {exc!r}")
-        return Sample(value=fig.value, stable=fig.stable, samples=fig.samples)
+        return router_telemetry.to_sample(snapshot, check, ctx)
