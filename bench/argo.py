@@ -86,7 +86,7 @@ def pod(revision: str) -> dict[str, Any]:
     }
 
 
-class ArgoController:
+class ArgoController(kop.Measured):
     def __init__(self, root: Path, kubeconfig: Path, log: Path) -> None:
         metrics, healthz = free_ports(2)
         cmd = [
@@ -100,27 +100,7 @@ class ArgoController:
             f"--metricsport={metrics}",
             f"--healthzPort={healthz}",
         ]
-        self._log = log.open("wb")
-        env = {**os.environ, "POD_NAMESPACE": NS}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    def cpu(self) -> float:
-        return kop._cpu(self.proc.pid)
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        super().__init__(cmd, log, {**os.environ, "POD_NAMESPACE": NS})
 
 
 class ArgoWatcher:

@@ -121,19 +121,12 @@ def node(name: str) -> dict[str, Any]:
 # -- the operator process ----------------------------------------------------------------------------
 
 
-class Operator:
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "controller.entrypoints.operator",
-            f"--namespace={NS}",
-            f"--kubeconfig={kubeconfig}",
-            "--identity=bench",
-        ]
+class Measured:
+    """A controller process whose CPU and peak RSS the bench reads from ``/proc``."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> None:
         self._log = log.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
 
     def cpu(self) -> float:
         """User + system CPU seconds so far."""
@@ -153,6 +146,19 @@ class Operator:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+class Operator(Measured):
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "controller.entrypoints.operator",
+            f"--namespace={NS}",
+            f"--kubeconfig={kubeconfig}",
+            "--identity=bench",
+        ]
+        super().__init__(cmd, log, {**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=REPO)
 
 
 # -- watching the Rollouts ----------------------------------------------------------------------------
