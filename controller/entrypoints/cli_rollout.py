@@ -232,7 +232,7 @@ def _wait(get: Any, timeout: float, output: Format) -> int:
         stable = (d.get("stable") or {}).get("revision")
         canary = (d.get("canary") or {}).get("revision")
         code = None
-        if d["phase"] in ("Promoted", "Idle") and stable == target:
+        if d["phase"] in ("Promoted", "Idle") and stable is not None and stable == target:
             code = EXIT_ROLLED_BACK if d["reason"] in ("RolledBack",) else EXIT_PROMOTED
         elif d["phase"] == "Aborted" and canary == target:
             code = EXIT_ROLLED_BACK

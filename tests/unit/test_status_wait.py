@@ -10,14 +10,16 @@ from controller.entrypoints import cli_rollout
 from controller.entrypoints.output import Format
 
 
-def doc(phase: str, *, stable: str = "A", canary: str | None = None, target: str = "B", reason: str = "") -> Any:
+def doc(
+    phase: str, *, stable: str | None = "A", canary: str | None = None, target: str | None = "B", reason: str = ""
+) -> Any:
     return {
         "system": "sys",
         "phase": phase,
         "reason": reason,
         "message": "",
         "target": target,
-        "stable": {"revision": stable},
+        "stable": {"revision": stable} if stable else None,
         "canary": {"revision": canary} if canary else None,
     }
 
@@ -29,8 +31,9 @@ def doc(phase: str, *, stable: str = "A", canary: str | None = None, target: str
         (doc("Idle", stable="B", reason="RolledBack"), 1),
         (doc("Aborted", canary="B", reason="AnalysisFailed"), 1),
         (doc("Progressing", canary="B"), 7),
+        (doc("Idle", stable=None, target=None), 7),
     ],
-    ids=["promoted", "rolled back", "aborted", "timed out"],
+    ids=["promoted", "rolled back", "aborted", "timed out", "no revision yet"],
 )
 def test_the_exit_code_of_a_wait(d: dict[str, Any], code: int, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_rollout._wait(lambda: d, 0.0, Format.JSON) == code
