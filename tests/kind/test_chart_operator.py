@@ -1,0 +1,271 @@
+"""The operator installed by the chart, in the cluster, on real pods: the README's kind walk-through
+executed as written, then a failing canary and a leader change, under steady client traffic.
+
+The walk-through (README, between the ``kind-walkthrough`` markers) runs on the session's kind cluster
+with the test's substitutions: its cluster name, namespace, kubeconfig, data dir and the host ports
+kindenv published for NodePorts 30080 (the router) and 30500 (MLflow); its ``kind create cluster`` line
+is skipped because the cluster exists. It builds the images (the kind node, the operator, MLflow from
+tools/images/mlflow.sh), runs MLflow in the cluster (SQLite on an emptyDir), registers the example
+modules in it from the host, builds two revisions of topic-classifier as images with ``modship image
+build`` (head v1 stable, head v2 canary) and ``kind load``s them, ``helm install``s charts/modship
+(2 replicas electing a leader by Lease, registry.url = MLflow's Service), applies the example Rollout
+rendered with ``--traffic modship`` and promotes the canary. Then the test:
+
+a) the walk-through's promotion: Promoted; in MLflow ``topic-head@stable`` is 2, no ``@canary``;
+b) a failing canary (head v3 = v2 with ``runtime.faults: {errorRate: 1.0}``, on the head and its
+   fallback): rolled back automatically (Aborted, AnalysisFailed); aliases back (stable 2, no canary);
+c) a multi-step rollout (back to head v1), the leader operator pod deleted mid-way: the other replica
+   takes the Lease, the step index never goes back, the rollout completes; ``topic-head@stable`` is 1.
+
+A client thread POSTs /predict through the router's NodePort all along; failures are counted per
+phase (from the router's first answer on) and asserted zero. Figures go to stderr (``-s``) with a
+``[chart]`` prefix: each walk-through step's seconds, each phase's seconds and client failures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli
+from tests.support import examples
+from tests.support.examples import variant
+from tests.support.kindenv import REPO_ROOT, KindCluster, kind_env, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.kind]
+
+NS = "chart-op"
+SYSTEM = "topic-classifier"
+README = REPO_ROOT / "README.md"
+SPEC = REPO_ROOT / "examples" / "systems" / "topic-classifier.yaml"
+BEGIN, END = "<!-- kind-walkthrough:begin -->", "<!-- kind-walkthrough:end -->"
+BODY = json.dumps({"text": "The striker scored twice as the champions won the derby."}).encode()
+
+
+def say(msg: str) -> None:
+    sys.stderr.write(f"[chart] {msg}\n")
+    sys.stderr.flush()
+
+
+def walkthrough() -> str:
+    """The README's bash block between the markers, each numbered comment turned into a timestamp."""
+    text = README.read_text()
+    assert BEGIN in text and END in text, f"README.md lost the {BEGIN} / {END} markers"
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert block.startswith("```bash\n") and block.endswith("\n```"), "the walk-through is one ```bash block"
+    lines = block.removeprefix("```bash\n").removesuffix("\n```").splitlines()
+    out = []
+    for ln in lines:
+        m = re.match(r"^# (\d+)\. (.*)$", ln)
+        out.append(f"printf '[step] %s %s\\n' \"$SECONDS\" {m.group(1)!r}" if m else ln)
+    return "\n".join(out) + "\nprintf '[step] %s end\\n' \"$SECONDS\"\n"
+
+
+class Client(threading.Thread):
+    """Steady POST /predict through the router's NodePort; failures counted once the router answered."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.ok = 0
+        self.failures: list[str] = []
+        self.served = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            req = urllib.request.Request(
+                f"{self.url}/predict", data=BODY, headers={"Content-Type": "application/json"}, method="POST"
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=15) as resp:
+                    json.loads(resp.read())
+                self.ok += 1
+                self.served.set()
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                if self.served.is_set():
+                    self.failures.append(f"{time.strftime('%X')} {exc}")
+                else:
+                    time.sleep(0.5)  # nothing serves yet: the walk-through is still setting up
+            time.sleep(0.05)
+
+
+class Phase:
+    """Seconds and client failures of one phase."""
+
+    def __init__(self, name: str, client: Client, figures: dict[str, Any]) -> None:
+        self.name, self.client, self.figures = name, client, figures
+
+    def __enter__(self) -> Phase:
+        self.t0, self.f0, self.ok0 = time.monotonic(), len(self.client.failures), self.client.ok
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        failed = self.client.failures[self.f0 :]
+        secs = time.monotonic() - self.t0
+        self.figures[self.name] = {"seconds": round(secs, 1), "failed": len(failed), "ok": self.client.ok - self.ok0}
+        say(f"phase {self.name}: {secs:.1f}s, {self.client.ok - self.ok0} ok, {len(failed)} failed {failed[:5]}")
+
+
+def mlflow_aliases(url: str, model: str) -> dict[str, int]:
+    from mlflow.tracking import MlflowClient
+
+    return {k: int(v) for k, v in MlflowClient(tracking_uri=url).get_registered_model(model).aliases.items()}
+
+
+@pytest.fixture(scope="module")
+def stack(kind_cluster: KindCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The README walk-through, run to its end (the canary of head v2 promoted) with a client running."""
+    kc = kind_cluster
+    tmp = tmp_path_factory.mktemp("chart")
+    mlflow_url = f"http://127.0.0.1:{kc.host_port(30500)}"
+    router_url = f"http://127.0.0.1:{kc.host_port(30080)}"
+    env = {
+        **kind_env(),
+        "CLUSTER": kc.name,
+        "NS": NS,
+        "WORK": str(tmp / "work"),
+        "MLFLOW_URL": mlflow_url,
+        "ROUTER_URL": router_url,
+        "KUBECONFIG": str(kc.kubeconfig),
+        "MODSHIP_HOME": str(tmp / "home"),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    env.pop("MODSHIP_REGISTRY", None)
+    (tmp / "work").mkdir()
+    figures: dict[str, Any] = {}
+    client = Client(router_url)
+    client.start()
+    log = tmp / "walkthrough.log"
+    t0 = time.monotonic()
+    try:
+        with Phase("walkthrough", client, figures), log.open("w") as out:
+            p = subprocess.run(
+                ["bash", "-eu", "-o", "pipefail", "-c", walkthrough()], cwd=REPO_ROOT, env=env, stdout=out,
+                stderr=subprocess.STDOUT, timeout=1800, check=False,
+            )  # fmt: skip
+        text = log.read_text()
+        steps = [(int(s), n) for s, n in re.findall(r"^\[step\] (\d+) (\S+)$", text, re.M)]
+        figures["steps"] = {n: b - a for (a, n), (b, _) in zip(steps, steps[1:], strict=False)}
+        say(f"walk-through steps (s): {figures['steps']} total {time.monotonic() - t0:.0f}s")
+        assert p.returncode == 0, f"the README walk-through failed (exit {p.returncode}):\n{text[-6000:]}"
+        assert client.served.is_set(), "the client never got an answer through the router's NodePort"
+        cli = Cli(home=tmp / "home", registry=mlflow_url)
+        yield {"kc": kc, "cli": cli, "client": client, "figures": figures, "mlflow": mlflow_url, "tmp": tmp}
+    finally:
+        client.stop.set()
+        client.join(timeout=30)
+        say(f"figures: {json.dumps(figures)}")
+        kc.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+
+
+def kctl(stack: dict[str, Any]) -> list[str]:
+    return ["--context", f"kind-{stack['kc'].name}", "-n", NS]
+
+
+def status(stack: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(stack["cli"].ok("status", SYSTEM, *kctl(stack), "-o", "json").out)
+    return out
+
+
+def cr_status(kc: KindCluster) -> dict[str, Any]:
+    return dict(kc.get_json("-n", NS, "rollouts.modship.dev", SYSTEM).get("status") or {})
+
+
+def operator_logs(kc: KindCluster) -> str:
+    selector = "app.kubernetes.io/component=operator"
+    return kc.kubectl("-n", NS, "logs", "-l", selector, "--tail=40", "--prefix", check=False).stdout
+
+
+def test_a_the_walkthroughs_canary_is_promoted_and_aliases_moved(stack: dict[str, Any]) -> None:
+    kc, client = stack["kc"], stack["client"]
+    s = status(stack)
+    assert s["phase"] == "Promoted" and s["stable"]["revision"] == s["target"], s
+    assert s["previousStable"] and s["previousStable"] != s["stable"]["revision"]
+    assert "topic-head@2" in s["stable"]["modules"], s["stable"]
+    assert mlflow_aliases(stack["mlflow"], "topic-head") == {"stable": 2}
+    # the operator runs in the cluster, two replicas, one of them holds the Lease
+    pods = kc.get_json("-n", NS, "pods", "-l", "app.kubernetes.io/component=operator")["items"]
+    assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
+    holder = kc.get_json("-n", NS, "lease", "modship-leader")["spec"]["holderIdentity"]
+    assert holder in {p["metadata"]["name"] for p in pods}
+    assert client.ok > 0
+    assert stack["figures"]["walkthrough"]["failed"] == 0, client.failures[:10]
+
+
+def test_b_a_failing_canary_is_rolled_back_and_aliases_go_back(stack: dict[str, Any]) -> None:
+    kc, cli, tmp = stack["kc"], stack["cli"], stack["tmp"]
+    before = status(stack)
+    stable = before["stable"]["revision"]
+    root, _ = examples.build()
+    faulty = variant(root / "topic-head-v2", tmp / "head-faulty", faults={"errorRate": 1.0})
+    out = json.loads(cli.ok("module", "register", str(faulty), "--skip-existing", "-o", "json", timeout=600).out)
+    version = out[0]["version"]
+    spec = tmp / "faulty.yaml"
+    spec.write_text(re.sub(r"topic-head@\d+", f"topic-head@{version}", SPEC.read_text()))
+    built = json.loads(cli.ok("image", "build", str(spec), "-o", "json", timeout=1800).out)
+    kc.load(built["image"])
+    with Phase("b-failing-canary", stack["client"], stack["figures"]):
+        cli.ok("promote", SYSTEM, f"topic-head@{version}", "--revision", built["revision"], *kctl(stack))
+        r = cli("status", SYSTEM, *kctl(stack), "--wait", "--timeout", "300", "-o", "json", timeout=360)
+    assert r.code == 1, f"{r.out}\n{r.err}\n{operator_logs(kc)}"
+    s = json.loads(r.out)
+    assert (s["phase"], s["reason"], s["stable"]["revision"]) == ("Aborted", "AnalysisFailed", stable), s
+    assert mlflow_aliases(stack["mlflow"], "topic-head") == {"stable": 2}
+    assert stack["figures"]["b-failing-canary"]["failed"] == 0, stack["client"].failures[-10:]
+
+
+def test_c_the_leader_pod_dies_mid_rollout_and_the_other_replica_continues(stack: dict[str, Any]) -> None:
+    kc, cli = stack["kc"], stack["cli"]
+    s = status(stack)
+    back = s["previousStable"]  # head v1: a healthy revision, new as a canary again
+    assert back and back != s["stable"]["revision"]
+    steps: list[tuple[float, int, str]] = []
+    with Phase("c-leader-killed", stack["client"], stack["figures"]):
+        cli.ok("promote", SYSTEM, "topic-head@1", "--revision", back, *kctl(stack))
+
+        def at_step(n: int) -> bool:
+            st = cr_status(kc)
+            steps.append((time.monotonic(), int(st.get("step") or 0), str(st.get("phase"))))
+            return st.get("canaryRevision") == back and int(st.get("step") or 0) >= n
+
+        wait_for("the canary at step 2", lambda: at_step(2), 300, detail=lambda: json.dumps(cr_status(kc))[:1500])
+        lease = kc.get_json("-n", NS, "lease", "modship-leader")["spec"]
+        old = lease["holderIdentity"]
+        killed_at, step_at_kill = time.monotonic(), steps[-1][1]
+        kc.kubectl("-n", NS, "delete", "pod", old, "--wait=false")
+
+        def taken_over() -> bool:
+            at_step(0)
+            holder = kc.get_json("-n", NS, "lease", "modship-leader")["spec"].get("holderIdentity")
+            return bool(holder) and holder != old
+
+        wait_for("another replica holding the Lease", taken_over, 120, detail=lambda: operator_logs(kc))
+        takeover = time.monotonic() - killed_at
+
+        def promoted() -> bool:
+            at_step(0)
+            st = cr_status(kc)
+            return st.get("phase") == "Promoted" and st.get("stableRevision") == back
+
+        wait_for("the rollout completing under the new leader", promoted, 600, detail=lambda: operator_logs(kc))
+    after = [n for t, n, phase in steps if t >= killed_at and phase not in ("Promoted", "Idle")]
+    say(f"leader {old} deleted at step {step_at_kill}; Lease taken over in {takeover:.1f}s; steps after: {after}")
+    stack["figures"]["c-leader-killed"].update(takeover_s=round(takeover, 1), step_at_kill=step_at_kill)
+    assert all(n >= step_at_kill for n in after), after
+    assert all(b >= a for a, b in zip(after, after[1:], strict=False)), after
+    assert mlflow_aliases(stack["mlflow"], "topic-head") == {"stable": 1}
+    assert stack["figures"]["c-leader-killed"]["failed"] == 0, stack["client"].failures[-10:]
+
