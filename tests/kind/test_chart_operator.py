@@ -24,6 +24,7 @@ phase (from the router's first answer on) and asserted zero. Figures go to stder
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -33,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -50,7 +51,12 @@ SYSTEM = "topic-classifier"
 README = REPO_ROOT / "README.md"
 SPEC = REPO_ROOT / "examples" / "systems" / "topic-classifier.yaml"
 BEGIN, END = "<!-- kind-walkthrough:begin -->", "<!-- kind-walkthrough:end -->"
-BODY = json.dumps({"text": "The striker scored twice as the champions won the derby."}).encode()
+TEXTS = [  # the System's smoke inputs: four topics, so prediction-shift and disagreement see a mix
+    "Shares in the carmaker rose after profits beat forecasts.",
+    "The striker scored twice as the champions won the derby.",
+    "Ministers unveiled the budget ahead of the general election.",
+    "The new smartphone chip doubles battery life, the firm says.",
+]
 
 
 def say(msg: str) -> None:
@@ -84,9 +90,12 @@ class Client(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        n = 0
         while not self.stop.is_set():
+            n += 1
+            body = json.dumps({"text": TEXTS[n % len(TEXTS)]}).encode()
             req = urllib.request.Request(
-                f"{self.url}/predict", data=BODY, headers={"Content-Type": "application/json"}, method="POST"
+                f"{self.url}/predict", data=body, headers={"Content-Type": "application/json"}, method="POST"
             )
             try:
                 with urllib.request.urlopen(req, timeout=15) as resp:
@@ -98,7 +107,7 @@ class Client(threading.Thread):
                     self.failures.append(f"{time.strftime('%X')} {exc}")
                 else:
                     time.sleep(0.5)  # nothing serves yet: the walk-through is still setting up
-            time.sleep(0.05)
+            time.sleep(0.005)  # ~30 requests/s: 20 % of it fills prediction-shift's 40 samples in 10 s
 
 
 class Phase:
@@ -116,6 +125,16 @@ class Phase:
         secs = time.monotonic() - self.t0
         self.figures[self.name] = {"seconds": round(secs, 1), "failed": len(failed), "ok": self.client.ok - self.ok0}
         say(f"phase {self.name}: {secs:.1f}s, {self.client.ok - self.ok0} ok, {len(failed)} failed {failed[:5]}")
+
+
+@dataclass
+class KubeCli(Cli):
+    """The CLI with the cluster's kubeconfig (``--context kind-<cluster>`` names a context of it)."""
+
+    kubeconfig: str = ""
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "KUBECONFIG": self.kubeconfig}
 
 
 def mlflow_aliases(url: str, model: str) -> dict[str, int]:
@@ -158,17 +177,28 @@ def stack(kind_cluster: KindCluster, tmp_path_factory: pytest.TempPathFactory) -
             )  # fmt: skip
         text = log.read_text()
         steps = [(int(s), n) for s, n in re.findall(r"^\[step\] (\d+) (\S+)$", text, re.M)]
-        figures["steps"] = {n: b - a for (a, n), (b, _) in zip(steps, steps[1:], strict=False)}
+        figures["steps"] = {n: b - a for (a, n), (b, _) in itertools.pairwise(steps)}
         say(f"walk-through steps (s): {figures['steps']} total {time.monotonic() - t0:.0f}s")
-        assert p.returncode == 0, f"the README walk-through failed (exit {p.returncode}):\n{text[-6000:]}"
+        assert p.returncode == 0, (
+            f"the README walk-through failed (exit {p.returncode}):\n{text[-4000:]}\n{diagnose(kc)}"
+        )
         assert client.served.is_set(), "the client never got an answer through the router's NodePort"
-        cli = Cli(home=tmp / "home", registry=mlflow_url)
+        cli = KubeCli(home=tmp / "home", registry=mlflow_url, kubeconfig=str(kc.kubeconfig))
         yield {"kc": kc, "cli": cli, "client": client, "figures": figures, "mlflow": mlflow_url, "tmp": tmp}
     finally:
         client.stop.set()
         client.join(timeout=30)
         say(f"figures: {json.dumps(figures)}")
         kc.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+        # the revision images this run built (module digests, so revisions, differ from run to run)
+        built = set(
+            re.findall(r"modship\.local/topic-classifier:r[0-9a-f]{12}", log.read_text() if log.exists() else "")
+        )
+        built |= set(figures.get("images", []))
+        if built:
+            subprocess.run(
+                ["docker", "rmi", *sorted(built)], env=kind_env(), capture_output=True, timeout=300, check=False
+            )
 
 
 def kctl(stack: dict[str, Any]) -> list[str]:
@@ -182,6 +212,16 @@ def status(stack: dict[str, Any]) -> dict[str, Any]:
 
 def cr_status(kc: KindCluster) -> dict[str, Any]:
     return dict(kc.get_json("-n", NS, "rollouts.modship.dev", SYSTEM).get("status") or {})
+
+
+def diagnose(kc: KindCluster) -> str:
+    """What a failure needs: the Rollout's status, the operators' and the routers' last lines."""
+    st = json.dumps(cr_status(kc), indent=1)[-6000:]
+    routers = kc.kubectl(
+        "-n", NS, "logs", "-l", "modship.dev/component=router", "--tail=30", "--prefix", check=False
+    ).stdout
+    pods = kc.kubectl("-n", NS, "get", "pods", "-o", "wide", check=False).stdout
+    return f"status:\n{st}\npods:\n{pods}\noperators:\n{operator_logs(kc)}\nrouters:\n{routers}"
 
 
 def operator_logs(kc: KindCluster) -> str:
@@ -216,6 +256,7 @@ def test_b_a_failing_canary_is_rolled_back_and_aliases_go_back(stack: dict[str, 
     spec = tmp / "faulty.yaml"
     spec.write_text(re.sub(r"topic-head@\d+", f"topic-head@{version}", SPEC.read_text()))
     built = json.loads(cli.ok("image", "build", str(spec), "-o", "json", timeout=1800).out)
+    stack["figures"].setdefault("images", []).append(built["image"])
     kc.load(built["image"])
     with Phase("b-failing-canary", stack["client"], stack["figures"]):
         cli.ok("promote", SYSTEM, f"topic-head@{version}", "--revision", built["revision"], *kctl(stack))
@@ -265,7 +306,6 @@ def test_c_the_leader_pod_dies_mid_rollout_and_the_other_replica_continues(stack
     say(f"leader {old} deleted at step {step_at_kill}; Lease taken over in {takeover:.1f}s; steps after: {after}")
     stack["figures"]["c-leader-killed"].update(takeover_s=round(takeover, 1), step_at_kill=step_at_kill)
     assert all(n >= step_at_kill for n in after), after
-    assert all(b >= a for a, b in zip(after, after[1:], strict=False)), after
+    assert all(b >= a for a, b in itertools.pairwise(after)), after
     assert mlflow_aliases(stack["mlflow"], "topic-head") == {"stable": 1}
     assert stack["figures"]["c-leader-killed"]["failed"] == 0, stack["client"].failures[-10:]
-
