@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -134,7 +135,7 @@ class KubeCli(Cli):
     kubeconfig: str = ""
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "KUBECONFIG": self.kubeconfig}
+        return {**super().env(), "KUBECONFIG": self.kubeconfig, "DOCKER_HOST": kind_env()["DOCKER_HOST"]}
 
 
 def mlflow_aliases(url: str, model: str) -> dict[str, int]:
@@ -189,7 +190,8 @@ def stack(kind_cluster: KindCluster, tmp_path_factory: pytest.TempPathFactory) -
         client.stop.set()
         client.join(timeout=30)
         say(f"figures: {json.dumps(figures)}")
-        kc.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+        if not os.environ.get("MODSHIP_KIND_KEEP"):  # kept for a look, like the cluster
+            kc.kubectl("delete", "namespace", NS, "--wait=false", check=False)
         # the revision images this run built (module digests, so revisions, differ from run to run)
         built = set(
             re.findall(r"modship\.local/topic-classifier:r[0-9a-f]{12}", log.read_text() if log.exists() else "")
