@@ -12,8 +12,10 @@ build`` (head v1 stable, head v2 canary) and ``kind load``s them, ``helm install
 rendered with ``--traffic modship`` and promotes the canary. Then the test:
 
 a) the walk-through's promotion: Promoted; in MLflow ``topic-head@stable`` is 2, no ``@canary``;
-b) a failing canary (head v3 = v2 with ``runtime.faults: {errorRate: 1.0}``, on the head and its
-   fallback): rolled back automatically (Aborted, AnalysisFailed); aliases back (stable 2, no canary);
+b) a failing canary (head v3 = v2 with ``runtime.faults: {errorRate: 1.0, afterSeconds: 20}``, on the
+   head and its fallback: healthy through ``modship image build``'s contract tests and its pods' first
+   20 s, then every request fails): rolled back automatically (Aborted, AnalysisFailed); aliases back
+   (stable 2, no canary); the router's fallback to stable keeps clients whole;
 c) a multi-step rollout (back to head v1), the leader operator pod deleted mid-way: the other replica
    takes the Lease, the step index never goes back, the rollout completes; ``topic-head@stable`` is 1.
 
@@ -252,7 +254,7 @@ def test_b_a_failing_canary_is_rolled_back_and_aliases_go_back(stack: dict[str, 
     before = status(stack)
     stable = before["stable"]["revision"]
     root, _ = examples.build()
-    faulty = variant(root / "topic-head-v2", tmp / "head-faulty", faults={"errorRate": 1.0})
+    faulty = variant(root / "topic-head-v2", tmp / "head-faulty", faults={"errorRate": 1.0, "afterSeconds": 20})
     out = json.loads(cli.ok("module", "register", str(faulty), "--skip-existing", "-o", "json", timeout=600).out)
     version = out[0]["version"]
     spec = tmp / "faulty.yaml"
