@@ -190,6 +190,7 @@ def measure_argo(n: int, scratch: Path, root: Path) -> dict[str, Any]:
                 raise RuntimeError(f"rollouts-controller exited {ctl.proc.returncode}: see {scratch}/argo-{n}.log")
             base_cpu, base_rss = ctl.cpu(), ctl.peak_rss_mb()
             t0, cpu0, kcm0, writes0 = time.monotonic(), ctl.cpu(), kop.kcm_cpu(cp), kop.api_writes(cp)
+            work0 = kop.kcm_work(cp)
             names = [f"s{i:04d}" for i in range(n)]
             with ThreadPoolExecutor(8) as pool:
                 list(
@@ -210,6 +211,9 @@ def measure_argo(n: int, scratch: Path, root: Path) -> dict[str, Any]:
             done = time.monotonic() - t1
             cpu, rss, kcm = ctl.cpu() - cpu0, ctl.peak_rss_mb(), kop.kcm_cpu(cp) - kcm0
             writes = kop.since(kop.api_writes(cp), writes0)
+            work = {
+                k: round(v - work0.get(k, 0.0), 2) for k, v in kop.kcm_work(cp).items() if v - work0.get(k, 0.0) >= 0.01
+            }
             wall = time.monotonic() - t0
             lat = list(watcher.latency.values())
         finally:
@@ -230,6 +234,7 @@ def measure_argo(n: int, scratch: Path, root: Path) -> dict[str, Any]:
         "rollout_s": round(done, 1),
         "wall_s": round(wall, 1),
         "api_writes": writes,
+        "kcm_work_s": work,
         "baseline": {"cpu_s": round(base_cpu, 2), "peak_rss_mb": round(base_rss, 1)},
     }
 
