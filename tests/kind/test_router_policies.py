@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.kind]
 NS = "modship-policies"
 NAME = "mp"
 REPO = "modship.local/kind-policy"
-NODE_PORT = 30083
+NODE_PORT = 30085
 STABLE, FAILING, DISAGREEING = "r" + "a" * 12, "r" + "b" * 12, "r" + "c" * 12
 ME = Actor(user="kind test", reason="router policies")
 
