@@ -78,8 +78,8 @@ def walkthrough() -> str:
     out = []
     for ln in lines:
         m = re.match(r"^# (\d+)\. (.*)$", ln)
-        out.append(f"printf '[step] %s %s\\n' \"$SECONDS\" {m.group(1)!r}" if m else ln)
-    return "\n".join(out) + "\nprintf '[step] %s end\\n' \"$SECONDS\"\n"
+        out.append(f"printf '\\n[step] %s %s\\n' \"$SECONDS\" {m.group(1)!r}" if m else ln)
+    return "\n".join(out) + "\nprintf '\\n[step] %s end\\n' \"$SECONDS\"\n"
 
 
 class Client:
