@@ -32,8 +32,9 @@ HOST_SETUP = KIND_DIR / "host-setup.sh"
 DOCKER_HOST = "unix:///run/modship-docker.sock"
 HINT = "run `bash tools/kind/host-setup.sh` (private dockerd) and `bash tools/kind/build.sh` (node image)"
 # NodePorts published on 127.0.0.1 (docs/plans/kind.md step 5): the modship router Service, a stable
-# Service called directly (the bench baseline), the smoke test's Service, MLflow.
-NODE_PORTS = (30080, 30081, 30082, 30500)
+# Service called directly (the bench baseline), the smoke test's Service, MLflow, and the bench's
+# router and stable Service in the kind suite's shared cluster (tests/kind/test_bench_kind.py).
+NODE_PORTS = (30080, 30081, 30082, 30500, 30083, 30084)
 POLL_INTERVAL = 0.5
 
 
