@@ -19,7 +19,7 @@ def test_the_kind_bench_measures_promotion_rollback_and_router_cost(
     kind_cluster: KindCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MODSHIP_OPERATOR_IMAGE", operator_image())
-    cfg = load.Load(duration=1.0, runs=1, connections=(1,), warmup=0.5)
+    cfg = load.Load(duration=1, runs=1, connections=(1,), warmup=1)
     got = kind.measure(kind_cluster, tmp_path, cfg, runs=1, fail_after=10, router_port=30083, direct_port=30084)
 
     [run] = got["runs"]
