@@ -16,7 +16,8 @@ Three figures, each beside its local-runtime twin measured in the same invocatio
 3. the in-cluster modship router against the stable revision's Service called directly: both through
    a NodePort published on 127.0.0.1 (30080: the router pods, 30081: the stable revision's pods),
    the same pods behind both, the same wrk client, interleaved runs (``load.side_by_side``; the
-   connection counts are ``--connections``). Goal: throughput >= 0.9x, added p50 <= 1 ms.
+   connection counts are ``--connections``, at most 3 rounds). Goal: throughput >= 0.9x, added
+   p50 <= 1 ms.
 
 Revisions are the smoke server (``tools/kind/smoke``, built here from source into a 6 MB image) with
 ``SMOKE_DELAY=8ms`` (a model's service time, about the example topic classifier's median, spent
@@ -38,6 +39,7 @@ Without a docker daemon (``make docker-daemon``) the benchmark is skipped with t
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -76,6 +78,7 @@ IMAGES_BUILD = REPO_ROOT / "tools" / "images" / "build.sh"
 OPERATOR_TAG = "modship.local/modship:bench"
 DELAY = "8ms"
 FAIL_AFTER_S = 12.0
+RUNS = 3  # failing canaries, and at most this many rounds of router vs direct (wall time <= ~6 min)
 DIRECT, ROUTER = "stable Service direct", "modship router (in cluster)"
 TITLE = "kind: promotion, rollback and router cost on real pods, beside the local runtime"
 
@@ -342,7 +345,7 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
     t0 = time.monotonic()
     with KindCluster(build_node_image()) as kc:
         up = time.monotonic() - t0
-        got = measure(kc, scratch, cfg)
+        got = measure(kc, scratch, dataclasses.replace(cfg, runs=min(cfg.runs, RUNS)), runs=RUNS)
     return report(local, got, cluster_s=up)
 
 
