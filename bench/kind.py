@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,9 @@ from controller.adapters.kube_rollouts import KubeRollouts
 from controller.apply.kube_control import KubeControl
 from controller.spec.control import Actor, PromoteRequest
 from tests.k8s.operator_support import CRD, OperatorProcess
-from tests.support.kindenv import (
-    DOCKER_HOST,
-    REPO_ROOT,
-    KindCluster,
-    build_node_image,
-    cache_root,
-    kind_env,
-    wait_for,
-)
+from tests.support.k8senv import REPO_ROOT
+from tests.support.kindenv import DOCKER_HOST, KindCluster, build_node_image, cache_root, kind_env, wait_for
+from tests.support.services import wait_until
 
 NS, NAME = "modship-bench", "kb"
 REPO = "modship.local/kind-bench"  # revision images: REPO:<revision>
@@ -122,8 +117,8 @@ def smoke_images(fail_after: float) -> tuple[str, str]:
         info.mode, info.uid, info.gid = 0o755, 0, 0
         with binary.open("rb") as f:
             tar.addfile(info, f)
-    for tag, env in ((healthy, []), (failing, ["--change", f"ENV SMOKE_FAIL_AFTER={fail_after:g}s"])):
-        changes = ["--change", "USER 65532:65532", "--change", 'ENTRYPOINT ["/smoke"]', *env]
+    for tag, extra in ((healthy, []), (failing, ["--change", f"ENV SMOKE_FAIL_AFTER={fail_after:g}s"])):
+        changes = ["--change", "USER 65532:65532", "--change", 'ENTRYPOINT ["/smoke"]', *extra]
         if subprocess.run(["docker", "image", "inspect", tag], env=kind_env(), capture_output=True).returncode:
             _docker("import", *changes, "-", tag, stdin=buf.getvalue())
     return healthy, failing
@@ -227,7 +222,7 @@ class Cluster:
         self.rollouts = KubeRollouts(kubeconfig=str(kc.kubeconfig), namespace=NS)
         self.wait_phase("Idle", STABLE)
         for url, want in ((self.router_url, "stable"), (self.direct_url, "")):
-            wait_for(f"{url} answering", lambda u=url, w=want: _routed(u) == w, 180, detail=self._log)
+            wait_for(f"{url} answering", _answers(url, want), 180, detail=self._log)
 
     def _log(self) -> str:
         return self.op.log()[-3000:] if self.op is not None else ""
@@ -249,6 +244,11 @@ class Cluster:
             self.op.stop()
 
 
+def _answers(url: str, routed: str) -> Callable[[], bool]:
+    """Whether ``url`` answers a prediction with 200, routed ``routed`` (``x-modship-routed``)."""
+    return lambda: _routed(url) == routed
+
+
 def _routed(url: str) -> str | None:
     try:
         r = httpx.post(f"{url}/predict", json={"text": "x"}, timeout=5)
@@ -265,6 +265,10 @@ def router_cost(c: Cluster, cfg: load.Load) -> load.Measured:
         ROUTER: load.Target(c.router_url, (*router_pids, *stable_pids)),
     }
     return load.side_by_side(targets, load.Inputs(load.bbc_texts(200), unique=True), cfg, scratch=c.scratch)
+
+
+def _answered_after(client: rollback.Client, t: float) -> Callable[[], bool]:
+    return lambda: bool(client.answers) and client.answers[-1][0] > t
 
 
 def failing_canaries(c: Cluster, revisions: list[str], fail_after: float) -> list[dict[str, Any]]:
@@ -285,10 +289,9 @@ def failing_canaries(c: Cluster, revisions: list[str], fail_after: float) -> lis
                 def no_canary() -> bool:
                     return admin.get("/config").json().get("canary") is None
 
-                setup.wait_until(no_canary, timeout=120, interval=0.02, what="100 % stable")
+                wait_until(no_canary, timeout=120, interval=0.02, what="100 % stable")
                 t_stable = time.monotonic()
-                after = t_stable + 1
-                setup.wait_until(lambda t=after: client.answers[-1][0] > t, timeout=60, what="answers after")
+                wait_until(_answered_after(client, t_stable + 1), timeout=60, what="answers after")
                 answers = client.answers[mark:]
                 runs.append(
                     {
