@@ -13,6 +13,7 @@ from tests.kind.test_router_in_cluster import operator_image
 from tests.support.kindenv import KindCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.kind]
+FAIL_AFTER = 15  # seconds of healthy warm-up: the canary pod must start and be routed to within them
 
 
 def test_the_kind_bench_measures_promotion_rollback_and_router_cost(
@@ -20,10 +21,10 @@ def test_the_kind_bench_measures_promotion_rollback_and_router_cost(
 ) -> None:
     monkeypatch.setenv("MODSHIP_OPERATOR_IMAGE", operator_image())
     cfg = load.Load(duration=1, runs=1, connections=(1,), warmup=1)
-    got = kind.measure(kind_cluster, tmp_path, cfg, runs=1, fail_after=10, router_port=30083, direct_port=30084)
+    got = kind.measure(kind_cluster, tmp_path, cfg, runs=1, fail_after=FAIL_AFTER, router_port=30083, direct_port=30084)
 
     [run] = got["runs"]
-    assert 0 < run["seconds_promote_to_canary"] < 10, run
+    assert 0 < run["seconds_promote_to_canary"] < FAIL_AFTER, run  # it served before its fault began
     assert run["retried_on_stable"] > 0, run  # the canary failed and the router answered from stable
     assert run["seconds_to_stable"] > 0, run
     for target in (kind.DIRECT, kind.ROUTER):
