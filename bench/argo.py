@@ -6,8 +6,11 @@ Argo Rollouts v1.8.5's rollouts-controller is built from the Go module proxy by
 ``tools/k8s/argo.sh`` (cached in ``$MODSHIP_CACHE/argo-rollouts-<v>``). For each controller, on a
 fresh control plane (``bench.k8s_operator``'s: kwok nodes, kube-controller-manager with raised QPS),
 N Rollouts of one replica with the steps ``setWeight 50, pause 3s, setWeight 80, pause 3s``, without
-traffic routing (modship: replica ratios; Argo: its basic canary, which scales ReplicaSets), are
-created and initialised; then each gets a new revision, 10 per second, and runs to promotion.
+traffic routing (modship: replica ratios; Argo: its basic canary, which scales ReplicaSets), each
+with the one Service that sends it traffic (modship's operator creates the system's Service ``S``;
+an Argo user writes it beside the Rollout, so the bench creates it with each Rollout: both clusters
+keep the same Endpoints up to date), are created and initialised; then each gets a new revision,
+10 per second, and runs to promotion.
 Argo runs namespaced with ``--qps=400 --burst=800`` (its default 40 QPS would throttle it; modship's
 client is not throttled) and its default 10 rollout workers. Measured:
 
@@ -68,6 +71,19 @@ def rollout(name: str, revision: str) -> dict[str, Any]:
             "selector": {"matchLabels": {"modship.dev/system": name}},
             "template": {"metadata": {"labels": {"modship.dev/system": name}}, "spec": pod(revision)},
             "strategy": {"canary": {"steps": kop.STEPS}},
+        },
+    }
+
+
+def service(name: str) -> dict[str, Any]:
+    """The Service in front of an Argo Rollout's pods, as its user writes it (modship makes ``S``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "selector": {"modship.dev/system": name},
+            "ports": [{"name": "http", "port": 3000, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
@@ -190,16 +206,16 @@ def measure_argo(n: int, scratch: Path, root: Path) -> dict[str, Any]:
                 raise RuntimeError(f"rollouts-controller exited {ctl.proc.returncode}: see {scratch}/argo-{n}.log")
             base_cpu, base_rss = ctl.cpu(), ctl.peak_rss_mb()
             t0, cpu0, kcm0, writes0 = time.monotonic(), ctl.cpu(), kop.kcm_cpu(cp), kop.api_writes(cp)
+            work0 = kop.kcm_work(cp)
             names = [f"s{i:04d}" for i in range(n)]
+            core = client.CoreV1Api(api)
+
+            def create(name: str) -> None:
+                core.create_namespaced_service(NS, service(name))
+                custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, rollout(name, kop.rev(1)))
+
             with ThreadPoolExecutor(8) as pool:
-                list(
-                    pool.map(
-                        lambda x: custom.create_namespaced_custom_object(
-                            GROUP, VERSION, NS, PLURAL, rollout(x, kop.rev(1))
-                        ),
-                        names,
-                    )
-                )
+                list(pool.map(create, names))
             init = kop.wait("every Rollout initialised", lambda: watcher.initialised() >= n, 120 + n * 0.6)
             body = {"spec": {"template": {"spec": pod(kop.rev(2))}}}
             t1 = time.monotonic()
@@ -210,6 +226,9 @@ def measure_argo(n: int, scratch: Path, root: Path) -> dict[str, Any]:
             done = time.monotonic() - t1
             cpu, rss, kcm = ctl.cpu() - cpu0, ctl.peak_rss_mb(), kop.kcm_cpu(cp) - kcm0
             writes = kop.since(kop.api_writes(cp), writes0)
+            work = {
+                k: round(v - work0.get(k, 0.0), 2) for k, v in kop.kcm_work(cp).items() if v - work0.get(k, 0.0) >= 0.01
+            }
             wall = time.monotonic() - t0
             lat = list(watcher.latency.values())
         finally:
@@ -230,6 +249,7 @@ def measure_argo(n: int, scratch: Path, root: Path) -> dict[str, Any]:
         "rollout_s": round(done, 1),
         "wall_s": round(wall, 1),
         "api_writes": writes,
+        "kcm_work_s": work,
         "baseline": {"cpu_s": round(base_cpu, 2), "peak_rss_mb": round(base_rss, 1)},
     }
 

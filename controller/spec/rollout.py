@@ -227,6 +227,11 @@ class Workload(Spec):
     resources: dict[str, dict[str, str]] = Field(default_factory=dict)
     service_account: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    role_services: bool = Field(
+        default=False,
+        description="also create Services S-stable and S-canary where the traffic router does not need them"
+        " (replica ratios, the modship router); Gateway API, Istio and NGINX always get them",
+    )
 
     def image_for(self, revision: str) -> str:
         return self.image.replace("{revision}", revision) if "{revision}" in self.image else f"{self.image}:{revision}"
@@ -273,6 +278,12 @@ class TrafficRouting(Spec):
         if sum(x is not None for x in (self.gateway_api, self.istio, self.nginx, self.modship)) > 1:
             raise ValueError("choose one of gatewayAPI, istio, nginx, modship")
         return self
+
+    @property
+    def routes_to_role_services(self) -> bool:
+        """Whether the router sends traffic to ``S-stable``/``S-canary`` (the meshes), rather than to
+        every revision's pods (replica ratios) or to per-revision Services (the modship router)."""
+        return any(x is not None for x in (self.gateway_api, self.istio, self.nginx))
 
 
 class GateType(enum.StrEnum):

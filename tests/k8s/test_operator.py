@@ -695,6 +695,8 @@ def test_replica_ratios_scale_deployments(cluster: Cluster, ns: str, operators: 
     flags = cluster.core.read_namespaced_config_map(f"ratio-{rev(1)}-flags", ns).data["flags.json"]
     assert json.loads(flags) == {"guard": {"enabled": False, "percent": 50.0}}
     assert cluster.core.read_namespaced_service("ratio", ns).spec.selector == {"modship.dev/system": "ratio"}
+    services = {s.metadata.name for s in cluster.core.list_namespaced_service(ns).items}
+    assert services == {"ratio"}  # no S-stable/S-canary: nothing routes to them without workload.roleServices
 
     k.command("ratio", Command.RESUME, actor=ME)
     poll("50 %: 2 and 2", lambda: replicas() == {rev(1): 2, rev(2): 2})
@@ -720,15 +722,24 @@ def test_replica_ratios_one_replica_stops_the_previous_stable_at_promotion(
     """With one replica no readiness changes at promotion: the previous stable, which the root
     Service selects, must go to zero in the promoting cycle, not when the rollback window ends."""
     steps = [{"setWeight": 50}, {"pause": {"duration": "1s"}}]
-    cluster.apply(ns, rollout_doc("one", revision=rev(1), steps=steps))
+
+    def doc(revision: str) -> dict[str, Any]:
+        d = rollout_doc("one", revision=revision, steps=steps)
+        d["spec"]["workload"]["roleServices"] = True  # S-stable and S-canary although nothing routes to them
+        return d
+
+    cluster.apply(ns, doc(rev(1)))
     operators()
     cluster.wait_phase(ns, "one", "Idle", stable=rev(1))
+    selector = {"modship.dev/system": "one", "modship.dev/revision": rev(1)}
+    assert cluster.core.read_namespaced_service("one-stable", ns).spec.selector == selector
+    assert cluster.core.read_namespaced_service("one-canary", ns).spec.selector == selector
 
     def replicas() -> dict[str, int]:
         items = cluster.apps.list_namespaced_deployment(ns, label_selector="modship.dev/system=one").items
         return {d.metadata.labels["modship.dev/revision"]: d.spec.replicas for d in items}
 
-    cluster.apply(ns, rollout_doc("one", revision=rev(2), steps=steps))
+    cluster.apply(ns, doc(rev(2)))
     poll("a canary pod beside the stable one", lambda: replicas() == {rev(1): 1, rev(2): 1})
     cluster.wait_phase(ns, "one", "Promoted", stable=rev(2))
     poll("the previous stable at 0 right after promotion", lambda: replicas() == {rev(1): 0, rev(2): 1}, timeout=30)

@@ -29,3 +29,23 @@ def kind_cluster(kind_node_image: str) -> Iterator[KindCluster]:
     with KindCluster(kind_node_image) as kc:
         sys.stderr.write(f"\n[kind] cluster {kc.name} up in {kc.create_seconds:.1f}s\n")
         yield kc
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_the_cluster(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test module: delete the NodePort Services and the namespaces it created, so the next
+    module of the session's shared cluster can publish on the same NodePorts and gets the node's CPU."""
+    mine = [i for i in request.session.items if i.nodeid.startswith(f"{request.node.nodeid}::")]
+    if not any("kind_cluster" in getattr(i, "fixturenames", ()) for i in mine):
+        yield
+        return
+    kc: KindCluster = request.getfixturevalue("kind_cluster")
+    before = {ns["metadata"]["name"] for ns in kc.get_json("namespaces")["items"]}
+    yield
+    created = {ns["metadata"]["name"] for ns in kc.get_json("namespaces")["items"]} - before
+    for svc in kc.get_json("services", "--all-namespaces")["items"]:
+        meta = svc["metadata"]
+        if meta["namespace"] in created and svc["spec"].get("type") == "NodePort":
+            kc.kubectl("-n", meta["namespace"], "delete", "service", meta["name"], "--wait=true", check=False)
+    for ns in sorted(created):
+        kc.kubectl("delete", "namespace", ns, "--wait=false", check=False)

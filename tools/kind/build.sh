@@ -15,7 +15,7 @@
 # debootstrap, jq, zstd, gcc + libc6-dev, go.
 #
 # Cache (outside the repo, so fresh clones on this machine reuse it):
-#   $CACHE/kind-<KIND>-k8s-<K8S>/bin/      kind kubelet kubeadm kubectl kube-proxy coredns pause smoke
+#   $CACHE/kind-<KIND>-k8s-<K8S>/bin/      kind kubelet kubeadm kubectl kube-proxy coredns pause smoke-<source h12>
 #   $CACHE/kind-<KIND>-k8s-<K8S>/images/   component images as `docker save` archives
 #   $CACHE/kind-<KIND>-k8s-<K8S>/node-<H>.ref   node image tag, written last (the "done" stamp)
 #   $CACHE/debootstrap/<suite>-<name>-<h8>.tar.zst   root filesystems
@@ -207,19 +207,21 @@ EXPECTED=("$R/kube-apiserver:$K8S" "$R/kube-controller-manager:$K8S" "$R/kube-sc
     "$R/kube-proxy:$K8S" "$R/etcd:$ETCD_TAG" "$R/coredns/coredns:$COREDNS" "$R/pause:$PAUSE")
 
 # ---- smoke-test image (not preloaded: tests/kind sends it with `kind load`) ----------------------
+# Binary and image are keyed by the server's source: an edit rebuilds both, even on a warm cache.
 SMOKE_TAG=modship.local/kind-smoke:1
-if ! have smoke; then
+SMOKE_H=$(cat "$HERE"/smoke/go.mod "$HERE"/smoke/*.go | sha256sum | cut -c1-12)
+if ! have "smoke-$SMOKE_H"; then
     step "smoke server: go build"
     (cd "$HERE/smoke" && GOFLAGS= go build -trimpath -ldflags "-s -w" -o "$TMP/smoke" .)
-    mv -f "$TMP/smoke" "$BIN/smoke"
+    mv -f "$TMP/smoke" "$BIN/smoke-$SMOKE_H"
     done_step
 fi
-if ! docker image inspect "$SMOKE_TAG" >/dev/null 2>&1; then
+if [[ $(docker image inspect -f '{{index .Config.Labels "dev.modship.source"}}' "$SMOKE_TAG" 2>/dev/null) != "$SMOKE_H" ]]; then
     d="$TMP/img-smoke"
     static_root "$d"
-    install -D -m755 "$BIN/smoke" "$d/smoke"
+    install -D -m755 "$BIN/smoke-$SMOKE_H" "$d/smoke"
     tar -C "$d" --numeric-owner -c . | docker import --change 'USER 65532:65532' \
-        --change 'ENTRYPOINT ["/smoke"]' - "$SMOKE_TAG" >/dev/null
+        --change "LABEL dev.modship.source=$SMOKE_H" --change 'ENTRYPOINT ["/smoke"]' - "$SMOKE_TAG" >/dev/null
     rm -rf "$d"
 fi
 

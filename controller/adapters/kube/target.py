@@ -3,9 +3,11 @@ Services, and the traffic split through the Rollout's ``TrafficRouter`` (see ``t
 
 The feature-flag file the workload reads through ``MODSHIP_FLAGS_FILE`` is ConfigMap ``S-R-flags``.
 Services ``S-stable`` and ``S-canary`` select a revision (canary selects stable while nothing is in
-flight); ``S`` selects every revision (traffic in replica-ratio mode), or, with
-``trafficRouting.modship``, the router pods (``modship_router``). Policies of the local router no
-mesh here applies (sticky assignment, zero-loss fallback) become conditions in ``notes``.
+flight); they exist where a mesh routes to them or with ``workload.roleServices`` (every Service
+costs kube-controller-manager work on each pod change in its namespace). ``S`` selects every
+revision (traffic in replica-ratio mode), or, with ``trafficRouting.modship``, the router pods
+(``modship_router``). Policies of the local router no mesh here applies (sticky assignment,
+zero-loss fallback) become conditions in ``notes``.
 """
 
 from __future__ import annotations
@@ -247,7 +249,10 @@ class KubernetesTarget:
         if sp.stable is None:
             return
         stable, canary, root = service_names(self.system)
-        for name, revision in ((stable, sp.stable), (canary, sp.canary or sp.stable), (root, None)):
+        services: list[tuple[str, str | None]] = [(root, None)]
+        if self.routing.routes_to_role_services or self.workload.role_services:
+            services += [(stable, sp.stable), (canary, sp.canary or sp.stable)]
+        for name, revision in services:
             selector = {"modship.dev/system": self.system}
             if revision is not None:
                 selector["modship.dev/revision"] = revision
