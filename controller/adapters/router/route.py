@@ -180,7 +180,7 @@ class Routes:
         except OSError as exc:
             return 500, {"error": f"cannot persist the config: {exc}"}
         self.apply(config)
-        return 200, {"generation": config.generation}
+        return 200, {"generation": config.generation, "canaryWarming": self.current.warming}
 
 
 def _loop() -> asyncio.AbstractEventLoop | None:
