@@ -206,7 +206,7 @@ class Cluster:
         kc = self.kc
         kc.kind("load", "docker-image", *images, "--name", kc.name, timeout=900)
         kc.kubectl("apply", "--server-side", "--force-conflicts", f"-f={CRD}")
-        kc.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rollouts.modship.dev")
+        wait_for("the Rollout CRD established", _established(kc), 60)  # kubectl wait can fail before status
         kc.kubectl("create", "namespace", NS)
         system = {"modship.dev/system": NAME}
         objects = [
@@ -242,6 +242,14 @@ class Cluster:
             self.rollouts.close()
         if self.op is not None:
             self.op.stop()
+
+
+def _established(kc: KindCluster) -> Callable[[], bool]:
+    def done() -> bool:
+        conditions = (kc.get_json("crd/rollouts.modship.dev").get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    return done
 
 
 def _answers(url: str, routed: str) -> Callable[[], bool]:
