@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,17 @@ class Client(threading.Thread):
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.headers.get("x-modship-routed", ""), resp.read().decode()
 
+    def wait_serving(self, detail: Callable[[], str], timeout: float = 180) -> None:
+        """Until the router answers from stable (its pods Ready, its configuration applied)."""
+
+        def routed_stable() -> bool:
+            try:
+                return self.one()[0] == "stable"
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_for("the router serving stable", routed_stable, timeout, detail=detail)
+
     def run(self) -> None:
         while not self.stop.is_set():
             try:
@@ -92,6 +104,25 @@ class Client(threading.Thread):
             except (urllib.error.URLError, OSError) as exc:
                 self.failures.append(f"{time.strftime('%X')} {exc}")
             time.sleep(0.02)
+
+
+def start(kc: KindCluster, ns: str, system: str, node_port: int, first: dict[str, Any]) -> None:
+    """The Rollout CRD, namespace ``ns``, the test's way in (a NodePort in front of ``system``'s router
+    pods: ``S`` itself is ClusterIP) and the ``first`` Rollout."""
+    kc.kubectl("apply", "--server-side", "--force-conflicts", f"-f={CRD}")
+    kc.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rollouts.modship.dev")
+    kc.kubectl("create", "namespace", ns)
+    way_in = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"{system}-nodeport", "namespace": ns},
+        "spec": {
+            "type": "NodePort",
+            "selector": {"modship.dev/system": system, "modship.dev/component": "router"},
+            "ports": [{"port": 8080, "targetPort": "http", "nodePort": node_port}],
+        },
+    }
+    kc.kubectl("apply", "-f", "-", stdin=json.dumps(way_in) + "\n---\n" + json.dumps(first))
 
 
 def status(kc: KindCluster) -> dict[str, Any]:
@@ -117,32 +148,12 @@ def test_the_operator_routes_a_canary_through_modships_router_in_the_cluster(
     for rev in (R1, R2):
         subprocess.run(["docker", "tag", SMOKE_IMAGE, f"{REPO}:{rev}"], env=kind_env(), check=True, timeout=60)
         kc.load(f"{REPO}:{rev}")
-    kc.kubectl("apply", "--server-side", "--force-conflicts", f"-f={CRD}")
-    kc.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rollouts.modship.dev")
-    kc.kubectl("create", "namespace", NS)
-    service = {  # the test's way in: a NodePort in front of the router pods (S itself is ClusterIP)
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": f"{NAME}-nodeport", "namespace": NS},
-        "spec": {
-            "type": "NodePort",
-            "selector": {"modship.dev/system": NAME, "modship.dev/component": "router"},
-            "ports": [{"port": 8080, "targetPort": "http", "nodePort": NODE_PORT}],
-        },
-    }
-    kc.kubectl("apply", "-f", "-", stdin=json.dumps(service) + "\n---\n" + json.dumps(rollout(R1)))
+    start(kc, NS, NAME, NODE_PORT, rollout(R1))
     op = OperatorProcess(kc.kubeconfig, NS, tmp_path, identity="kind", env={"MODSHIP_ROUTER_IMAGE": image})
     client = Client(f"http://127.0.0.1:{kc.host_port(NODE_PORT)}")
     try:
         wait_phase(kc, "Idle", stable=R1)
-
-        def routed_stable() -> bool:
-            try:
-                return client.one()[0] == "stable"
-            except (urllib.error.URLError, OSError):
-                return False
-
-        wait_for("the router serving stable", routed_stable, 180, detail=lambda: op.log()[-3000:])
+        client.wait_serving(detail=lambda: op.log()[-3000:])
         client.start()
 
         kc.kubectl(

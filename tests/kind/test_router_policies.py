@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,8 @@ import pytest
 from controller.adapters.kube_rollouts import KubeRollouts
 from controller.apply.kube_control import KubeControl
 from controller.spec.control import Actor, Command
-from tests.k8s.operator_support import CRD, OperatorProcess
-from tests.kind.test_modship_traffic import Client
+from tests.k8s.operator_support import OperatorProcess
+from tests.kind.test_modship_traffic import Client, start
 from tests.kind.test_router_in_cluster import operator_image
 from tests.support.kindenv import KindCluster, kind_env, wait_for
 
@@ -142,35 +140,15 @@ def test_sticky_users_zero_loss_fallback_and_mirrored_disagreement_on_real_pods(
     kc.load(base)
     for revision, label, code in ((STABLE, "a", 200), (FAILING, "a", 500), (DISAGREEING, "b", 200)):
         kc.load(revision_image(base, revision, label, code, tmp_path))
-    kc.kubectl("apply", "--server-side", "--force-conflicts", f"-f={CRD}")
-    kc.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rollouts.modship.dev")
-    kc.kubectl("create", "namespace", NS)
-    nodeport = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": f"{NAME}-nodeport", "namespace": NS},
-        "spec": {
-            "type": "NodePort",
-            "selector": {"modship.dev/system": NAME, "modship.dev/component": "router"},
-            "ports": [{"port": 8080, "targetPort": "http", "nodePort": NODE_PORT}],
-        },
-    }
     steps = [{"setWeight": 50}, {"pause": {}}]
-    kc.kubectl("apply", "-f", "-", stdin=json.dumps(nodeport) + "\n---\n" + json.dumps(rollout(STABLE, steps)))
+    start(kc, NS, NAME, NODE_PORT, rollout(STABLE, steps))
     op = OperatorProcess(kc.kubeconfig, NS, tmp_path, identity="kind-policies", env={"MODSHIP_ROUTER_IMAGE": base})
     client = Client(f"http://127.0.0.1:{kc.host_port(NODE_PORT)}")
     rollouts = KubeRollouts(kubeconfig=str(kc.kubeconfig), namespace=NS)
     control = KubeControl(rollouts)
     try:
         wait_phase(kc, "Idle", revision=STABLE)
-
-        def serving() -> bool:
-            try:
-                return client.one()[0] == "stable"
-            except (urllib.error.URLError, OSError):
-                return False
-
-        wait_for("the router serving stable", serving, 180, detail=lambda: op.log()[-3000:])
+        client.wait_serving(detail=lambda: op.log()[-3000:])
         client.start()
 
         # -- a canary that answers 500 to everything, at 50 %, sticky by x-user --------------------
