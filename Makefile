@@ -63,7 +63,7 @@ demo: $(STAMP) ## the main job end to end on the embedded default
 demo-digits: $(STAMP) ## bring your own modules: images, with adopted MLflow models, ONNX and a python component
 	$(BIN)/python examples/digits/demo.py
 
-bench: $(STAMP) system-deps k8s-bins argo-bins ## benchmarks, side by side; results in bench/results.json
+bench: $(STAMP) system-deps k8s-bins argo-bins docker-daemon ## benchmarks, side by side; results in bench/results.json
 	$(BIN)/python -m bench
 
 kind-image: docker-daemon ## the kind node image, built offline from the Go module proxy and Debian (cached outside the repo)

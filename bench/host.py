@@ -87,6 +87,11 @@ class Reading:
 
 def read(target_pids: Sequence[int]) -> Reading:
     stats = _stats()
+    # ours: this process's tree and the targets (each counted once: a target outside the tree, like a
+    # pod's process, is no "other program")
     return Reading(
-        busy(), tree_cpu([os.getpid()], stats), tree_cpu(target_pids, stats), tree_cpu(target_pids[:1], stats)
+        busy(),
+        tree_cpu([os.getpid(), *target_pids], stats),
+        tree_cpu(target_pids, stats),
+        tree_cpu(target_pids[:1], stats),
     )

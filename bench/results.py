@@ -85,6 +85,9 @@ def render(results: Mapping[str, Mapping[str, Any]]) -> str:
         if "error" in r:
             out.append(f"  ERROR: {r['error']}")
             continue
+        if "skipped" in r:
+            out.append(f"  SKIPPED: {r['skipped']}")
+            continue
         out.append(
             f"  {'target':<30} {'conn':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'(range)':^13} {'CPU ms/req':>8}"
         )
@@ -104,6 +107,8 @@ def render(results: Mapping[str, Mapping[str, Any]]) -> str:
     for name, r in results.items():
         if "error" in r:
             out.append(f"{name:<12} {'-':>9}  {'ERR':<4} {r['error'][:80]}")
+        elif "skipped" in r:
+            out.append(f"{name:<12} {'-':>9}  {'SKIP':<4} {r['skipped'][:80]}")
         else:
             out.append(f"{name:<12} {r['ratio']:>9.4g}  {'yes' if r['met'] else 'NO':<4} {r['goal']}")
     return "\n".join(out)

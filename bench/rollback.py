@@ -10,6 +10,10 @@ error rate (interval 1 s, window 2 s, minSamples 3, failureLimit 0). The first f
 answer the router had to retry on stable (``canary-fallback``); 100 % stable is the moment the
 router's configuration has no canary any more (polled every 20 ms). ``modship retry`` restarts the
 canary (and its warm-up) for the next run; the figure is the median over runs.
+
+Also measured (no goal; ``bench/kind.py`` sets it beside the cluster's): seconds from ``modship
+promote`` to the canary's first answer through the router (``seconds_promote_to_canary``),
+starting the canary's ``bentoml serve`` included.
 """
 
 from __future__ import annotations
@@ -85,6 +89,15 @@ class Client(threading.Thread):
             self.answers.append((time.monotonic(), 0, "error"))
 
 
+def first_answer(client: Client, routed: str, since: float, *, timeout: float) -> float:
+    """When ``client`` first got an answer routed ``routed`` (``x-modship-routed``) after ``since``."""
+
+    def seen() -> float | None:
+        return next((t for t, _, r in list(client.answers) if r == routed and t >= since), None)
+
+    return wait_until(seen, timeout=timeout, interval=0.02, what=f"the first answer routed {routed}")
+
+
 def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
     name = "topic-rollback"
     scratch = ws.scratch / "rollback"
@@ -127,7 +140,9 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         wait_until(lambda: status()["traffic"], timeout=180, what="stable serving")
         client = Client(f"http://127.0.0.1:{port}")
         client.start()
+        promoted_at = time.monotonic()
         cli("promote", name, f"{reg.version.name}@{reg.version.version}")
+        promote_s = first_answer(client, "canary", promoted_at, timeout=180) - promoted_at
         token = router_token(home / "systems" / name / "run")
         admin = httpx.Client(
             base_url=f"http://127.0.0.1:{port}/-/modship", timeout=2, headers={"x-modship-token": token}
@@ -157,7 +172,12 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
     checks = [results.Check("seconds from first failure to 100 % stable", seconds, "<=", 3.0),
               results.Check("failed client requests (worst run)", failed, "<=", 0)]  # fmt: skip
     return results.result(
-        figures={"runs": runs, "seconds_to_stable_median": seconds, "failed_requests_max": failed},
+        figures={
+            "runs": runs,
+            "seconds_to_stable_median": seconds,
+            "failed_requests_max": failed,
+            "seconds_promote_to_canary": round(promote_s, 3),
+        },
         baseline={"analysis_interval_s": 1.0, "load_rps": RATE},
         checks=checks,
         goal="<= 3 s from the canary's first failure to 100 % stable at a 1 s analysis interval, 0 failed requests",

@@ -35,3 +35,10 @@ def same(current: dict[str, Any] | None, want: dict[str, Any]) -> bool:
     return all(
         current.get(k) == want.get(k) or (k == "weight" and float(current.get(k) or 0) == float(want[k])) for k in _KEYS
     )
+
+
+def sends_to_canary(want: dict[str, Any]) -> bool:
+    """Whether a configuration gives its canary any request (a weight, a header route, a mirror)."""
+    if not want.get("canary"):
+        return False
+    return float(want.get("weight") or 0) > 0 or bool(want.get("headerRoute")) or bool(want.get("mirror"))

@@ -230,6 +230,22 @@ def test_a_new_config_lets_requests_in_flight_finish_where_they_started(stack: S
     assert (answer[0].status_code, answer[0].headers["x-modship-routed"]) == (200, "canary")
 
 
+def test_a_new_canary_gets_no_request_before_it_accepts_connections(stack: Stack, tmp_path: Path) -> None:
+    late = Upstream("r3", label="business", log_dir=tmp_path)  # its port refuses until it starts
+    stack.configure(canary={"revision": "r3", "url": late.url}, weight=100, headerRoute={"name": "x-canary"})
+    answers = [stack.predict({"x-canary": "1"}) for _ in range(20)]
+    assert [r.status_code for r in answers] == [200] * 20
+    assert routed(answers) == {"stable": 20}
+    assert stack.rev("r3").get("errors", 0) == 0  # nothing counted against a canary not there yet
+    config = f"{stack.router.url}/-/modship/config"
+    assert httpx.get(config).json()["canaryWarming"] is True  # what the operator waits for
+    with late.running():
+        wait_until(lambda: stack.predict().headers["x-modship-routed"] == "canary", timeout=10, what="canary")
+        assert routed([stack.predict() for _ in range(10)]) == {"canary": 10}
+        assert httpx.get(config).json()["canaryWarming"] is False
+    assert stack.rev("r3").get("errors", 0) == 0
+
+
 # -- fallback ---------------------------------------------------------------------------------------
 
 

@@ -33,8 +33,9 @@ DOCKER_HOST = "unix:///run/modship-docker.sock"
 HINT = "run `bash tools/kind/host-setup.sh` (private dockerd) and `bash tools/kind/build.sh` (node image)"
 # NodePorts published on 127.0.0.1 (docs/plans/kind.md step 5), one per test that needs a way in (the
 # tests of a session share one cluster): 30080 a router, 30081 a stable Service called directly (the
-# bench baseline), 30082 the smoke test, 30085 the router-policy test, 30500 the traffic test; the
-# others are free.
+# bench baseline), 30082 the smoke test, 30083/30084 the kind bench's router and stable Service in
+# tests/kind/test_bench_kind.py, 30085 the router-policy test, 30500 the traffic test; the others are
+# free.
 NODE_PORTS = (30080, 30081, 30082, 30083, 30084, 30085, 30086, 30087, 30500)
 POLL_INTERVAL = 0.5
 

@@ -155,3 +155,28 @@ def test_every_running_router_pod_gets_the_split_or_it_is_not_applied(monkeypatc
     router.configure(pods, moved)
     assert [c["generation"] for c in pods.configs.values()] == [2, 2]
     assert all(c["weight"] == 50 for c in pods.configs.values())
+
+
+def test_a_split_sending_the_canary_requests_waits_until_every_router_reaches_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = _router(monkeypatch)
+    urls = {"stable_url": router.url("r1"), "canary_url": router.url("r2")}
+    idle = router_config.wanted("topic", SetTraffic("r1", "r2", 0), **urls)
+    half = router_config.wanted("topic", SetTraffic("r1", "r2", 50), **urls)
+    assert not router_config.sends_to_canary(idle) and router_config.sends_to_canary(half)
+
+    class Warming(FakePods):
+        def call(self, pod: str, method: str, path: str, **kw: Any) -> dict[str, Any]:
+            answer = super().call(pod, method, path, **kw)
+            return {**answer, "canaryWarming": pod in warming}
+
+    warming = {"b"}
+    pods = Warming(["a", "b"])
+    router.configure(pods, idle)  # weight 0: nothing to wait for
+    with pytest.raises(Unavailable, match="not reachable from router pods b yet"):
+        router.configure(pods, half)
+    warming.clear()
+    pods.calls = []
+    router.configure(pods, half)
+    assert pods.calls == [("b", "GET")]  # a was done; b already had the split, now in force

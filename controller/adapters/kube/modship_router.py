@@ -8,8 +8,10 @@ read-only root filesystem, no service-account token) and configures every runnin
 the same document the local runtime sends its router (``controller.plan.router_config``), through
 the API server's pod proxy (``router_pods``). So sticky assignment, header routes, mirroring with
 answer comparison and zero-loss fallback work as on one machine, and the routers' telemetry serves
-the ``builtin`` checks. A split counts as applied only when every running router pod has it: until
-then ``route`` raises Unavailable and the rollout does not move on.
+the ``builtin`` checks. A split counts as applied only when every running router pod has it, and
+one that sends the canary requests only once every router reaches the canary (a router holds a new
+canary back until a connection to it opens): until then ``route`` raises Unavailable and the
+rollout does not move on.
 """
 
 from __future__ import annotations
@@ -164,7 +166,8 @@ class ModshipRouter:
         if not running:
             raise Unavailable(f"no pod of Deployment {self.ctx.ns}/{router_name(self.ctx.system)} runs yet", delay=1)
         digest = self.ctx.shared.applied.digest(want)
-        failed = []
+        failed, warming = [], []
+        sends = router_config.sends_to_canary(want)
         for pod in running:
             name, uid = pod["metadata"]["name"], pod["metadata"].get("uid", "")
             key = f"{self.ctx.owner.uid}/router-pod/{name}/{uid}"
@@ -177,11 +180,16 @@ class ModshipRouter:
                     current = None
                 if not router_config.same(current, want):
                     generation = int((current or {}).get("generation", 0)) + 1
-                    pods.call(name, "PUT", "/-/modship/config", body={**want, "generation": generation})
+                    current = pods.call(name, "PUT", "/-/modship/config", body={**want, "generation": generation})
             except Unavailable as exc:
                 failed.append(f"{name}: {exc}")
+                continue
+            if sends and (current or {}).get("canaryWarming"):  # the split is not in force yet
+                warming.append(name)
                 continue
             self.ctx.shared.applied.remember(key, digest)
         if failed:
             pods.forget()
             raise Unavailable("router pods not configured yet: " + "; ".join(failed), delay=1)
+        if warming:
+            raise Unavailable(f"the canary is not reachable from router pods {', '.join(warming)} yet", delay=0.25)

@@ -96,7 +96,8 @@ async def answer(
         config = routes.current.config
         if config is None:
             return wire.json(404, {"error": "no config yet"}, keep_alive=keep)
-        return wire.json(200, config.wire(), keep_alive=keep)
+        # canaryWarming: the canary gets nothing yet (not reachable so far; ``route``)
+        return wire.json(200, {**config.wire(), "canaryWarming": routes.current.warming}, keep_alive=keep)
     if path == b"/-/modship/healthz" and get:
         return wire.json(200, await health(routes), keep_alive=keep)
     if path == b"/-/modship/telemetry" and get:

@@ -184,6 +184,15 @@ class Upstream:
             raise UpstreamError("connect", f"cannot connect to {self.url}: {exc.strerror or exc}") from None
         return conn
 
+    async def reachable(self, timeout: float) -> bool:
+        """Whether a connection to the upstream opens now (closed again at once)."""
+        try:
+            conn = await self._connect(timeout)
+        except UpstreamError:
+            return False
+        conn.close()
+        return True
+
     async def send(self, data: bytes, *, timeout: float, head: bool = False) -> Response:
         """One request/response exchange; raises UpstreamError. A reused connection that turns out to
         be dead before answering is replaced by a fresh one once, within the same deadline."""
