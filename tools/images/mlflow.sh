@@ -23,7 +23,10 @@ die() { printf '[mlflow-image] ERROR: %s\n' "$*" >&2; exit 1; }
 [[ -x $PY ]] || die "no venv python at $PY: run make venv"
 version=$("$PY" -c 'import importlib.metadata as m; print(m.version("mlflow"))')
 TAG=${1:-modship.local/mlflow:$version}
-if docker image inspect "$TAG" >/dev/null 2>&1 && [[ -z ${MODSHIP_REBUILD:-} ]]; then
+# The image is reused only if it was built from these inputs (an edit of the Dockerfile rebuilds it).
+KEY=$({ cat "$HERE/mlflow.Dockerfile"; echo "$version ${BASE:-default} $CLIENT_ONLY"; } | sha256sum | cut -c1-12)
+if [[ $(docker image inspect -f '{{index .Config.Labels "dev.modship.source"}}' "$TAG" 2>/dev/null) == "$KEY" &&
+      -z ${MODSHIP_REBUILD:-} ]]; then
     log "$TAG present"; echo "$TAG"; exit 0
 fi
 BASE=${BASE:-$("$HERE/python-base.sh" | tail -n 1)}
@@ -52,6 +55,6 @@ done
 cp "$HERE/mlflow.Dockerfile" "$TMP/ctx/Dockerfile"
 log "docker build $TAG (FROM $BASE)"
 start=$SECONDS
-docker build -q --build-arg "BASE=$BASE" -t "$TAG" "$TMP/ctx" >&2
+docker build -q --build-arg "BASE=$BASE" --label "dev.modship.source=$KEY" -t "$TAG" "$TMP/ctx" >&2
 log "built $TAG in $((SECONDS - start)) s, $(docker image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1/1e6}')"
 echo "$TAG"
