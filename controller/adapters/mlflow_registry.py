@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,7 +146,7 @@ class MlflowRegistry:
         with tempfile.TemporaryDirectory(prefix="modship-register-") as tmp:
             staging = Path(tmp) / "module"
             shutil.copytree(bundle.root, staging)
-            _write_mlmodel(staging, bundle.manifest)
+            _write_mlmodel(staging, bundle.manifest, bundle.digest)
             files = digests.manifest(staging)
             return self._register_staged(bundle, staging, files)
 
@@ -326,8 +327,11 @@ def _schema(ports: dict[str, Port]) -> Any:
     return Schema(specs)
 
 
-def _write_mlmodel(root: Path, manifest: ModuleManifest) -> None:
-    """An MLmodel file with the contract's signature, so MLflow shows the schema."""
+def _write_mlmodel(root: Path, manifest: ModuleManifest, source_digest: str) -> None:
+    """An MLmodel file with the contract's signature, so MLflow shows the schema. Its content follows
+    from the module's files alone (no creation time, a uuid derived from their digest): the same
+    files registered twice, in one registry or two, get the same digest and so the same revisions
+    (and images). When the version was registered is MLflow's own ``creation_timestamp``."""
     from mlflow.models import Model
     from mlflow.models.signature import ModelSignature
 
@@ -335,5 +339,7 @@ def _write_mlmodel(root: Path, manifest: ModuleManifest) -> None:
     model = Model(
         signature=ModelSignature(inputs=_schema(contract.inputs), outputs=_schema(contract.outputs)),
         metadata={"modship": {"role": manifest.role.value, "runtime": manifest.runtime.kind}},
+        utc_time_created="1970-01-01 00:00:00.000000",
+        model_uuid=uuid.uuid5(uuid.NAMESPACE_URL, f"modship:{source_digest}").hex,
     )
     model.save(str(root / "MLmodel"))

@@ -117,6 +117,21 @@ def test_failure_while_uploading_leaves_no_version(
     assert name not in MlflowRegistry(mlflow_server.url).modules()
 
 
+def test_the_same_files_registered_twice_get_the_same_digest(
+    mlflow_server: MlflowServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The MLmodel file the registry adds carries no creation time: a module's digest (and so every
+    revision pinning it, and its image) follows from its files alone."""
+    reg = MlflowRegistry(mlflow_server.url)
+    first = reg.register(bundle.load(module_dir(tmp_path, unique("same-a", request))))
+    name = first.name
+    again = reg.register(bundle.load(module_dir(tmp_path / "again", name)))
+    assert again.version == first.version + 1
+    assert (again.digest, again.files) == (first.digest, first.files)
+    other = reg.register(bundle.load(module_dir(tmp_path, name, seed=5)))
+    assert other.digest != first.digest  # other weights, another digest
+
+
 def test_deprecation_dates_and_effective_deprecation(
     mlflow_server: MlflowServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
