@@ -126,7 +126,12 @@ class KubeControl:
         )
         number = rules.numbers(s, req.revision)[req.revision]
         return control.PromoteResult(
-            system=system, revision=req.revision, number=number, changes=req.modules, overrides=[]
+            system=system,
+            revision=req.revision,
+            number=number,
+            changes=req.modules,
+            overrides=[],
+            rollback=req.revision == s.previous_stable,
         )
 
     def undo(self, system: str, req: control.UndoRequest, *, actor: control.Actor) -> control.UndoResult:

@@ -163,6 +163,7 @@ class LocalControl:
             number=prepared.record.number,
             changes=notes,
             overrides=prepared.overrides,
+            rollback=prepared.lock.revision == self.store.status(system).previous_stable,
         )
 
     def command(self, system: str, cmd: Command, *, actor: control.Actor) -> control.CommandResult:

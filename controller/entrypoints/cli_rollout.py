@@ -159,7 +159,13 @@ def promote(
         if "revision" not in d:
             console.print(f"{system}: promoting the canary to 100 %")
             return
-        console.print(f"{system}: rolling out revision {d['number']} ({d['revision']})")
+        if d.get("rollback"):
+            console.print(
+                f"{system}: back to revision {d['number']} ({d['revision']}), the previous stable, still warm:"
+                " at once, without canary steps"
+            )
+        else:
+            console.print(f"{system}: rolling out revision {d['number']} ({d['revision']})")
         for note in d.get("changes", []):
             console.print(f"  {note}")
         for o in d.get("overrides", []):

@@ -181,6 +181,7 @@ class PromoteResult(Model):
     number: int | None = None
     changes: list[str] = Field(default_factory=list)
     overrides: list[str] = Field(default_factory=list)
+    rollback: bool = False  # the revision is the previous stable, still warm: back to it at once, no steps
 
 
 class CommandResult(Model):

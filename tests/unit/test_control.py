@@ -158,8 +158,11 @@ def test_promote_on_kubernetes_names_a_revision_and_is_refused_while_another_rol
     k, mem = kube(PROMOTED)
     done = k.promote("sys", control.PromoteRequest(revision=C, modules=["head@3"]), actor=ME)
     assert (done.revision, done.number, mem.read("sys").target, mem.read("sys").modules) == (C, 3, C, ["head@3"])
+    assert not done.rollback  # a new revision: a canary
     with pytest.raises(Conflict, match="already stable"):
         kube(PROMOTED)[0].promote("sys", control.PromoteRequest(revision=B), actor=ME)
+    back = kube(PROMOTED)[0].promote("sys", control.PromoteRequest(revision=A), actor=ME)
+    assert back.rollback and back.revision == A  # the previous stable, still warm: no canary steps
 
 
 def test_a_target_the_operators_policy_refused_is_replaced_by_the_next_promote() -> None:
