@@ -94,17 +94,21 @@ class ClientConn(asyncio.Protocol):
         t.close()
 
     def send(self, data: bytes) -> None:
-        """Send the answer to the oldest request not answered yet."""
+        """Send the answer to the oldest request not answered yet.
+
+        On a kept connection the journal counts the answer first, then it is written: a kill between
+        the two (a few bytecodes, no system call) loses that answer. Written first, the window would
+        include the write itself, after which the kernel often runs the woken client before this
+        process again, and a kill there made the next router answer that request twice."""
+        if self.slot is not None and self.router.kept is not None:
+            self.answered += 1
+            if self.answered >= self.parsed and not self._mid:  # everything read is answered: empty the slot
+                self.parsed = self.answered = self.length = 0
+                self.router.kept.journal.mark(self.slot, 0, 0)
+            elif self.length != connkeep.OVERFLOW:
+                self.router.kept.journal.mark(self.slot, self.length, self.answered)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-        if self.slot is None or self.router.kept is None:
-            return
-        self.answered += 1
-        if self.answered >= self.parsed and not self._mid:  # everything read is answered: empty the slot
-            self.parsed = self.answered = self.length = 0
-            self.router.kept.journal.mark(self.slot, 0, 0)
-        elif self.length != connkeep.OVERFLOW:
-            self.router.kept.journal.mark(self.slot, self.length, self.answered)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
