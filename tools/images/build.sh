@@ -12,16 +12,9 @@
 # the tag; progress goes to stderr.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-CACHE=${MODSHIP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modship}
-PY=${PYTHON:-$REPO/.venv/bin/python}
-export DOCKER_HOST=${DOCKER_HOST:-unix:///run/modship-docker.sock} DOCKER_BUILDKIT=0
-
-log() { printf '[images] %s\n' "$*" >&2; }
-die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
-
-[[ -x $PY ]] || die "no venv python at $PY: run make venv"
+PREFIX=images
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 app=$(awk -F'"' '/^appVersion:/{print $2}' "$REPO/charts/modship/Chart.yaml")
 TAG=${1:-ghcr.io/modship/modship:$app}
 [[ $TAG == *:* && $TAG != *:latest ]] || die "tag $TAG: give REPOSITORY:VERSION (never :latest)"

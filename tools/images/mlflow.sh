@@ -9,18 +9,11 @@
 # Needs DOCKER_HOST (default: the private modship daemon) and the venv. The last line of stdout is the tag.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-CACHE=${MODSHIP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modship}
-PY=${PYTHON:-$REPO/.venv/bin/python}
-export DOCKER_HOST=${DOCKER_HOST:-unix:///run/modship-docker.sock} DOCKER_BUILDKIT=0
+PREFIX=mlflow-image
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # What only MLflow's clients import (models, plots, evaluation): left out of the server image.
 CLIENT_ONLY='^(scipy|scikit_learn|matplotlib|pyarrow|contourpy|kiwisolver|fonttools|pillow|cycler|pyparsing|skops|joblib|threadpoolctl|docker|prettytable|wcwidth)-'
-
-log() { printf '[mlflow-image] %s\n' "$*" >&2; }
-die() { printf '[mlflow-image] ERROR: %s\n' "$*" >&2; exit 1; }
-
-[[ -x $PY ]] || die "no venv python at $PY: run make venv"
 version=$("$PY" -c 'import importlib.metadata as m; print(m.version("mlflow"))')
 TAG=${1:-modship.local/mlflow:$version}
 # The image is reused only if it was built from these inputs (an edit of the Dockerfile rebuilds it).
