@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard, assert_never
+from typing import Any, NamedTuple, assert_never
 
 import orjson
 
@@ -85,9 +85,9 @@ CHAR_EDGES: tuple[int, ...] = refstats.TEXT_LENGTH_EDGES
 Block = Mapping[str, Any]  # one revision in a snapshot
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What one response of a composed service says, as far as analysis cares."""
+class Answer(NamedTuple):
+    """What one response of a composed service says, as far as analysis cares (a tuple: the
+    router builds one per answer it relays)."""
 
     labels: tuple[str, ...]
     confidences: tuple[float, ...]
@@ -104,42 +104,41 @@ def _loads(body: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _number(v: object) -> TypeGuard[float]:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 def answer(body: bytes) -> Answer | None:
-    """Parse a ``/predict`` response body; None when it is not a JSON object. One pass over the
-    predictions and one over the evaluations: the router calls this for every answer it relays."""
+    """Parse a ``/predict`` response body; None when it is not a JSON object. The router calls this
+    for every answer it relays: one prediction (the common case) takes no loop, and types are
+    compared exactly (what orjson returns), so ``true`` is no number."""
     doc = _loads(body)
     if doc is None:
         return None
     preds = doc.get("prediction")
-    if isinstance(preds, dict):
-        preds = [preds]
-    labels: list[str] = []
-    confs: list[float] = []
-    if isinstance(preds, list):
-        for p in preds:
-            if isinstance(p, dict):
-                label = p.get("label")
-                if isinstance(label, str):
-                    labels.append(label)
-                c = p.get("confidence")
-                if _number(c):
-                    confs.append(float(c))
+    labels: tuple[str, ...] = ()
+    confs: tuple[float, ...] = ()
+    if type(preds) is dict:
+        label, c = preds.get("label"), preds.get("confidence")
+        if type(label) is str:
+            labels = (label,)
+        if type(c) is float or type(c) is int:
+            confs = (float(c),)
+    elif type(preds) is list:
+        labels = tuple(p["label"] for p in preds if type(p) is dict and type(p.get("label")) is str)
+        confs = tuple(
+            float(p["confidence"])
+            for p in preds
+            if type(p) is dict and (type(p.get("confidence")) is float or type(p.get("confidence")) is int)
+        )
     passed = failed = 0
     evals = doc.get("evaluation")
-    if isinstance(evals, list):
+    if type(evals) is list:
         for e in evals:
-            if isinstance(e, dict) and "passed" in e:
+            if type(e) is dict and "passed" in e:
                 if e["passed"] is True:
                     passed += 1
                 else:
                     failed += 1
     meta = doc.get("meta")
-    fallbacks = meta.get("fallbacks") if isinstance(meta, dict) else None
-    return Answer(tuple(labels), tuple(confs), passed, failed, bool(fallbacks))
+    fallbacks = meta.get("fallbacks") if type(meta) is dict else None
+    return Answer(labels, confs, passed, failed, bool(fallbacks))
 
 
 def input_lengths(body: bytes) -> tuple[int, ...]:
@@ -214,11 +213,20 @@ class Record:
             b.reset(sec)
         return b
 
-    def request(
-        self, now: float, *, latency: float | None, error: bool, fallback: bool = False, mirrored: bool = False
+    def add(
+        self,
+        now: float,
+        latency: float | None,
+        *,
+        error: bool,
+        fallback: bool = False,
+        mirrored: bool = False,
+        lengths: Iterable[int] = (),
+        answer: Answer | None = None,
     ) -> None:
-        """A request this revision was sent. ``latency`` is None when no connection was made;
-        ``fallback``: it failed and was retried on stable."""
+        """One request this revision was sent, all it says in one bucket lookup. ``latency`` is None
+        when no connection was made; ``fallback``: it failed and was retried on stable; ``lengths``:
+        of its input texts; ``answer``: what its answer said (None: no readable 2xx answer)."""
         b = self._at(now)
         if mirrored:
             b.m_requests += 1
@@ -229,22 +237,26 @@ class Record:
             b.fallbacks += fallback
         if latency is not None:
             b.latency[bisect.bisect_right(LATENCY_EDGES, latency) - 1] += 1
+        if lengths:
+            chars = b.chars
+            for n in lengths:
+                chars[bisect.bisect_right(CHAR_EDGES, n) - 1] += 1
+        if answer is not None:
+            labels = b.labels
+            for label in answer.labels:
+                labels[label] = labels.get(label, 0) + 1
+            if answer.confidences:
+                b.conf_sum += sum(answer.confidences)
+                b.conf_count += len(answer.confidences)
+            b.passed += answer.passed
+            b.failed += answer.failed
+            b.step_fallbacks += answer.step_fallback
 
-    def answered(self, now: float, a: Answer) -> None:
-        b = self._at(now)
-        labels = b.labels
-        for label in a.labels:
-            labels[label] = labels.get(label, 0) + 1
-        b.conf_sum += sum(a.confidences)
-        b.conf_count += len(a.confidences)
-        b.passed += a.passed
-        b.failed += a.failed
-        b.step_fallbacks += a.step_fallback
-
-    def inputs(self, now: float, lengths: Iterable[int]) -> None:
-        chars = self._at(now).chars
-        for n in lengths:
-            chars[bisect.bisect_right(CHAR_EDGES, n) - 1] += 1
+    def request(
+        self, now: float, *, latency: float | None, error: bool, fallback: bool = False, mirrored: bool = False
+    ) -> None:
+        """A request this revision was sent (``add`` without what it carried)."""
+        self.add(now, latency, error=error, fallback=fallback, mirrored=mirrored)
 
     def compared(self, now: float, *, disagreed: bool) -> None:
         b = self._at(now)

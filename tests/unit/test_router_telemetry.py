@@ -100,11 +100,9 @@ def test_records_sum_over_the_window_only() -> None:
     rec = t.record("r2", "canary")
     rec.request(NOW - 100, latency=0.004, error=False)  # outside a 60 s window
     rec.request(NOW - 59, latency=0.004, error=True, fallback=True)  # the oldest second of the window
-    rec.request(NOW, latency=0.02, error=False)
-    rec.request(NOW, latency=None, error=True, mirrored=True)
-    rec.answered(NOW, Answer(("sport",), (0.5,), 1, 0, True))
-    rec.answered(NOW, Answer(("tech", "sport"), (1.0, 0.5), 0, 1, False))
-    rec.inputs(NOW, [5, 45, 6000])
+    rec.add(NOW, 0.02, error=False, lengths=[5, 45, 6000], answer=Answer(("sport",), (0.5,), 1, 0, True))
+    # a mirrored request: not routed traffic, but what its answer says counts in the aggregates
+    rec.add(NOW, None, error=True, mirrored=True, answer=Answer(("tech", "sport"), (1.0, 0.5), 0, 1, False))
     rec.compared(NOW, disagreed=True)
     rec.compared(NOW, disagreed=False)
 

@@ -54,16 +54,18 @@ class Recorder:
         now = time.time() if now is None else now
         revision, role, tried, fallback, _ = leg
         resp, kind, latency = tried.resp, tried.kind, tried.latency
-        rec = self.telemetry.record(revision, role)
-        rec.request(now, latency=latency, error=kind is not None, fallback=fallback, mirrored=mirrored)
-        lengths = req.lengths()
-        if lengths:
-            rec.inputs(now, lengths)
         answer = None
         if resp is not None and 200 <= resp.status < 300 and resp.body:
             answer = telemetry.answer(resp.body)
-            if answer is not None:
-                rec.answered(now, answer)
+        self.telemetry.record(revision, role).add(
+            now,
+            latency,
+            error=kind is not None,
+            fallback=fallback,
+            mirrored=mirrored,
+            lengths=req.lengths(),
+            answer=answer,
+        )
         c = self.counters
         if kind is not None:
             c.inc(c.upstream_errors, (revision, kind))

@@ -1,22 +1,28 @@
 """The connection pool: keep-alive HTTP/1.1 connections to one upstream (``http://host:port``),
 one request at a time each. A reused connection that dies before answering is replaced once by a
 fresh one within the same deadline (the upstream closed it while idle: safe to retry).
+
+Request timeouts are checked by one ticker per event loop (every ``TICK_S`` while any request is
+in flight), not by a timer per request: arming and cancelling a loop timer for every request cost
+about a tenth of the router's CPU, and a timeout fires at most ``TICK_S`` late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable
 from typing import cast
 
 import httptools
 
-from controller.adapters.router.wire import FRAMING, MAX_RESPONSE, Response
+from controller.adapters.router.wire import MAX_RESPONSE, Response, notable
 
 UPSTREAM_IDLE_S = 4.0  # reuse idle upstream connections younger than this (uvicorn closes at 5 s)
 MAX_IDLE_PER_UPSTREAM = 128
 CONNECT_TIMEOUT_S = 2.0  # upstreams are on loopback: a connect that takes longer will not succeed
+TICK_S = 0.02  # how often the deadlines of requests in flight are checked
 
 
 class UpstreamError(Exception):
@@ -32,21 +38,55 @@ class UpstreamError(Exception):
 Done = Callable[[Response | None, "UpstreamError | None"], None]  # a response, or why none came
 
 
+class Deadlines:
+    """The requests in flight on one event loop and their deadlines, checked every ``TICK_S``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.flight: set[Connection] = set()
+        self._tick: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        watch = _DEADLINES.get(loop)
+        if watch is None:
+            watch = _DEADLINES[loop] = cls(loop)
+        return watch
+
+    def add(self, conn: Connection) -> None:
+        self.flight.add(conn)
+        if self._tick is None:
+            self._tick = self.loop.call_later(TICK_S, self.check)
+
+    def check(self) -> None:
+        now = self.loop.time()
+        for conn in [c for c in self.flight if c.deadline <= now]:
+            self.flight.discard(conn)
+            conn.timed_out()
+        self._tick = self.loop.call_later(TICK_S, self.check) if self.flight else None
+
+
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = weakref.WeakKeyDictionary()
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection to an upstream; one request at a time. ``request`` calls ``done``
     exactly once, from the event loop (no future, no task: the router's fast path chains callbacks)."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines.of(self.loop)
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = True
         self._waiter: Done | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time by which the request in flight must be answered
+        self._timeout = 0.0
         self._got = self._head = self._headers_done = self._framed = False
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._raw: list[bytes] = []  # what came until the head was complete
+        self._headbytes = b""
+        self._notable: frozenset[bytes] = frozenset()
         self._body: list[bytes] = []
         self._size = 0
 
@@ -86,23 +126,23 @@ class Connection(asyncio.Protocol):
         self._waiter = done
         self._got = self._headers_done = self._framed = False
         self._head = head
-        self._reason = b""
-        self._headers = []
+        self._raw = []
+        self._headbytes = b""
         self._body = []
         self._size = 0
-        self._timer = self.loop.call_later(timeout, self._timed_out, timeout)
+        self._timeout = timeout
+        self.deadline = self.loop.time() + timeout
+        self.deadlines.add(self)
 
-    def _timed_out(self, timeout: float) -> None:
-        self._timer = None
-        self._fail(UpstreamError("timeout", f"no complete response within {timeout:g}s"))
+    def timed_out(self) -> None:
+        """Called by ``Deadlines`` once the deadline passed."""
+        self._fail(UpstreamError("timeout", f"no complete response within {self._timeout:g}s"))
         if self.transport is not None:
             self.transport.abort()
 
     def _fail(self, exc: UpstreamError) -> None:
         waiter, self._waiter = self._waiter, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadlines.flight.discard(self)
         if waiter is not None:
             self.reusable = False
             waiter(None, exc)
@@ -111,11 +151,9 @@ class Connection(asyncio.Protocol):
         waiter, self._waiter = self._waiter, None
         if waiter is None:
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadlines.flight.discard(self)
         keep = self.reusable and not self.closed and self.parser.should_keep_alive()
-        resp = Response(self.parser.get_status_code(), self._reason, self._headers, b"".join(self._body), keep)
+        resp = Response(self.parser.get_status_code(), self._headbytes, b"".join(self._body), keep, self._notable)
         waiter(resp, None)
 
     def data_received(self, data: bytes) -> None:
@@ -124,23 +162,30 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self._got = True
+        if not self._headers_done:
+            self._raw.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError("connect", f"invalid response: {exc.__context__ or exc}"))
             self.close()
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name in FRAMING:
-            self._framed = True  # a close before the end truncates the body: an error, not the end
-        self._headers.append((name, value))
-
     def on_headers_complete(self) -> None:
+        raw = self._raw[0] if len(self._raw) == 1 else b"".join(self._raw)
+        self._raw = []
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:  # a bare LF head: rebuilt with CRLF for relaying
+            end = raw.find(b"\n\n")
+            self._headbytes = raw[:end].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n\r\n"
+        else:
+            self._headbytes = raw[: end + 4]
+        if self.parser.get_status_code() < 200:  # an interim answer (100 Continue): the real one follows
+            self._raw = [raw[end + 4 :]] if end >= 0 else []
+            return
         self._headers_done = True
+        self._notable = notable(self._headbytes)
+        # a close before the end truncates a framed body: an error, not the end
+        self._framed = b"content-length" in self._notable or b"transfer-encoding" in self._notable
         if self._head:  # no body follows; the parser cannot be told, so the connection is not reused
             self.reusable = False
             self._finish()

@@ -6,6 +6,7 @@ out, since both sides are buffered.
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 import orjson
@@ -34,6 +35,12 @@ NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
 _CLOSE = b"connection: close\r\n"
+# the header names (in a lower-cased head) that decide whether a response is relayed as it came
+_NOTABLE = re.compile(
+    rb"\n(c(?:onnection|ontent-length)|keep-alive|proxy-connection|t(?:e|railer|ransfer-encoding)|upgrade|expect"
+    rb"|x-modship-revision):"
+)
+_KEEPS = frozenset({b"content-length", b"x-modship-revision"})
 
 
 class Reject(Exception):
@@ -45,18 +52,36 @@ class Reject(Exception):
 
 
 class Response:
-    """An upstream's answer, buffered."""
+    """An upstream's answer, buffered: its head as it came (status line and header lines, up to and
+    including the blank line) and its body (de-chunked)."""
 
-    __slots__ = ("body", "headers", "keep_alive", "reason", "status")
+    __slots__ = ("body", "head", "keep_alive", "notable", "status")
 
     def __init__(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool
+        self, status: int, head: bytes, body: bytes, keep_alive: bool, known: frozenset[bytes] | None = None
     ) -> None:
         self.status = status
-        self.reason = reason
-        self.headers = headers  # names lower-cased
+        self.head = head
         self.body = body
         self.keep_alive = keep_alive
+        self.notable = notable(head) if known is None else known  # see ``notable``
+
+    @property
+    def reason(self) -> bytes:
+        line = self.head[: self.head.find(b"\r\n")]
+        return line.split(b" ", 2)[2] if line.count(b" ") >= 2 else b""
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The header lines, names lower-cased (parsed from ``head`` when asked)."""
+        lines = self.head.split(b"\r\n")[1:]
+        pairs = (line.partition(b":") for line in lines if line)
+        return [(n.strip().lower(), v.strip()) for n, _, v in pairs]
+
+
+def notable(head: bytes) -> frozenset[bytes]:
+    """Which of the header names ``relay`` cares about a response head carries (lower-cased)."""
+    return frozenset(_NOTABLE.findall(head.lower()))
 
 
 class Request:
@@ -134,14 +159,26 @@ def json(status: int, doc: object, *, keep_alive: bool, extra: bytes = b"") -> b
 
 def relay(resp: Response, *, tail: bytes, keep_alive: bool, head: bool) -> bytes:
     """The upstream's response for the client. ``tail``: modship's header lines
-    (``x-modship-revision``, unless the upstream named one, then ``x-modship-routed``)."""
+    (``x-modship-revision``, unless the upstream named one, then ``x-modship-routed``).
+
+    A head that is HTTP/1.1, framed by Content-Length and free of hop-by-hop headers (what an
+    upstream on keep-alive sends) is relayed as it came, the tail spliced in before its blank line;
+    any other is rebuilt header by header."""
+    named = b"x-modship-revision" in resp.notable
+    if b"content-length" in resp.notable and resp.notable <= _KEEPS and resp.head.startswith(b"HTTP/1.1 "):
+        return b"".join(
+            (
+                resp.head[:-2],
+                tail[tail.index(b"\n") + 1 :] if named else tail,
+                b"" if keep_alive else _CLOSE,
+                b"\r\n",
+                b"" if head else resp.body,
+            )
+        )
     parts = [status_line(resp.status, resp.reason)]
-    named = False
     for n, v in resp.headers:
         if n in HOP_BY_HOP and not (head and n == b"content-length"):
             continue
-        if n == b"x-modship-revision":
-            named = True
         parts += (n, b": ", v, b"\r\n")
     parts.append(tail[tail.index(b"\n") + 1 :] if named else tail)
     if not head:

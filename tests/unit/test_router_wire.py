@@ -1,0 +1,80 @@
+"""The router's wire format: an upstream's answer relayed to the client, as it came where it can be,
+rebuilt header by header where it cannot."""
+
+from __future__ import annotations
+
+import httptools
+import pytest
+
+from controller.adapters.router import wire
+
+TAIL = wire.tail(b"r2", b"canary")
+BODY = b'{"prediction": {"label": "sport"}}'
+
+
+def response(head: bytes, body: bytes = BODY) -> wire.Response:
+    status = int(head.split(b" ", 2)[1])
+    return wire.Response(status, head, body, keep_alive=True)
+
+
+def parsed(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """What a client makes of the relayed bytes: status, headers (names lower-cased), body."""
+    got: dict[str, object] = {"headers": [], "body": b""}
+
+    class Sink:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            got["headers"].append((name.lower(), value))  # type: ignore[attr-defined]
+
+        def on_body(self, body: bytes) -> None:
+            got["body"] += body  # type: ignore[operator]
+
+    p = httptools.HttpResponseParser(Sink())
+    p.feed_data(data)
+    return p.get_status_code(), got["headers"], got["body"]  # type: ignore[return-value]
+
+
+def test_a_plain_head_is_relayed_as_it_came_with_modships_lines_before_the_blank_line() -> None:
+    head = b"HTTP/1.1 200 OK\r\nDate: Mon, 30 Nov 2026 12:00:00 GMT\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    out = wire.relay(response(head), tail=TAIL, keep_alive=True, head=False)
+    assert out == head[:-2] + TAIL + b"\r\n" + BODY
+    closing = wire.relay(response(head), tail=TAIL, keep_alive=False, head=False)
+    assert b"connection: close\r\n\r\n" in closing
+
+
+def test_an_upstream_that_names_its_revision_keeps_its_name() -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-Modship-Revision: topic@3\r\ncontent-length: %d\r\n\r\n" % len(BODY)
+    status, headers, body = parsed(wire.relay(response(head), tail=TAIL, keep_alive=True, head=False))
+    assert [v for n, v in headers if n == b"x-modship-revision"] == [b"topic@3"]
+    assert (b"x-modship-routed", b"canary") in headers and (status, body) == (200, BODY)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.0 200 OK\r\ncontent-length: %d\r\n\r\n" % len(BODY),  # not our protocol version
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\ncontent-length: %d\r\n\r\n"
+        % len(BODY),  # hop-by-hop headers
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",  # the body was de-chunked
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n",  # framed by the close
+    ],
+)
+def test_any_other_head_is_rebuilt_with_our_framing_and_no_hop_by_hop_header(head: bytes) -> None:
+    out = wire.relay(response(head), tail=TAIL, keep_alive=True, head=False)
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    status, headers, body = parsed(out)
+    names = [n for n, _ in headers]
+    assert not set(names) & (wire.HOP_BY_HOP - {b"content-length"})
+    assert names.count(b"content-length") == 1 and (status, body) == (200, BODY)
+    assert (b"x-modship-revision", b"r2") in headers
+
+
+def test_a_head_request_gets_the_upstreams_length_and_no_body() -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 120\r\n\r\n"
+    out = wire.relay(response(head, b""), tail=TAIL, keep_alive=True, head=True)
+    assert out.endswith(b"\r\n\r\n") and b"content-length: 120\r\n" in out
+
+
+def test_the_reason_and_headers_are_read_from_the_head() -> None:
+    r = response(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After:  3 \r\n\r\n", b"")
+    assert r.reason == b"Service Unavailable" and r.headers == [(b"retry-after", b"3")]
+    assert r.notable == frozenset()
