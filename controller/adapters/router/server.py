@@ -25,7 +25,6 @@ from controller.plan import telemetry
 log = logging.getLogger("modship.router")
 
 CLIENT_IDLE_S = 75.0  # close idle (or stalled) client connections after this
-GC_YOUNG = 50_000  # allocations between collections of the youngest generation
 
 
 class Router:
@@ -191,9 +190,6 @@ async def run(
     router.load()
     gc.collect()
     gc.freeze()  # what startup allocated is never garbage: later collections need not walk it
-    # requests allocate many short-lived containers that refcounting frees; collecting the young
-    # generation every 700 allocations (the default) cost about 5 % of the router's CPU
-    gc.set_threshold(GC_YOUNG, 20, 100)
     loop = asyncio.get_running_loop()
     if sock is not None:  # held by the local runtime's supervisor across restarts of this process
         server = await loop.create_server(lambda: ClientConn(router), sock=sock, backlog=2048)
