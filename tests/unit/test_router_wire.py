@@ -3,10 +3,13 @@ rebuilt header by header where it cannot."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httptools
 import pytest
 
 from controller.adapters.router import wire
+from controller.adapters.router.upstream import Connection, UpstreamError
 
 TAIL = wire.tail(b"r2", b"canary")
 BODY = b'{"prediction": {"label": "sport"}}'
@@ -78,3 +81,44 @@ def test_the_reason_and_headers_are_read_from_the_head() -> None:
     r = response(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After:  3 \r\n\r\n", b"")
     assert r.reason == b"Service Unavailable" and r.headers == [(b"retry-after", b"3")]
     assert r.notable == frozenset()
+
+
+class _Transport:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def answers(*chunks: bytes) -> list[tuple[wire.Response | None, object]]:
+    """What an upstream connection hands the router for a response arriving in ``chunks``."""
+
+    async def go() -> list[tuple[wire.Response | None, object]]:
+        conn = Connection()
+        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        got: list[tuple[wire.Response | None, object]] = []
+        conn.request(b"GET / HTTP/1.1\r\n\r\n", 5.0, False, lambda r, e: got.append((r, e)))
+        for c in chunks:
+            conn.data_received(c)
+        return got
+
+    return asyncio.run(go())
+
+
+def test_the_upstream_head_is_kept_as_it_came_across_chunks() -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-Modship-Revision: r9\r\ncontent-length: %d\r\n\r\n" % len(BODY)
+    data = head + BODY
+    [(resp, exc)] = answers(data[:7], data[7:30], data[30:])
+    assert exc is None and resp is not None
+    assert (resp.head, resp.body, resp.status) == (head, BODY, 200)
+    assert resp.notable == {b"x-modship-revision", b"content-length"}
+
+
+def test_a_head_with_bare_lf_lines_is_refused_as_invalid() -> None:
+    """The head is cut at its CRLF blank line: the parser must refuse anything else."""
+    [(resp, exc)] = answers(b"HTTP/1.1 200 OK\nx-a: 1\ncontent-length: %d\n\n" % len(BODY) + BODY)
+    assert resp is None and isinstance(exc, UpstreamError) and "invalid response" in str(exc)
