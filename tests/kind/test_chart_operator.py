@@ -7,7 +7,7 @@ kindenv published for NodePorts 30080 (the router) and 30500 (MLflow); its ``kin
 is skipped because the cluster exists. It builds the images (the kind node, the operator, MLflow from
 tools/images/mlflow.sh), runs MLflow in the cluster (SQLite on an emptyDir), registers the example
 modules in it from the host, builds two revisions of topic-classifier as images with ``modship image
-build`` (head v1 stable, head v2 canary) and ``kind load``s them, ``helm install``s charts/modship
+build`` (head v1 stable, head v2 canary) and ``kind load``s them, installs charts/modship by ``helm upgrade --install``
 (2 replicas electing a leader by Lease, registry.url = MLflow's Service), applies the example Rollout
 rendered with ``--traffic modship`` and promotes the canary. Then the test:
 

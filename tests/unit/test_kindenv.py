@@ -45,7 +45,7 @@ def test_the_walkthrough_cluster_config_is_kindenvs() -> None:
 
 def test_the_readme_walkthrough_names_files_that_exist() -> None:
     block = walkthrough()
-    assert "kind create cluster" in block and "helm install modship charts/modship" in block
+    assert "kind create cluster" in block and "helm upgrade --install modship charts/modship" in block
     assert "[step]" in block  # numbered comments became timestamps
     for path in sorted(set(re.findall(r"(?:examples|tools|charts)/[\w./-]+", block))):
         assert (REPO_ROOT / path).exists(), path
