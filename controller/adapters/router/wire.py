@@ -30,7 +30,6 @@ HOP_BY_HOP = frozenset(
         b"expect",
     }
 )
-FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
