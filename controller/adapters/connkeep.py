@@ -20,9 +20,9 @@ inference endpoints — reads a model and changes nothing; the admin API's write
 configuration, so sending one twice is the same as once. A connection whose unanswered bytes
 outgrow a slot (``SLOT_DATA``, far above a request of the shipped examples) is marked; a
 restarted router closes it instead of resuming it. What remains lost: a connection accepted but not
-yet handed over, bytes read but not yet journaled, and an answer written but not yet counted (the
-client would then get it twice): each a window of microseconds, against requests that take
-milliseconds.
+yet handed over (the router hands it over right after its ``accept`` returns), bytes read but not
+yet journaled, and an answer counted but not yet written: each a window of a few microseconds,
+against requests that take milliseconds.
 
 The journal's slot: an 8-byte header, ``length`` and ``answered`` (two u32, written in one store),
 then up to ``SLOT_DATA`` bytes. Messages on the Unix socket (``SOCK_SEQPACKET``):

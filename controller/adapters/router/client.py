@@ -4,8 +4,9 @@ callbacks, without a task); what it declines, and everything queued behind a req
 served by one worker task per connection.
 
 Kept connections (``kept``: the router runs under the local runtime's supervisor) are handed over
-on accept, journaled as read and counted as answered, so that a restarted router resumes them
-(``replay``: the journal's bytes, parsed again, the requests answered already skipped).
+as they are accepted (``kept.Acceptor``), journaled as read and counted as answered, so that a
+restarted router resumes them (``replay``: the journal's bytes, parsed again, the requests
+answered already skipped).
 """
 
 from __future__ import annotations
@@ -71,8 +72,7 @@ class ClientConn(asyncio.Protocol):
             return
         sock = transport.get_extra_info("socket")
         self._fd, self._family = sock.fileno(), sock.family
-        if self._replay is None:
-            self.slot = keeper.hold(self._fd)
+        if self._replay is None:  # handed over on accept (``kept.Acceptor``), in ``slot`` if kept
             return
         data, self.answered = self._replay
         self.length, self.skip, self._replay = len(data), self.answered, None

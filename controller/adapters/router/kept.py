@@ -2,6 +2,13 @@
 the design): slots, the hand-over of each accepted connection, close notices (batched once per
 loop iteration), the journal, and the connections handed back at start.
 
+A kept router accepts by itself (``Acceptor``) rather than through the loop's server: the
+connection goes to the supervisor in the system call right after the ``accept`` that returned it
+(its slot chosen and emptied before, the message ready). The loop's server makes the protocol's
+``connection_made`` (where the hand-over would be) a callback of its own, run after the rest of the
+loop iteration: a SIGKILL in that gap (tens to hundreds of microseconds under load) lost the
+connection, and its client read an EOF.
+
 Only a router started by the local runtime's supervisor has a keeper (``MODSHIP_KEEP_FD`` and
 ``MODSHIP_JOURNAL_FD`` set); a router started by hand serves as before.
 """
@@ -14,13 +21,15 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 from controller.adapters import connkeep
 
 log = logging.getLogger("modship.router")
 
 HAND_BACK_S = 10.0  # the supervisor queues them before the router starts: this is a mere safeguard
-_SLOT = struct.Struct("<I")
+_SLOT, _FD = struct.Struct("<I"), struct.Struct("i")
+_HOLD = [b"H" + _SLOT.pack(slot) for slot in range(connkeep.SLOTS)]  # the hand-over messages, ready
 
 
 class Kept:
@@ -47,19 +56,27 @@ class Kept:
         kept.free = [s for s in kept.free if s not in taken]
         return kept, [(slot, socket.socket(fileno=fd)) for slot, fd in back]
 
-    def hold(self, fd: int) -> int | None:
-        """Give the supervisor a copy of a freshly accepted connection; its slot, or None when it
-        cannot be kept (every slot taken, the channel full)."""
+    def reserve(self) -> int | None:
+        """A free slot for the next connection accepted, already empty in the journal (None: every
+        slot is taken; that connection is served, not kept)."""
         if not self.free:
             return None
         slot = self.free.pop()
         self.journal.mark(slot, 0, 0)
+        return slot
+
+    def unreserve(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def hold(self, slot: int, fd: int) -> bool:
+        """Give the supervisor a copy of the connection just accepted, in a ``reserve``d slot; False
+        (the slot free again) if the channel refused it."""
         try:
-            socket.send_fds(self.channel, [b"H" + _SLOT.pack(slot)], [fd])
+            self.channel.sendmsg([_HOLD[slot]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
         except OSError:
             self.free.append(slot)
-            return None
-        return slot
+            return False
+        return True
 
     def release(self, slot: int) -> None:
         """The connection in ``slot`` is closed: the supervisor closes its copy (the slot is free
@@ -88,3 +105,39 @@ def shut(family: int, fd: int) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.detach()
+
+
+class Acceptor:
+    """Accept on the supervisor's listening socket and hand each connection over at once; ``open``
+    then serves it (on the loop, given the slot it is kept in, or None if it could not be kept)."""
+
+    BATCH = 64  # connections accepted per wakeup at most, so that serving the others goes on
+
+    def __init__(
+        self, sock: socket.socket, keeper: Kept, open: Callable[[socket.socket, int | None], None], *, backlog: int
+    ) -> None:
+        self.sock, self.keeper, self.open = sock, keeper, open
+        sock.listen(backlog)
+        sock.setblocking(False)
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(sock.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        keeper, accept = self.keeper, self.sock._accept  # type: ignore[attr-defined]  # the fd alone: quickest
+        for _ in range(self.BATCH):
+            slot = keeper.reserve()  # before the accept, which the hand-over then follows at once
+            try:
+                fd, _ = accept()
+            except OSError as exc:
+                if slot is not None:
+                    keeper.unreserve(slot)
+                if not isinstance(exc, (BlockingIOError, InterruptedError)):  # out of fds, and the like:
+                    log.warning("accept failed: %s", exc)  # the backlog keeps them meanwhile
+                return
+            if slot is not None and not keeper.hold(slot, fd):
+                slot = None
+            self.open(socket.socket(self.sock.family, socket.SOCK_STREAM, 0, fileno=fd), slot)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()

@@ -25,6 +25,7 @@ from controller.plan import telemetry
 log = logging.getLogger("modship.router")
 
 CLIENT_IDLE_S = 75.0  # close idle (or stalled) client connections after this
+BACKLOG = 2048
 
 
 class Router:
@@ -42,6 +43,7 @@ class Router:
         self.recorder = Recorder(self.telemetry, self.counters)
         self.mirrors = Mirrors(self.recorder)
         self.clients: set[ClientConn] = set()
+        self._opening: set[asyncio.Task[object]] = set()
 
     def _weights(self) -> metrics.Weights:
         r = self.routes.current
@@ -167,6 +169,23 @@ class Router:
         conn = ClientConn(self, slot=slot, replay=(data, answered))
         await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock)
 
+    def accepted(self, sock: socket.socket, slot: int | None) -> None:
+        """Serve a connection ``kept.Acceptor`` accepted and handed over (in ``slot``)."""
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[object] = loop.create_task(
+            loop.connect_accepted_socket(lambda: ClientConn(self, slot=slot), sock)
+        )
+        self._opening.add(task)
+        task.add_done_callback(lambda t: self._opened(t, sock, slot))
+
+    def _opened(self, task: asyncio.Task[object], sock: socket.socket, slot: int | None) -> None:
+        self._opening.discard(task)
+        if task.cancelled() or task.exception() is not None:  # gone before it was served: nothing was read
+            log.debug("accepted connection dropped: %r", None if task.cancelled() else task.exception())
+            sock.close()
+            if slot is not None and self.kept is not None:
+                self.kept.release(slot)
+
     def sweep(self, now: float) -> None:
         """Close client connections idle (or stalled mid-request) for ``CLIENT_IDLE_S``."""
         idle = [c for c in self.clients if c.worker is None and not c.busy and now - c.last_active > CLIENT_IDLE_S]
@@ -191,11 +210,18 @@ async def run(
     gc.collect()
     gc.freeze()  # what startup allocated is never garbage: later collections need not walk it
     loop = asyncio.get_running_loop()
-    if sock is not None:  # held by the local runtime's supervisor across restarts of this process
-        server = await loop.create_server(lambda: ClientConn(router), sock=sock, backlog=2048)
+    server: asyncio.Server | None = None
+    acceptor: kept.Acceptor | None = None
+    if keeper is not None:  # each connection handed over as it is accepted
+        sock = sock if sock is not None else socket.create_server((host, port))
+        acceptor = kept.Acceptor(sock, keeper, router.accepted, backlog=BACKLOG)
+        bound = sock.getsockname()[1]
     else:
-        server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=2048)
-    bound = server.sockets[0].getsockname()[1] if server.sockets else port
+        if sock is not None:  # held by the local runtime's supervisor across restarts of this process
+            server = await loop.create_server(lambda: ClientConn(router), sock=sock, backlog=BACKLOG)
+        else:
+            server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=BACKLOG)
+        bound = server.sockets[0].getsockname()[1] if server.sockets else port
     for slot, client in resumed:
         await router.resume(slot, client)
     log.info(
@@ -218,8 +244,12 @@ async def run(
         await stop.wait()
     finally:
         sweep.cancel()
-        server.close()
+        if acceptor is not None:
+            acceptor.close()
+        if server is not None:
+            server.close()
         await router.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                await server.wait_closed()
+        if server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await server.wait_closed()
