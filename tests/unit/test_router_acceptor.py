@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
+
+import pytest
 
 from controller.adapters import connkeep
 from controller.adapters.router import kept
@@ -48,6 +51,62 @@ def test_each_connection_is_held_by_the_supervisor_before_the_router_opens_it() 
         assert len(seen) == 5
         assert all(held for _, held in seen), seen  # the supervisor held it first
         assert len({slot for slot, _ in seen}) == 5  # a slot each
+    finally:
+        for c in opened:
+            c.close()
+        theirs.close()
+        holder.close()
+
+
+class _OutOfFds(socket.socket):
+    """A listening socket whose ``accept`` fails as when the process is out of fds, until ``until``."""
+
+    until = 0.0
+
+    def _accept(self) -> tuple[int, object]:
+        if time.monotonic() < self.until:
+            raise OSError(24, "Too many open files")
+        return super()._accept()  # type: ignore[misc, no-any-return]
+
+
+def test_out_of_fds_pauses_accepting_then_serves_the_waiting_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kept.Acceptor, "PAUSE_S", 0.05)
+    holder = connkeep.Holder()
+    theirs = holder.channel()
+    listener = _OutOfFds(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    opened: list[socket.socket] = []
+    readiness: list[int] = []
+
+    async def main() -> None:
+        k = kept.Kept(theirs, connkeep.Journal(os.dup(holder.journal)))
+        assert list(connkeep.handed_back(theirs, timeout=5)) == []
+        theirs.setblocking(False)
+        acceptor = kept.Acceptor(listener, k, lambda conn, _slot: opened.append(conn), backlog=16)
+        wakeups = acceptor._ready
+
+        def counted() -> None:
+            readiness.append(1)
+            wakeups()
+
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener.fileno())
+        loop.add_reader(listener.fileno(), counted)
+        acceptor._ready = counted  # type: ignore[method-assign]
+        listener.until = time.monotonic() + 0.03  # shorter than the pause: one failure if paused
+        client = socket.create_connection(listener.getsockname())
+        try:
+            deadline = loop.time() + 5
+            while not opened and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+        finally:
+            acceptor.close()
+            client.close()
+
+    try:
+        asyncio.run(main())
+        assert len(opened) == 1  # served once accepting resumed
+        assert len(readiness) <= 3  # paused, not spinning on a socket that stays readable
     finally:
         for c in opened:
             c.close()

@@ -112,6 +112,7 @@ class Acceptor:
     then serves it (on the loop, given the slot it is kept in, or None if it could not be kept)."""
 
     BATCH = 64  # connections accepted per wakeup at most, so that serving the others goes on
+    PAUSE_S = 0.1  # out of fds: stop accepting this long (the backlog keeps the clients meanwhile)
 
     def __init__(
         self, sock: socket.socket, keeper: Kept, open: Callable[[socket.socket, int | None], None], *, backlog: int
@@ -121,6 +122,7 @@ class Acceptor:
         sock.setblocking(False)
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(sock.fileno(), self._ready)
+        self._resume: asyncio.TimerHandle | None = None
 
     def _ready(self) -> None:
         keeper, accept = self.keeper, self.sock._accept  # type: ignore[attr-defined]  # the fd alone: quickest
@@ -131,13 +133,23 @@ class Acceptor:
             except OSError as exc:
                 if slot is not None:
                     keeper.unreserve(slot)
-                if not isinstance(exc, (BlockingIOError, InterruptedError)):  # out of fds, and the like:
-                    log.warning("accept failed: %s", exc)  # the backlog keeps them meanwhile
+                if isinstance(exc, ConnectionAbortedError):  # the client gave up first: go on
+                    continue
+                if not isinstance(exc, (BlockingIOError, InterruptedError)):  # out of fds, and the like
+                    log.warning("accept failed, pausing for %.1f s: %s", self.PAUSE_S, exc)
+                    self.loop.remove_reader(self.sock.fileno())  # the socket stays readable: no busy loop
+                    self._resume = self.loop.call_later(self.PAUSE_S, self._again)
                 return
             if slot is not None and not keeper.hold(slot, fd):
                 slot = None
             self.open(socket.socket(self.sock.family, socket.SOCK_STREAM, 0, fileno=fd), slot)
 
+    def _again(self) -> None:
+        self._resume = None
+        self.loop.add_reader(self.sock.fileno(), self._ready)
+
     def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
