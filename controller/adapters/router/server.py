@@ -12,7 +12,9 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from controller.adapters.router import admin, fallback, kept, metrics, split, wire
 from controller.adapters.router.client import ClientConn
@@ -43,7 +45,6 @@ class Router:
         self.recorder = Recorder(self.telemetry, self.counters)
         self.mirrors = Mirrors(self.recorder)
         self.clients: set[ClientConn] = set()
-        self._opening: set[asyncio.Task[object]] = set()
 
     def _weights(self) -> metrics.Weights:
         r = self.routes.current
@@ -170,21 +171,26 @@ class Router:
         await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock)
 
     def accepted(self, sock: socket.socket, slot: int | None) -> None:
-        """Serve a connection ``kept.Acceptor`` accepted and handed over (in ``slot``)."""
-        loop = asyncio.get_running_loop()
-        task: asyncio.Task[object] = loop.create_task(
-            loop.connect_accepted_socket(lambda: ClientConn(self, slot=slot), sock)
-        )
-        self._opening.add(task)
-        task.add_done_callback(lambda t: self._opened(t, sock, slot))
+        """Serve a connection ``kept.Acceptor`` accepted and handed over (in ``slot``).
 
-    def _opened(self, task: asyncio.Task[object], sock: socket.socket, slot: int | None) -> None:
-        self._opening.discard(task)
-        if task.cancelled() or task.exception() is not None:  # gone before it was served: nothing was read
-            log.debug("accepted connection dropped: %r", None if task.cancelled() else task.exception())
-            sock.close()
+        ``connect_accepted_socket`` is stepped by hand rather than by a task (one per connection
+        otherwise): its first step opens the transport, its second returns once the protocol has
+        ``connection_made``."""
+        opening = asyncio.get_running_loop().connect_accepted_socket(lambda: ClientConn(self, slot=slot), sock)
+        self._step(opening, sock, slot)
+
+    def _step(self, opening: Coroutine[Any, Any, object], sock: socket.socket, slot: int | None) -> None:
+        try:
+            waiter = opening.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:  # gone before it was served: nothing was read
+            log.debug("accepted connection dropped: %r", exc)
+            sock.close()  # a no-op once the transport had it (it detaches the socket when it closes)
             if slot is not None and self.kept is not None:
                 self.kept.release(slot)
+            return
+        waiter.add_done_callback(lambda _: self._step(opening, sock, slot))
 
     def sweep(self, now: float) -> None:
         """Close client connections idle (or stalled mid-request) for ``CLIENT_IDLE_S``."""
