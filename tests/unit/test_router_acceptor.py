@@ -10,6 +10,7 @@ import socket
 import time
 
 import pytest
+import uvloop
 
 from controller.adapters import connkeep
 from controller.adapters.router import kept
@@ -47,7 +48,7 @@ def test_each_connection_is_held_by_the_supervisor_before_the_router_opens_it() 
                 c.close()
 
     try:
-        asyncio.run(main())
+        uvloop.run(main())  # the router's loop
         assert len(seen) == 5
         assert all(held for _, held in seen), seen  # the supervisor held it first
         assert len({slot for slot, _ in seen}) == 5  # a slot each
@@ -104,11 +105,51 @@ def test_out_of_fds_pauses_accepting_then_serves_the_waiting_client(monkeypatch:
             client.close()
 
     try:
-        asyncio.run(main())
+        uvloop.run(main())  # the router's loop
         assert len(opened) == 1  # served once accepting resumed
         assert len(readiness) <= 3  # paused, not spinning on a socket that stays readable
     finally:
         for c in opened:
             c.close()
+        theirs.close()
+        holder.close()
+
+
+def test_the_router_serves_an_accepted_connection_and_frees_the_slot_of_one_it_cannot_open() -> None:
+    from controller.adapters.router.server import Router
+
+    holder = connkeep.Holder()
+    theirs = holder.channel()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    async def main() -> tuple[int, set[int], bool]:
+        k = kept.Kept(theirs, connkeep.Journal(os.dup(holder.journal)))
+        assert list(connkeep.handed_back(theirs, timeout=5)) == []
+        theirs.setblocking(False)
+        k.free = [s for s in k.free if s not in (3, 4)]  # as if reserved by the acceptor
+        router = Router("s", keeper=k)
+        client = socket.create_connection(listener.getsockname())
+        conn, _ = listener.accept()
+        bad = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # not a stream: cannot be opened
+        try:
+            router.accepted(conn, 3)
+            router.accepted(bad, 4)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while not router.clients and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0)  # the close notice goes out on the next loop iteration
+            return len(router.clients), {3, 4} & set(k.free), bad.fileno() == -1
+        finally:
+            for c in list(router.clients):
+                c.close()
+            client.close()
+
+    try:
+        served, freed, bad_closed = uvloop.run(main())  # the router's loop
+        assert served == 1  # the good one reached the protocol, in its slot
+        assert freed == {4} and bad_closed  # the other: its slot free again, its socket closed
+    finally:
+        listener.close()
         theirs.close()
         holder.close()
