@@ -176,10 +176,10 @@ class Router:
         ``connect_accepted_socket`` is stepped by hand rather than by a task (one per connection
         otherwise): its first step opens the transport, its second returns once the protocol has
         ``connection_made``."""
-        opening = asyncio.get_running_loop().connect_accepted_socket(lambda: ClientConn(self, slot=slot), sock)
-        self._step(opening, sock, slot)
+        conn = ClientConn(self, slot=slot)
+        self._step(asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock), conn, sock)
 
-    def _step(self, opening: Coroutine[Any, Any, object], sock: socket.socket, slot: int | None) -> None:
+    def _step(self, opening: Coroutine[Any, Any, object], conn: ClientConn, sock: socket.socket) -> None:
         try:
             waiter = opening.send(None)
         except StopIteration:
@@ -187,10 +187,11 @@ class Router:
         except Exception as exc:  # gone before it was served: nothing was read
             log.debug("accepted connection dropped: %r", exc)
             sock.close()  # a no-op once the transport had it (it detaches the socket when it closes)
-            if slot is not None and self.kept is not None:
-                self.kept.release(slot)
+            if conn.slot is not None and self.kept is not None:  # not released by ``connection_lost``
+                self.kept.release(conn.slot)
+                conn.slot = None
             return
-        waiter.add_done_callback(lambda _: self._step(opening, sock, slot))
+        waiter.add_done_callback(lambda _: self._step(opening, conn, sock))
 
     def sweep(self, now: float) -> None:
         """Close client connections idle (or stalled mid-request) for ``CLIENT_IDLE_S``."""
