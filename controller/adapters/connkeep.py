@@ -19,13 +19,26 @@ Replaying is safe because what clients send through the router — ``/predict`` 
 inference endpoints — reads a model and changes nothing; the admin API's writes set a whole
 configuration, so sending one twice is the same as once. A connection whose unanswered bytes
 outgrow a slot (``SLOT_DATA``, far above a request of the shipped examples) is marked; a
-restarted router closes it instead of resuming it. What remains lost: a connection accepted but not
-yet handed over (the router hands it over right after its ``accept`` returns), bytes read but not
-yet journaled, and an answer counted but not yet written: each a window of a few microseconds,
-against requests that take milliseconds.
+restarted router closes it instead of resuming it.
 
-The journal's slot: an 8-byte header, ``length`` and ``answered`` (two u32, written in one store),
-then up to ``SLOT_DATA`` bytes. Messages on the Unix socket (``SOCK_SEQPACKET``):
+**An answer counted but not written.** The router counts an answer in the journal, then writes it: a
+kill between the two would leave the request marked answered although its client never got the
+answer. The kernel settles it: it knows how many bytes the router wrote to the connection in all
+(``written``: bytes acknowledged plus those still queued). With each answer the journal keeps the
+connection's total after it and the answer's size; the next router compares (``unsent``): the total
+reached, the answer left; short of it by exactly the answer, it did not, and is served again; short
+by less (written in part: the rest died with the router's buffer), the connection is closed, as its
+client can only be given a torn answer. The slot's bytes are kept until the next request arrives,
+so that the last one can still be replayed.
+
+What remains lost: a connection accepted but not yet handed over (the router hands it over right
+after its ``accept`` returns) and bytes read but not yet journaled: each a window of a few
+microseconds, against requests that take milliseconds.
+
+The journal's slot: a 24-byte header, ``length`` and ``answered`` (two u32), then the last answer's
+``after`` and ``answered`` and its ``size`` and ``answered`` (the copies of ``answered`` tell whether
+they belong to the count in the first word), then up to ``SLOT_DATA`` bytes. Messages on the Unix
+socket (``SOCK_SEQPACKET``):
 
 - router → supervisor: ``H`` + slot (u32) with one fd: hold it; ``C`` + slots: close them;
 - supervisor → router, as soon as the router starts: ``B`` + slots with as many fds; ``E``: done.
@@ -36,6 +49,7 @@ Standard library only: the supervisor imports this module.
 from __future__ import annotations
 
 import array
+import fcntl
 import mmap
 import os
 import socket
@@ -44,12 +58,17 @@ from collections.abc import Iterator
 
 SLOTS = 512  # connections kept at most; more are served, but not kept
 SLOT_SIZE = 64 << 10
-SLOT_DATA = SLOT_SIZE - 8
+HEADER_SIZE = 24
+SLOT_DATA = SLOT_SIZE - HEADER_SIZE
 OVERFLOW = 0xFFFFFFFF  # a slot's length: its bytes did not fit
 BATCH = 250  # fds per message (the kernel takes up to 253)
 GAP = 0.05  # the supervisor handles the router's messages this often (they queue meanwhile)
 CHANNEL_ENV, JOURNAL_ENV = "MODSHIP_KEEP_FD", "MODSHIP_JOURNAL_FD"
 _HEADER = struct.Struct("<II")
+_SENT = struct.Struct("<IIII")
+_U32 = 0xFFFFFFFF
+_TIOCOUTQ = 0x5411  # SIOCOUTQ: bytes written and not yet acknowledged
+_BYTES_ACKED = struct.Struct("Q")  # struct tcp_info's tcpi_bytes_acked (Linux >= 4.1), at 120
 
 
 def slots(data: bytes) -> list[int]:
@@ -141,7 +160,7 @@ class Journal:
         if end > SLOT_DATA:
             _HEADER.pack_into(self.mem, slot * SLOT_SIZE, OVERFLOW, 0)
             return OVERFLOW
-        at = slot * SLOT_SIZE + 8
+        at = slot * SLOT_SIZE + HEADER_SIZE
         self.mem[at + length : at + end] = data
         _HEADER.pack_into(self.mem, slot * SLOT_SIZE, end, answered)
         return end
@@ -149,14 +168,50 @@ class Journal:
     def mark(self, slot: int, length: int, answered: int) -> None:
         _HEADER.pack_into(self.mem, slot * SLOT_SIZE, length, answered)
 
-    def read(self, slot: int) -> tuple[bytes | None, int]:
-        """The slot's unanswered bytes (None: they had overflowed) and how many requests of them
-        were answered."""
-        length, answered = _HEADER.unpack_from(self.mem, slot * SLOT_SIZE)
+    def answer(self, slot: int, length: int, answered: int, *, after: int, size: int) -> None:
+        """Count an answer of ``size`` bytes, after which ``after`` bytes were written to the
+        connection in all (before it is written: see the module docstring)."""
+        _SENT.pack_into(self.mem, slot * SLOT_SIZE + 8, after & _U32, answered, size & _U32, answered)
+        _HEADER.pack_into(self.mem, slot * SLOT_SIZE, length, answered)
+
+    def read(self, slot: int) -> tuple[bytes | None, int, tuple[int, int] | None]:
+        """The slot's unanswered bytes (None: they had overflowed), how many requests of them were
+        answered, and the last answer's ``(after, size)`` (None: none counted since the slot was
+        emptied)."""
+        base = slot * SLOT_SIZE
+        length, answered = _HEADER.unpack_from(self.mem, base)
         if length == OVERFLOW:
-            return None, 0
-        at = slot * SLOT_SIZE + 8
-        return bytes(self.mem[at : at + length]), answered
+            return None, 0, None
+        after, tag, size, tag2 = _SENT.unpack_from(self.mem, base + 8)
+        last = (after, size) if answered and tag == tag2 == answered else None
+        at = base + HEADER_SIZE
+        return bytes(self.mem[at : at + length]), answered, last
+
+
+def written(sock: socket.socket) -> int | None:
+    """The bytes written to a TCP connection since it opened, by any process (mod 2**32), as the
+    kernel counts them; None if it cannot tell."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        queued = array.array("i", [0])
+        fcntl.ioctl(sock.fileno(), _TIOCOUTQ, queued)
+    except OSError:
+        return None
+    if len(info) < 128:
+        return None
+    acked: int = _BYTES_ACKED.unpack_from(info, 120)[0]
+    return (acked + queued[0]) & _U32
+
+
+def unsent(last: tuple[int, int], written: int) -> str:
+    """Did the last answer counted leave? ``"sent"``; ``"unsent"`` (none of it: serve it again);
+    ``"torn"`` (in part). ``last`` is ``(after, size)`` from ``Journal.read``; bytes written after
+    it (an interim ``100 Continue``) do not change the answer."""
+    after, size = last
+    short = (after - written) & _U32
+    if short == 0 or short > _U32 // 2:  # reached, or beyond
+        return "sent"
+    return "unsent" if short == size else "torn"
 
 
 def handed_back(conn: socket.socket, *, timeout: float) -> Iterator[tuple[int, int]]:

@@ -93,7 +93,9 @@ class Stack:
     def __post_init__(self) -> None:
         self.client = httpx.Client(base_url=self.router.url, timeout=10)
 
-    def configure(self, **changes: Any) -> dict[str, Any]:
+    def configure(self, *, warmed: bool = True, **changes: Any) -> dict[str, Any]:
+        """PUT a config; with ``warmed``, return once a new canary is routed to (the router probes
+        it first, and on a busy machine that can outlast the next request)."""
         self.router.generation += 1
         doc: dict[str, Any] = {
             "system": self.router.system,
@@ -105,6 +107,9 @@ class Stack:
         }
         r = self.router.put(doc)
         assert r.status_code == 200, r.text
+        if warmed and r.json()["canaryWarming"]:
+            config = f"{self.router.url}/-/modship/config"
+            wait_until(lambda: not httpx.get(config, timeout=5).json()["canaryWarming"], timeout=10, what="warm")
         return doc
 
     def predict(self, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
@@ -232,7 +237,9 @@ def test_a_new_config_lets_requests_in_flight_finish_where_they_started(stack: S
 
 def test_a_new_canary_gets_no_request_before_it_accepts_connections(stack: Stack, tmp_path: Path) -> None:
     late = Upstream("r3", label="business", log_dir=tmp_path)  # its port refuses until it starts
-    stack.configure(canary={"revision": "r3", "url": late.url}, weight=100, headerRoute={"name": "x-canary"})
+    stack.configure(
+        canary={"revision": "r3", "url": late.url}, weight=100, headerRoute={"name": "x-canary"}, warmed=False
+    )
     answers = [stack.predict({"x-canary": "1"}) for _ in range(20)]
     assert [r.status_code for r in answers] == [200] * 20
     assert routed(answers) == {"stable": 20}

@@ -74,10 +74,58 @@ def test_the_journal_replays_what_was_not_answered_and_marks_what_overflowed() -
     j = connkeep.Journal(fd)
     n = j.append(5, 0, 0, b"GET /a HTTP/1.1\r\n\r\n")
     n = j.append(5, n, 0, b"GET /b HTTP/1.1\r\n\r\n")
-    j.mark(5, n, 1)  # the first was answered
-    assert later.read(5) == (b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", 1)
+    j.answer(5, n, 1, after=120, size=120)  # the first was answered
+    assert later.read(5) == (b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", 1, (120, 120))
     j.mark(5, 0, 0)
-    assert later.read(5) == (b"", 0)
+    assert later.read(5) == (b"", 0, None)  # emptied: no answer counted since
     assert j.append(5, 0, 0, b"x" * (connkeep.SLOT_DATA + 1)) == connkeep.OVERFLOW
-    assert later.read(5) == (None, 0)
-    assert later.read(6) == (b"", 0)  # other slots untouched
+    assert later.read(5) == (None, 0, None)
+    assert later.read(6) == (b"", 0, None)  # other slots untouched
+
+
+def test_an_answers_figures_count_only_with_the_count_they_were_written_for() -> None:
+    """``answer`` writes the answer's figures, then the count: a kill between the two leaves
+    figures tagged with a count the header does not have. They are ignored: the earlier answer was
+    written before this one was counted, and this one was not written at all."""
+    fd = os.memfd_create("test-journal")
+    os.ftruncate(fd, connkeep.SLOTS * connkeep.SLOT_SIZE)
+    j = connkeep.Journal(fd)
+    n = j.append(2, 0, 0, b"GET /a HTTP/1.1\r\n\r\n")
+    j.answer(2, n, 1, after=50, size=50)
+    assert j.read(2)[1:] == (1, (50, 50))
+    connkeep._SENT.pack_into(j.mem, 2 * connkeep.SLOT_SIZE + 8, 90, 2, 40, 2)  # the next answer's figures only
+    assert j.read(2)[1:] == (1, None)  # one answer counted, nothing to check
+    j.mark(2, n, 2)
+    assert j.read(2)[1:] == (2, (90, 40))
+
+
+def test_unsent_tells_an_answer_that_left_from_one_that_did_not_or_left_in_part() -> None:
+    assert connkeep.unsent((1000, 200), 1000) == "sent"
+    assert connkeep.unsent((1000, 200), 1025) == "sent"  # an interim 100 Continue written after it
+    assert connkeep.unsent((1000, 200), 800) == "unsent"
+    assert connkeep.unsent((1000, 200), 900) == "torn"
+    assert connkeep.unsent((10, 200), (10 - 200) & 0xFFFFFFFF) == "unsent"  # across the 2**32 wrap
+
+
+def test_written_is_what_the_kernel_counts_acknowledged_or_still_queued() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    conn, _ = server.accept()
+    try:
+        assert connkeep.written(conn) == 0
+        conn.sendall(b"x" * 1000)
+        conn.setblocking(False)
+        total = 1000
+        try:  # more than the client takes: some of it stays queued, unacknowledged
+            while True:
+                total += conn.send(b"y" * 65536)
+        except BlockingIOError:
+            pass
+        assert connkeep.written(conn) == total
+        other = socket.socket(fileno=os.dup(conn.fileno()))  # another process' copy counts the same
+        assert connkeep.written(other) == total
+        other.close()
+        assert connkeep.written(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) is None
+    finally:
+        for s in (client, conn, server):
+            s.close()

@@ -25,6 +25,8 @@ from controller.adapters.router import kept, wire
 
 log = logging.getLogger("modship.router")
 
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
 
 class Handler(Protocol):
     clients: set[ClientConn]
@@ -40,7 +42,9 @@ class Handler(Protocol):
 class ClientConn(asyncio.Protocol):
     """One client connection: parse requests (pipelined ones in order) and answer them in turn."""
 
-    def __init__(self, router: Handler, *, slot: int | None = None, replay: tuple[bytes, int] | None = None) -> None:
+    def __init__(
+        self, router: Handler, *, slot: int | None = None, replay: tuple[bytes, int, int] | None = None
+    ) -> None:
         self.router = router
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -57,10 +61,11 @@ class ClientConn(asyncio.Protocol):
         self._expect = False
         self._mid = False  # the parser is inside a request
         # kept connections: the journal slot, its length, requests parsed and answered since it was
-        # last emptied, and those to skip (answered by a router before this one)
+        # last emptied, those to skip (answered by a router before this one), and the bytes written
+        # to the connection since it opened (by every router)
         self.slot = slot
         self.length = 0
-        self.parsed = self.answered = self.skip = 0
+        self.parsed = self.answered = self.skip = self.out = 0
         self._replay = replay
         self._fd = self._family = -1  # the kept connection's
 
@@ -74,7 +79,7 @@ class ClientConn(asyncio.Protocol):
         self._fd, self._family = sock.fileno(), sock.family
         if self._replay is None:  # handed over on accept (``kept.Acceptor``), in ``slot`` if kept
             return
-        data, self.answered = self._replay
+        data, self.answered, self.out = self._replay
         self.length, self.skip, self._replay = len(data), self.answered, None
         self._feed(data)
 
@@ -96,24 +101,31 @@ class ClientConn(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Send the answer to the oldest request not answered yet.
 
-        On a kept connection the journal counts the answer first, then it is written: a kill between
-        the two (a few bytecodes, no system call) loses that answer. Written first, the window would
+        On a kept connection the journal counts the answer first, then it is written, so that a kill
+        between the two never makes the next router answer twice (written first, the window would
         include the write itself, after which the kernel often runs the woken client before this
-        process again, and a kill there made the next router answer that request twice."""
+        process again). The next router asks the kernel whether the answer left (``connkeep``)."""
+        t = self.transport
+        writing = t is not None and not t.is_closing()
         if self.slot is not None and self.router.kept is not None:
             self.answered += 1
-            if self.answered >= self.parsed and not self._mid:  # everything read is answered: empty the slot
-                self.parsed = self.answered = self.length = 0
-                self.router.kept.journal.mark(self.slot, 0, 0)
-            elif self.length != connkeep.OVERFLOW:
-                self.router.kept.journal.mark(self.slot, self.length, self.answered)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            size = len(data) if writing else 0
+            self.out += size
+            if self.length != connkeep.OVERFLOW:
+                self.router.kept.journal.answer(self.slot, self.length, self.answered, after=self.out, size=size)
+        if writing:
+            t.write(data)  # type: ignore[union-attr]  # ``writing``: not None
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        if self.slot is not None and self.length != connkeep.OVERFLOW and self.router.kept is not None:
-            self.length = self.router.kept.journal.append(self.slot, self.length, self.answered, data)
+        if self.slot is not None and self.router.kept is not None:
+            journal = self.router.kept.journal
+            if self.answered >= self.parsed and not self._mid and (self.length or self.answered):
+                # what was read before is answered, its answers written: the slot starts afresh
+                self.parsed = self.answered = self.length = 0
+                journal.mark(self.slot, 0, 0)
+            if self.length != connkeep.OVERFLOW:
+                self.length = journal.append(self.slot, self.length, self.answered, data)
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
@@ -158,8 +170,9 @@ class ClientConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._size = 0
-        if self._expect and self.transport is not None:  # an interim answer: not counted
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._expect and self.transport is not None:  # an interim answer: not counted as one
+            self.transport.write(CONTINUE)
+            self.out += len(CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)

@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from controller.adapters import connkeep
 from controller.adapters.router import admin, fallback, kept, metrics, split, wire
 from controller.adapters.router.client import ClientConn
 from controller.adapters.router.mirror import Mirrors
@@ -159,15 +160,22 @@ class Router:
 
     async def resume(self, slot: int, sock: socket.socket) -> None:
         """Serve a connection the supervisor kept while the previous router process died: what its
-        journal holds first (the requests answered already skipped), then whatever comes next."""
+        journal holds first (the requests answered already skipped, the last one again if its
+        answer never left), then whatever comes next."""
         assert self.kept is not None
-        data, answered = self.kept.journal.read(slot)
-        if data is None:  # the unanswered bytes had outgrown the slot: they cannot be replayed
+        data, answered, last = self.kept.journal.read(slot)
+        written = connkeep.written(sock)
+        verdict = connkeep.unsent(last, written) if last is not None and written is not None else "sent"
+        if data is None or verdict == "torn":  # not replayable: overflowed, or an answer cut short
+            why = "its requests outgrew the journal" if data is None else "an answer was written in part"
+            log.info("closing a resumed connection: %s", why)
             kept.shut(sock.family, sock.fileno())
             sock.close()
             self.kept.release(slot)
             return
-        conn = ClientConn(self, slot=slot, replay=(data, answered))
+        if verdict == "unsent":
+            answered -= 1
+        conn = ClientConn(self, slot=slot, replay=(data, answered, written or 0))
         await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock)
 
     def accepted(self, sock: socket.socket, slot: int | None) -> None:
