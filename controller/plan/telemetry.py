@@ -101,7 +101,15 @@ def _loads(body: bytes) -> dict[str, Any] | None:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return doc if isinstance(doc, dict) else None
+    return doc if type(doc) is dict else None
+
+
+def _one(p: object) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The label and confidence of one prediction (each () when absent or of another type)."""
+    if type(p) is not dict:
+        return (), ()
+    label, c = p.get("label"), p.get("confidence")
+    return ((label,) if type(label) is str else ()), ((float(c),) if type(c) is float or type(c) is int else ())
 
 
 def answer(body: bytes) -> Answer | None:
@@ -112,15 +120,11 @@ def answer(body: bytes) -> Answer | None:
     if doc is None:
         return None
     preds = doc.get("prediction")
-    labels: tuple[str, ...] = ()
-    confs: tuple[float, ...] = ()
-    if type(preds) is dict:
-        label, c = preds.get("label"), preds.get("confidence")
-        if type(label) is str:
-            labels = (label,)
-        if type(c) is float or type(c) is int:
-            confs = (float(c),)
-    elif type(preds) is list:
+    if type(preds) is not list:
+        labels, confs = _one(preds)
+    elif len(preds) == 1:
+        labels, confs = _one(preds[0])
+    else:
         labels = tuple(p["label"] for p in preds if type(p) is dict and type(p.get("label")) is str)
         confs = tuple(
             float(p["confidence"])
@@ -137,8 +141,7 @@ def answer(body: bytes) -> Answer | None:
                 else:
                     failed += 1
     meta = doc.get("meta")
-    fallbacks = meta.get("fallbacks") if type(meta) is dict else None
-    return Answer(labels, confs, passed, failed, bool(fallbacks))
+    return Answer(labels, confs, passed, failed, type(meta) is dict and bool(meta.get("fallbacks")))
 
 
 def input_lengths(body: bytes) -> tuple[int, ...]:
@@ -217,7 +220,6 @@ class Record:
         self,
         now: float,
         latency: float | None,
-        *,
         error: bool,
         fallback: bool = False,
         mirrored: bool = False,
@@ -226,7 +228,8 @@ class Record:
     ) -> None:
         """One request this revision was sent, all it says in one bucket lookup. ``latency`` is None
         when no connection was made; ``fallback``: it failed and was retried on stable; ``lengths``:
-        of its input texts; ``answer``: what its answer said (None: no readable 2xx answer)."""
+        of its input texts; ``answer``: what its answer said (None: no readable 2xx answer). Taken
+        by position too: the router calls it for every request (keywords cost more)."""
         b = self._at(now)
         if mirrored:
             b.m_requests += 1

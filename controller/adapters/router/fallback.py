@@ -13,6 +13,9 @@ from controller.adapters.router.route import Route
 from controller.adapters.router.upstream import Upstream, UpstreamError
 
 
+_CODES = {status: str(status) for status in wire.REASONS}  # one string per status, not one per request
+
+
 class Attempt:
     """One request sent to one upstream: the response (None when none came), the failure kind
     (``connect``, ``timeout``, ``status5xx`` or None) and the latency (None without a connection)."""
@@ -25,7 +28,10 @@ class Attempt:
     @property
     def code(self) -> str:
         """The status for counters: the upstream's, or what a gateway answers (502, 504)."""
-        return str(self.resp.status) if self.resp is not None else "504" if self.kind == "timeout" else "502"
+        if self.resp is None:
+            return "504" if self.kind == "timeout" else "502"
+        code = _CODES.get(self.resp.status)
+        return code if code is not None else str(self.resp.status)
 
     def answer(self, req: wire.Request, revision: str, tail: bytes) -> bytes:
         """The bytes for the client: the upstream's response relayed, or a 502/504 error."""

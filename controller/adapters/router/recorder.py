@@ -57,15 +57,7 @@ class Recorder:
         answer = None
         if resp is not None and 200 <= resp.status < 300 and resp.body:
             answer = telemetry.answer(resp.body)
-        self.telemetry.record(revision, role).add(
-            now,
-            latency,
-            error=kind is not None,
-            fallback=fallback,
-            mirrored=mirrored,
-            lengths=req.lengths(),
-            answer=answer,
-        )
+        self.telemetry.record(revision, role).add(now, latency, kind is not None, fallback, mirrored, req.lengths(), answer)
         c = self.counters
         if kind is not None:
             c.inc(c.upstream_errors, (revision, kind))
