@@ -220,6 +220,7 @@ class Record:
         self,
         now: float,
         latency: float | None,
+        *,
         error: bool,
         fallback: bool = False,
         mirrored: bool = False,
@@ -228,8 +229,7 @@ class Record:
     ) -> None:
         """One request this revision was sent, all it says in one bucket lookup. ``latency`` is None
         when no connection was made; ``fallback``: it failed and was retried on stable; ``lengths``:
-        of its input texts; ``answer``: what its answer said (None: no readable 2xx answer). Taken
-        by position too: the router calls it for every request (keywords cost more)."""
+        of its input texts; ``answer``: what its answer said (None: no readable 2xx answer)."""
         b = self._at(now)
         if mirrored:
             b.m_requests += 1

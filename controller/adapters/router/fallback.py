@@ -12,7 +12,6 @@ from controller.adapters.router import wire
 from controller.adapters.router.route import Route
 from controller.adapters.router.upstream import Upstream, UpstreamError
 
-
 _CODES = {status: str(status) for status in wire.REASONS}  # one string per status, not one per request
 
 

@@ -57,7 +57,15 @@ class Recorder:
         answer = None
         if resp is not None and 200 <= resp.status < 300 and resp.body:
             answer = telemetry.answer(resp.body)
-        self.telemetry.record(revision, role).add(now, latency, kind is not None, fallback, mirrored, req.lengths(), answer)
+        self.telemetry.record(revision, role).add(
+            now,
+            latency,
+            error=kind is not None,
+            fallback=fallback,
+            mirrored=mirrored,
+            lengths=req.lengths(),
+            answer=answer,
+        )
         c = self.counters
         if kind is not None:
             c.inc(c.upstream_errors, (revision, kind))
