@@ -23,11 +23,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install modship with everything the demo and tests need
 
-system-deps: ## Debian packages the tests and benchmarks use (prometheus, nginx, wrk, chromium)
-	@if ! command -v prometheus >/dev/null || ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null; then \
+system-deps: ## Debian packages the tests and benchmarks use (prometheus, nginx, wrk, chromium, valgrind)
+	@if ! command -v prometheus >/dev/null || ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null || ! command -v valgrind >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus nginx wrk chromium; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus nginx wrk chromium valgrind; \
 	fi
 
 k8s-bins: ## build the Kubernetes test control plane from the Go module proxy (cached outside the repo)

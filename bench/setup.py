@@ -262,7 +262,9 @@ http {{
 class Nginx(Process):
     """nginx in the foreground with a generated config: a weighted upstream pair with keep-alive."""
 
-    def __init__(self, name: str, stable: str, canary: str, weight: int, scratch: Path) -> None:
+    def __init__(
+        self, name: str, stable: str, canary: str, weight: int, scratch: Path, *, single_process: bool = False
+    ) -> None:
         port = free_port()
         d = scratch / name
         d.mkdir(parents=True, exist_ok=True)
@@ -275,7 +277,8 @@ class Nginx(Process):
             w_canary=weight,
         )
         (d / "nginx.conf").write_text(conf)
-        cmd = ["nginx", "-e", str(d / "error.log"), "-c", str(d / "nginx.conf"), "-p", str(d), "-g", "daemon off;"]
+        daemon = "daemon off;" + (" master_process off;" if single_process else "")  # single: one process, no worker
+        cmd = ["nginx", "-e", str(d / "error.log"), "-c", str(d / "nginx.conf"), "-p", str(d), "-g", daemon]
         super().__init__(name, cmd, port=port, ready="/-/nginx/healthz", log=scratch / f"{name}.log")
 
 
