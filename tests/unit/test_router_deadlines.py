@@ -7,24 +7,14 @@ import asyncio
 
 from controller.adapters.router import upstream
 from controller.adapters.router.upstream import Connection, Deadlines, UpstreamError
+from tests.support.transports import NullTransport
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
 
 
-class _Transport:
-    def write(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
 def _sent(timeout: float, got: list[object]) -> Connection:
     conn = Connection()
-    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    conn.connection_made(NullTransport())  # type: ignore[arg-type]
     conn.request(b"POST /predict HTTP/1.1\r\n\r\n", timeout, False, lambda r, e: got.append(e if r is None else r))
     return conn
 

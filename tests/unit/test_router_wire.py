@@ -10,6 +10,7 @@ import pytest
 
 from controller.adapters.router import wire
 from controller.adapters.router.upstream import Connection, UpstreamError
+from tests.support.transports import NullTransport
 
 TAIL = wire.tail(b"r2", b"canary")
 BODY = b'{"prediction": {"label": "sport"}}'
@@ -83,23 +84,12 @@ def test_the_reason_and_headers_are_read_from_the_head() -> None:
     assert r.notable == frozenset()
 
 
-class _Transport:
-    def write(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
 def answers(*chunks: bytes) -> list[tuple[wire.Response | None, object]]:
     """What an upstream connection hands the router for a response arriving in ``chunks``."""
 
     async def go() -> list[tuple[wire.Response | None, object]]:
         conn = Connection()
-        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        conn.connection_made(NullTransport())  # type: ignore[arg-type]
         got: list[tuple[wire.Response | None, object]] = []
         conn.request(b"GET / HTTP/1.1\r\n\r\n", 5.0, False, lambda r, e: got.append((r, e)))
         for c in chunks:
