@@ -125,12 +125,8 @@ def answer(body: bytes) -> Answer | None:
     elif len(preds) == 1:
         labels, confs = _one(preds[0])
     else:
-        labels = tuple(p["label"] for p in preds if type(p) is dict and type(p.get("label")) is str)
-        confs = tuple(
-            float(p["confidence"])
-            for p in preds
-            if type(p) is dict and (type(p.get("confidence")) is float or type(p.get("confidence")) is int)
-        )
+        each = [_one(p) for p in preds]
+        labels, confs = tuple(x for ls, _ in each for x in ls), tuple(x for _, cs in each for x in cs)
     passed = failed = 0
     evals = doc.get("evaluation")
     if type(evals) is list:
