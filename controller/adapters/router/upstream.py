@@ -59,7 +59,7 @@ class Deadlines:
 
     def add(self, conn: Connection) -> None:
         self.flight.add(conn)
-        if self._tick is None or conn.deadline + SLACK_S < self._due:  # usually: armed for an earlier one
+        if self._tick is None or conn.deadline + SLACK_S < self._due:  # else (usually) it is due before this one
             self._arm(conn.deadline)
 
     def _arm(self, deadline: float) -> None:
