@@ -24,12 +24,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from bench import load, results, setup
-from tests.support.services import free_port, wait_until
+from tests.support.services import wait_until
+from tests.support.upstream import Upstream
 
 TITLE = "instructions per request in each proxy's user space (callgrind), one connection"
 FLOOR, SINGLE, SPLIT, NGINX = "python relay floor", "modship router 100/0", "modship router 80/20", "nginx 80/20"
@@ -40,14 +40,6 @@ _TOTAL = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
 
 def _valgrind(out: Path, cmd: list[str]) -> list[str]:
     return ["valgrind", "--tool=callgrind", "--dump-instr=no", f"--callgrind-out-file={out}", *cmd]
-
-
-class Upstream(setup.Process):
-    def __init__(self, name: str, scratch: Path, revision: str) -> None:
-        port = free_port()
-        cmd = [sys.executable, "-m", "tests.support.upstream", "--port", str(port), "--revision", revision]
-        cmd += ["--label", "sport"]
-        super().__init__(name, cmd, port=port, ready="/-/stats", log=scratch / f"{name}.log")
 
 
 class Counted:
@@ -82,7 +74,7 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         raise RuntimeError(f"{', '.join(missing)} not found: install the Debian package valgrind")
     cg = ws.scratch / "callgrind"
     cg.mkdir(exist_ok=True)
-    stable, canary = Upstream("up-stable", ws.scratch, "r1"), Upstream("up-canary", ws.scratch, "r2")
+    stable, canary = Upstream("r1", log_dir=ws.scratch), Upstream("r2", log_dir=ws.scratch)
     single = setup.Router("cg-router-single", "topic-classifier", ws.scratch)
     split = setup.Router("cg-router-split", "topic-classifier", ws.scratch)
     nginx = setup.Nginx("cg-nginx", stable.url, canary.url, WEIGHT, ws.scratch, single_process=True)
@@ -92,7 +84,7 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         proc.cmd = _valgrind(cg / proc.name, proc.cmd)
     lua = load.script(load.Inputs(load.bbc_texts(400), unique=True), ws.scratch / "instructions.lua")
     figures: dict[str, dict[str, float]] = {}
-    with setup.running(stable, canary, *counted.values()):
+    with stable.running(), canary.running(), setup.running(*counted.values()):
         single.configure(stable.url)
         split.configure(stable.url, canary.url, WEIGHT)
         for name, proc in counted.items():
