@@ -37,6 +37,9 @@ OPEN = (b"/-/modship/livez", b"/-/modship/readyz", b"/metrics")  # never need th
 TOKEN_HEADER = b"x-modship-token"
 
 
+PREFIXES = (b"/-/modship/", b"/metrics")  # what every admin target starts with (``is_admin`` decides)
+
+
 def is_admin(target: bytes) -> bool:
     return target.startswith(b"/-/modship/") or target == b"/metrics" or target.startswith(b"/metrics?")
 

@@ -40,13 +40,18 @@ class Attempt:
         return wire.json(int(self.code), doc, keep_alive=req.keep_alive, extra=tail)
 
 
+def kind(resp: wire.Response) -> str | None:
+    """The failure kind of a response that came: ``status5xx`` or None."""
+    return "status5xx" if resp.status >= 500 else None
+
+
 async def attempt(up: Upstream, data: bytes, req: wire.Request, timeout: float) -> Attempt:
     t0 = time.perf_counter()
     try:
         resp = await up.send(data, timeout=timeout, head=req.method == b"HEAD")
     except UpstreamError as exc:
         return Attempt(None, exc.kind, None if exc.kind == "connect" else time.perf_counter() - t0)
-    return Attempt(resp, "status5xx" if resp.status >= 500 else None, time.perf_counter() - t0)
+    return Attempt(resp, kind(resp), time.perf_counter() - t0)
 
 
 class Leg(NamedTuple):

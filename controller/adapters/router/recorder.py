@@ -15,7 +15,7 @@ import asyncio
 import time
 
 from controller.adapters.router import wire
-from controller.adapters.router.fallback import Leg
+from controller.adapters.router.fallback import Attempt, Leg, kind
 from controller.adapters.router.metrics import Counters
 from controller.plan import telemetry
 
@@ -27,25 +27,39 @@ class Recorder:
     def __init__(self, telemetry: telemetry.Telemetry, counters: Counters) -> None:
         self.telemetry = telemetry
         self.counters = counters
-        self._pending: list[tuple[float, wire.Request, Leg]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self.pending: list[tuple[float, wire.Request, Leg | tuple[str, str, wire.Response, float]]] = []
+        self.timer: asyncio.TimerHandle | None = None
 
     def later(self, req: wire.Request, leg: Leg) -> None:
         """Record one routed attempt at the next ``flush``."""
-        self._pending.append((time.time(), req, leg))
-        if len(self._pending) >= BATCH:
+        self.pending.append((time.time(), req, leg))
+        self.due()
+
+    def served(self, req: wire.Request, revision: str, role: str, resp: wire.Response, latency: float) -> None:
+        """``later`` for the common case (one attempt, answered, as routed), its ``Leg`` made at the
+        ``flush``."""
+        self.pending.append((time.time(), req, (revision, role, resp, latency)))
+        if self.timer is None or len(self.pending) >= BATCH:
+            self.due()
+
+    def due(self) -> None:
+        if len(self.pending) >= BATCH:
             self.flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
 
     def flush(self) -> None:
         """Record every attempt still pending."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        pending, self._pending = self._pending, []
-        for now, req, leg in pending:
-            self.leg(req, leg, now=now)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        pending, self.pending = self.pending, []
+        for now, req, made in pending:
+            if isinstance(made, Leg):
+                self.leg(req, made, now=now)
+            else:
+                revision, role, resp, latency = made
+                self.leg(req, Leg(revision, role, Attempt(resp, kind(resp), latency)), now=now)
 
     def leg(
         self, req: wire.Request, leg: Leg, *, mirrored: bool = False, now: float | None = None

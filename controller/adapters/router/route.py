@@ -40,6 +40,7 @@ class Route:
         "canary",
         "canary_rev",
         "config",
+        "draw",
         "fallback",
         "generation",
         "split",
@@ -64,6 +65,8 @@ class Route:
         if warming:  # not reachable yet: everything to stable
             self.split = dataclasses.replace(self.split, canary=False)
         self.warming = warming
+        # the weight when the split is a plain weighted draw (``split.to_canary`` without headers)
+        self.draw = self.split.weight if self.split.canary and not self.split.keyed else None
         s, c = self.stable_rev.encode(), self.canary_rev.encode()
         self.tails = {
             b"stable": wire.tail(s, b"stable"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import random
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from controller.adapters import connkeep
-from controller.adapters.router import admin, fallback, kept, metrics, split, wire
+from controller.adapters.router import admin, fallback, kept, metrics, recorder, split, wire
 from controller.adapters.router.client import ClientConn
 from controller.adapters.router.mirror import Mirrors
 from controller.adapters.router.recorder import Recorder
 from controller.adapters.router.route import Route, Routes
+from controller.adapters.router.upstream import MAX_IDLE_PER_UPSTREAM as MAX_IDLE
 from controller.adapters.router.upstream import Connection, Upstream, UpstreamError
 from controller.plan import telemetry
 
@@ -29,6 +31,9 @@ log = logging.getLogger("modship.router")
 
 CLIENT_IDLE_S = 75.0  # close idle (or stalled) client connections after this
 BACKLOG = 2048
+
+
+Flight = tuple[Route, wire.Request, ClientConn, Upstream, Connection, float]  # a request on the fast path, sent at
 
 
 class Router:
@@ -61,57 +66,92 @@ class Router:
 
     def _decide(self, route: Route, req: wire.Request) -> bool:
         if req.canary is None:
-            req.canary = route.canary is not None and split.to_canary(route.split, req.headers, random.random)
+            req.canary = route.canary is not None and split.to_canary(
+                route.split, req.headers if route.split.keyed else (), random.random
+            )
         return req.canary
 
     def fast(self, req: wire.Request, out: ClientConn) -> bool:
         """Answer ``req`` through callbacks when an idle connection to the chosen upstream is at hand
-        (the common case under load): no task, no future. False: ``serve`` answers it."""
+        (the common case under load): no task, no future. False: ``serve`` answers it.
+
+        This and ``_fast_done`` run for nearly every request, so they take the common case in as
+        few calls as they can: on a process woken from idle (one connection: every request), each
+        call and object touched costs microseconds of cold caches, several times what it costs in a
+        warm loop. So a plain weighted draw (``Route.draw``), taking and returning a pooled
+        connection (``Upstream.take``, ``release``), relaying the answer (``wire.relay``), writing it
+        (``ClientConn.reply``) and recording it (``Recorder.served``) are written out here for the
+        common case, and call those for any other."""
         route = self.routes.current
-        if route.stable is None or admin.is_admin(req.target):
+        target = req.target
+        if route.stable is None or (target.startswith(admin.PREFIXES) and admin.is_admin(target)):
             return False
-        canary = self._decide(route, req)
+        if route.draw is not None and req.canary is None:
+            req.canary = canary = random.random() * 100 < route.draw
+        else:
+            canary = self._decide(route, req)
         up = route.canary if canary and route.canary is not None else route.stable
-        conn = up.take()
+        now = time.monotonic()
+        conn = up.take(now)
         if conn is None:
             return False
-        t0 = time.perf_counter()
-
-        def done(resp: wire.Response | None, exc: UpstreamError | None) -> None:
-            try:
-                self._fast_done(route, req, out, up=up, conn=conn, t0=t0, resp=resp, exc=exc)
-            except Exception:
-                out.failed()
-
+        done = functools.partial(self._fast_done, (route, req, out, up, conn, now))
         try:
-            conn.request(req.encode(), route.timeout, req.method == b"HEAD", done)
+            conn.request(req.encode() if req.raw is None else req.raw, route.timeout, req.method == b"HEAD", done)
         except Exception:  # a transport closing under us: the slow path connects afresh
             conn.close()
             return False
         return True
 
-    def _fast_done(
-        self,
-        route: Route,
-        req: wire.Request,
-        out: ClientConn,
-        *,
-        up: Upstream,
-        conn: Connection,
-        t0: float,
-        resp: wire.Response | None,
-        exc: UpstreamError | None,
-    ) -> None:
+    def _fast_done(self, flight: Flight, resp: wire.Response | None, exc: UpstreamError | None) -> None:
+        """The common case: the chosen revision answered and its answer is the client's (what
+        ``fallback.served`` and ``_answer`` do, without their objects: the recorder makes them)."""
+        route, req, out, up, conn, t0 = flight
+        try:
+            if resp is None or (resp.status >= 500 and req.canary and route.fallback):
+                self._fast_failed(flight, resp, exc)
+                return
+            now = time.monotonic()
+            if resp.keep_alive and not up.retired and len(up.idle) < MAX_IDLE:  # ``up.release``
+                conn.since = now
+                up.idle.append(conn)
+            else:
+                conn.close()
+            role = "canary" if req.canary else "stable"
+            tail = route.tails[b"canary" if req.canary else b"stable"]
+            if resp.notable is wire.LENGTH_ONLY and req.keep_alive and req.raw is not None:  # ``wire.relay``
+                answer = b"".join((resp.head[:-2], tail, b"\r\n", resp.body))
+            else:
+                answer = wire.relay(resp, tail=tail, keep_alive=req.keep_alive, head=req.method == b"HEAD")
+            t = out.transport
+            if out.slot is None and t is not None and req.keep_alive and not out.queue and not t.is_closing():
+                # ``out.reply``
+                t.write(answer)  # a no-op once the transport is closing
+                out.busy = False
+                out.last_active = now
+            else:
+                out.reply(req, answer)
+            rec = self.recorder  # ``rec.served``
+            revision = route.canary_rev if req.canary else route.stable_rev
+            rec.pending.append((time.time(), req, (revision, role, resp, now - t0)))
+            if rec.timer is None or len(rec.pending) >= recorder.BATCH:
+                rec.due()
+            if not req.canary and route.split.mirror and split.mirrored(route.split, random.random):
+                self.mirrors.spawn(route, req, fallback.Attempt(resp, fallback.kind(resp), now - t0))
+        except Exception:
+            out.failed()
+
+    def _fast_failed(self, flight: Flight, resp: wire.Response | None, exc: UpstreamError | None) -> None:
+        route, req, out, up, conn, t0 = flight
         if resp is None:
             conn.close()
             if exc is not None and exc.stale:  # a reused connection had died: start over on a fresh one
                 out.hand_over(req, self.serve(req, out))
                 return
             kind = exc.kind if exc is not None else "connect"
-            tried = fallback.Attempt(None, kind, None if kind == "connect" else time.perf_counter() - t0)
-        else:
-            up.release(conn, resp)
-            tried = fallback.Attempt(resp, "status5xx" if resp.status >= 500 else None, time.perf_counter() - t0)
+            tried = fallback.Attempt(None, kind, None if kind == "connect" else time.monotonic() - t0)
+        else:  # a canary's 5xx, to fall back from
+            tried = fallback.Attempt(up.release(conn, resp, time.monotonic()), "status5xx", time.monotonic() - t0)
         if req.canary and tried.kind is not None and route.fallback:
             out.hand_over(req, self._fall_back(route, req, out, tried))
             return

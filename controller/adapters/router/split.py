@@ -33,6 +33,11 @@ class Split:
     sticky_cookie: bytes | None = None
     mirror: float = 0.0  # percent of stable's requests copied to the canary
 
+    @property
+    def keyed(self) -> bool:
+        """Whether ``to_canary`` reads the request's headers (a header route or a sticky key)."""
+        return self.route_name is not None or self.sticky_header is not None or self.sticky_cookie is not None
+
     @classmethod
     def of(cls, config: RouterConfig | None) -> Split:
         if config is None or config.stable is None:

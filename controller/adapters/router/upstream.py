@@ -20,7 +20,7 @@ from typing import cast
 
 import httptools
 
-from controller.adapters.router.wire import MAX_RESPONSE, Response, notable
+from controller.adapters.router.wire import MAX_RESPONSE, Response, lean_response, notable
 
 UPSTREAM_IDLE_S = 4.0  # reuse idle upstream connections younger than this (uvicorn closes at 5 s)
 MAX_IDLE_PER_UPSTREAM = 128
@@ -94,6 +94,7 @@ class Connection(asyncio.Protocol):
         self.reusable = True
         self._waiter: Done | None = None
         self.deadline = 0.0  # loop time by which the request in flight must be answered
+        self.since = 0.0  # monotonic time it came to rest in its pool (``Upstream.idle``)
         self._timeout = 0.0
         self._got = self._head = self._headers_done = self._framed = False
         self._raw: list[bytes] = []  # what came until the head was complete
@@ -136,15 +137,14 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)  # first: should it raise, this connection owes nobody an answer
         self._waiter = done
-        self._got = self._headers_done = self._framed = False
+        self._got = self._headers_done = self._framed = False  # the rest is reset when the parser is fed
         self._head = head
-        self._raw = []
-        self._headbytes = b""
-        self._body = []
-        self._size = 0
         self._timeout = timeout
-        self.deadline = self.loop.time() + timeout
-        self.deadlines.add(self)
+        self.deadline = deadline = self.loop.time() + timeout
+        watch = self.deadlines  # ``Deadlines.add``, inline: this runs for every request
+        watch.flight.add(self)
+        if watch._tick is None or deadline + SLACK_S < watch._due:
+            watch._arm(deadline)
 
     def timed_out(self) -> None:
         """Called by ``Deadlines`` once the deadline passed."""
@@ -169,11 +169,21 @@ class Connection(asyncio.Protocol):
         waiter(resp, None)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes nobody asked for: the connection is out of sync
+        waiter = self._waiter
+        if waiter is None:  # bytes nobody asked for: the connection is out of sync
             self.reusable = False
             self.close()
             return
-        self._got = True
+        if not self._got:  # the first bytes of this response
+            self._got = True
+            if not self._head:  # the common case: one whole response read at once, no parser callback
+                resp = lean_response(data, keep_alive=self.reusable and not self.closed)
+                if resp is not None:
+                    self._waiter = None
+                    self.deadlines.flight.discard(self)
+                    waiter(resp, None)
+                    return
+            self._raw, self._headbytes, self._body, self._size = [], b"", [], 0
         if not self._headers_done:
             self._raw.append(data)
         try:
@@ -206,19 +216,20 @@ class Connection(asyncio.Protocol):
 
 
 class Upstream:
-    """A pool of keep-alive connections to one ``http://host:port``."""
+    """A pool of keep-alive connections to one ``http://host:port``. ``idle``: the connections at
+    rest, the most recent last, each with the monotonic time it came to rest (``Connection.since``)."""
 
     def __init__(self, url: str, host: str, port: int) -> None:
         self.url, self.host, self.port = url, host, port
-        self._idle: list[tuple[Connection, float]] = []
+        self.idle: list[Connection] = []
         self.retired = False
 
-    def take(self) -> Connection | None:
+    def take(self, now: float) -> Connection | None:
         """An idle keep-alive connection young enough to reuse, or None."""
-        now = time.monotonic()
-        while self._idle:
-            conn, since = self._idle.pop()
-            if not conn.closed and now - since < UPSTREAM_IDLE_S:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.since < UPSTREAM_IDLE_S:
                 return conn
             conn.close()
         return None
@@ -248,7 +259,7 @@ class Upstream:
         be dead before answering is replaced by a fresh one once, within the same deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        conn = self.take()
+        conn = self.take(time.monotonic())
         while True:
             fresh = conn is None
             if conn is None:
@@ -264,19 +275,20 @@ class Upstream:
             except asyncio.CancelledError:
                 conn.close()
                 raise
-            self.release(conn, resp)
-            return resp
+            return self.release(conn, resp, time.monotonic())
 
-    def release(self, conn: Connection, resp: Response) -> None:
-        """After a complete response: keep the connection for reuse when it may be kept."""
-        if resp.keep_alive and not self.retired and len(self._idle) < MAX_IDLE_PER_UPSTREAM:
-            self._idle.append((conn, time.monotonic()))
+    def release(self, conn: Connection, resp: Response, now: float) -> Response:
+        """After a complete response: keep the connection for reuse when it may be kept; ``resp``."""
+        if resp.keep_alive and not self.retired and len(self.idle) < MAX_IDLE_PER_UPSTREAM:
+            conn.since = now
+            self.idle.append(conn)
         else:
             conn.close()
+        return resp
 
     def retire(self) -> None:
         """No longer configured: close idle connections; those in flight close when done."""
         self.retired = True
-        for conn, _ in self._idle:
+        for conn in self.idle:
             conn.close()
-        self._idle.clear()
+        self.idle.clear()

@@ -41,6 +41,22 @@ _NOTABLE = re.compile(
 )
 _KEEPS = frozenset({b"content-length", b"x-modship-revision"})
 
+# The common case, recognised without a parser callback: one whole message in one read, its head
+# well-formed by RFC 9112's grammar (a stricter one than httptools': token names, no obs-fold, CRLF
+# line ends, HTTP/1.1), framed by exactly one Content-Length and free of hop-by-hop headers but
+# "Connection: keep-alive". Such a message is passed on as it came; any other goes through httptools.
+_TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELDS = rb"(?:" + _TCHARS + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+_REQUEST_HEAD = re.compile(rb"(" + _TCHARS + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n" + _FIELDS)
+_RESPONSE_HEAD = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*\r\n" + _FIELDS)
+_HOP = rb"\n(?:keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|expect):"
+# these three read a lower-cased head (a pattern that ignores case costs a call per byte compared)
+_REQUEST_HOP = re.compile(_HOP + rb"|\nconnection:(?![ \t]*keep-alive[ \t]*\r)")
+_RESPONSE_HOP = re.compile(_HOP + rb"|\nconnection:")
+_LENGTH = re.compile(rb"\ncontent-length:(?:[ \t]*([0-9]{1,9})[ \t]*\r)?")
+LENGTH_ONLY = frozenset({b"content-length"})
+_LENGTH_AND_REVISION = _KEEPS
+
 
 class Reject(Exception):
     """A request refused while parsing it (``status`` 400, 413, 431)."""
@@ -73,9 +89,7 @@ class Response:
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The header lines, names lower-cased (parsed from ``head`` when asked)."""
-        lines = self.head.split(b"\r\n")[1:]
-        pairs = (line.partition(b":") for line in lines if line)
-        return [(n.strip().lower(), v.strip()) for n, _, v in pairs]
+        return fields(self.head)
 
 
 def notable(head: bytes) -> frozenset[bytes]:
@@ -86,27 +100,54 @@ def notable(head: bytes) -> frozenset[bytes]:
 class Request:
     """A client's request, buffered (so a failed canary attempt can be replayed on stable)."""
 
-    __slots__ = ("_data", "_lengths", "body", "canary", "headers", "keep_alive", "method", "reject", "target")
+    __slots__ = (
+        "_data",
+        "_head",
+        "_headers",
+        "_lengths",
+        "body",
+        "canary",
+        "keep_alive",
+        "method",
+        "raw",
+        "reject",
+        "target",
+    )
 
     def __init__(
         self,
         method: bytes,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | None,
         body: bytes,
         *,
         keep_alive: bool,
         reject: Reject | None = None,
+        data: bytes | None = None,
+        head: int = 0,
     ) -> None:
         self.method = method
         self.target = target
-        self.headers = headers  # names lower-cased, hop-by-hop headers removed
+        self._headers = headers  # None: parsed from ``data`` when asked
         self.body = body
         self.keep_alive = keep_alive
         self.reject = reject
         self._lengths: tuple[int, ...] | None = None
-        self._data: bytes | None = None
+        self._data = data  # what is sent upstream: as the client sent it (``head``: its head's length), or built
+        self._head = head
+        self.raw = data if head else None  # the request as the client sent it, passed on as it is
         self.canary: bool | None = None  # the split's decision, once taken
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Names lower-cased, hop-by-hop headers removed."""
+        if self._headers is None:
+            assert self._data is not None
+            # as httptools gives them: leading whitespace dropped from values, trailing kept
+            lines = self._data[: self._head - 4].split(b"\r\n")[1:]
+            pairs = ((n.lower(), v.lstrip(b" \t")) for n, _, v in (line.partition(b":") for line in lines))
+            self._headers = [(n, v) for n, v in pairs if n not in HOP_BY_HOP]
+        return self._headers
 
     def lengths(self) -> tuple[int, ...]:
         """Character lengths of the texts in the body (for input-drift telemetry), parsed once."""
@@ -116,8 +157,11 @@ class Request:
 
     def encode(self, extra: bytes = b"") -> bytes:
         """The request as sent upstream (``extra``: more header lines); without ``extra``, built once."""
-        if not extra and self._data is not None:
-            return self._data
+        data = self._data
+        if data is not None and self._head:  # as the client sent it: ``extra`` goes before the blank line
+            return data[: self._head - 2] + extra + data[self._head - 2 :] if extra else data
+        if not extra and data is not None:
+            return data
         parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n"]
         for n, v in self.headers:
             parts += (n, b": ", v, b"\r\n")
@@ -128,6 +172,44 @@ class Request:
         if not extra:
             self._data = data
         return data
+
+
+def fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """A head's header lines (after its first line), names lower-cased, values stripped."""
+    pairs = (line.partition(b":") for line in head.split(b"\r\n")[1:] if line)
+    return [(n.strip().lower(), v.strip()) for n, _, v in pairs]
+
+
+def lean_request(data: bytes) -> Request | None:
+    """``data`` as one whole request in the common form (see ``_REQUEST_HEAD``), or None."""
+    m = _REQUEST_HEAD.match(data)
+    if m is None:
+        return None
+    end = m.end()
+    low = data[:end].lower()
+    if end > MAX_HEADER_BYTES or _REQUEST_HOP.search(low) is not None:
+        return None
+    found = _LENGTH.findall(low)  # one Content-Length, readable, and the body it says; or none, and no body
+    if len(data) - end != (int(found[0]) if len(found) == 1 and found[0] else -1) if found else len(data) != end:
+        return None
+    return Request(m[1], m[2], None, data[end:], keep_alive=True, data=data, head=end)
+
+
+def lean_response(data: bytes, *, keep_alive: bool) -> Response | None:
+    """``data`` as one whole response in the common form (see ``_RESPONSE_HEAD``), or None."""
+    m = _RESPONSE_HEAD.match(data)
+    if m is None:
+        return None
+    end = m.end()
+    low = data[:end].lower()
+    if _RESPONSE_HOP.search(low) is not None:
+        return None
+    found = _LENGTH.findall(low)  # exactly one Content-Length, readable, and the body it says
+    if len(found) != 1 or not found[0] or int(found[0]) != len(data) - end:
+        return None
+    # ``find``, not ``in``: bytes' ``in`` first tries its operand as an int, and formats a TypeError
+    known = _LENGTH_AND_REVISION if low.find(b"\nx-modship-revision:") >= 0 else LENGTH_ONLY
+    return Response(int(m[1]), data[:end], data[end:], keep_alive, known)
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
