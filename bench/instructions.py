@@ -16,7 +16,7 @@ completes fewer requests than in ``router``; the counts per request are the same
 The ratio to nginx is stated, not judged: on 2026-11-30 the router ran 7x nginx's instructions for
 1.75x its CPU time (nginx's time goes to the kernel and to waking up, the router's to many cheap
 instructions), so instructions and the CPU goal of ``router`` are not on one scale. The check guards
-against regressions: the router at most ``BEFORE`` instructions per request.
+against regressions: the router at most ``BEFORE`` instructions per request (5 % above its last count).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from tests.support.upstream import Upstream
 TITLE = "instructions per request in each proxy's user space (callgrind), one connection"
 FLOOR, SINGLE, SPLIT, NGINX = "python relay floor", "modship router 100/0", "modship router 80/20", "nginx 80/20"
 WEIGHT = 20
-BEFORE = 160_000  # the router's count on 2026-11-30, before one deadline timer and a leaner recorder
+# the router's count on 2026-11-30 was 152,000; after the lean common path (the same day) 138,300. The
+# guard sits 5 % above that, so a change that adds back a parser callback per header shows.
+BEFORE = 145_000
 _TOTAL = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
 
 
@@ -105,6 +107,6 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         figures={name: f for name, f in figures.items() if name != NGINX},
         baseline={NGINX: figures[NGINX]},
         checks=checks,
-        goal=f"router 80/20 at most {BEFORE:,} instructions per request (its count before 2026-11-30's cuts); "
+        goal=f"router 80/20 at most {BEFORE:,} instructions per request (5 % above its count after the lean path); "
         "the ratios to nginx and the floor are stated, not judged",
     )
