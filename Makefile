@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install modship with everything the demo and tests need
 
+native: $(STAMP) ## the router's hot modules compiled by mypyc (optional; cached outside the repo, keyed by their sources)
+	$(BIN)/python tools/native.py
+
 system-deps: ## Debian packages the tests and benchmarks use (prometheus, nginx, wrk, chromium, valgrind)
 	@if ! command -v prometheus >/dev/null || ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null || ! command -v valgrind >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -51,19 +54,19 @@ check: $(STAMP) ## ruff, mypy --strict, import-linter contracts
 crd: $(STAMP) ## regenerate the chart's Rollout CRD from the pydantic models (a unit test checks it)
 	$(BIN)/python tools/crd.py
 
-test: $(STAMP) system-deps k8s-bins docker-daemon ## everything CI runs (unit, adapters against real services, end to end)
+test: $(STAMP) native system-deps k8s-bins docker-daemon ## everything CI runs (unit, adapters against real services, end to end)
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## unit tests only (no real services)
+test-fast: $(STAMP) native ## unit tests only (no real services)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-demo: $(STAMP) ## the main job end to end on the embedded default
+demo: $(STAMP) native ## the main job end to end on the embedded default
 	$(BIN)/python examples/demo.py
 
-demo-digits: $(STAMP) ## bring your own modules: images, with adopted MLflow models, ONNX and a python component
+demo-digits: $(STAMP) native ## bring your own modules: images, with adopted MLflow models, ONNX and a python component
 	$(BIN)/python examples/digits/demo.py
 
-bench: $(STAMP) system-deps k8s-bins argo-bins docker-daemon ## benchmarks, side by side; results in bench/results.json
+bench: $(STAMP) native system-deps k8s-bins argo-bins docker-daemon ## benchmarks, side by side; results in bench/results.json
 	$(BIN)/python -m bench
 
 kind-image: docker-daemon ## the kind node image, built offline from the Go module proxy and Debian (cached outside the repo)
@@ -77,4 +80,4 @@ test: kind-image
 clean: ## remove the venv and local data (caches outside the repo are kept)
 	rm -rf $(VENV) .modship build *.egg-info
 
-.PHONY: help venv system-deps k8s-bins argo-bins docker-daemon images kind-image kind check crd test test-fast demo demo-digits bench clean
+.PHONY: help venv native system-deps k8s-bins argo-bins docker-daemon images kind-image kind check crd test test-fast demo demo-digits bench clean

@@ -19,5 +19,10 @@ Modules, by responsibility:
 - ``fallback``: one attempt, and the replay on stable when the canary fails;
 - ``mirror``: shadow copies to the canary and the comparison of answers;
 - ``recorder`` and ``metrics``: telemetry and the Prometheus exposition (prometheus_client);
-- ``admin``: the admin API; ``server``: client connections, the ``Router``, ``run``.
+- ``admin``: the admin API; ``server``: client connections, the ``Router``, ``run``;
+- ``native``: the same modules compiled by mypyc, used when built from exactly these sources.
 """
+
+from controller.adapters.router import native
+
+__path__ = native.extend(__path__)

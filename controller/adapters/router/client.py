@@ -39,8 +39,11 @@ class Handler(Protocol):
     async def serve(self, req: wire.Request, out: ClientConn) -> None: ...
 
 
-class ClientConn(asyncio.Protocol):
-    """One client connection: parse requests (pipelined ones in order) and answer them in turn."""
+class ClientConn:
+    """One client connection: parse requests (pipelined ones in order) and answer them in turn.
+
+    An ``asyncio.Protocol`` by its methods, not by its base: a class compiled by mypyc
+    (``native``) cannot derive from a Python one."""
 
     def __init__(
         self, router: Handler, *, slot: int | None = None, replay: tuple[bytes, int, int] | None = None
@@ -89,6 +92,15 @@ class ClientConn(asyncio.Protocol):
         if self.slot is not None and self.router.kept is not None:
             self.router.kept.release(self.slot)
             self.slot = None
+
+    def eof_received(self) -> None:
+        """The client shut its side: the transport closes."""
+
+    def pause_writing(self) -> None:
+        """The client reads slowly: nothing to pause (answers are written whole)."""
+
+    def resume_writing(self) -> None:
+        pass
 
     def close(self) -> None:
         t = self.transport

@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from controller.adapters import connkeep
 from controller.adapters.router import admin, fallback, kept, metrics, recorder, split, wire
@@ -216,7 +216,7 @@ class Router:
         if verdict == "unsent":
             answered -= 1
         conn = ClientConn(self, slot=slot, replay=(data, answered, written or 0))
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: cast(Any, conn), sock)
 
     def accepted(self, sock: socket.socket, slot: int | None) -> None:
         """Serve a connection ``kept.Acceptor`` accepted and handed over (in ``slot``).
@@ -225,7 +225,7 @@ class Router:
         otherwise): its first step opens the transport, its second returns once the protocol has
         ``connection_made``."""
         conn = ClientConn(self, slot=slot)
-        self._step(asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock), conn, sock)
+        self._step(asyncio.get_running_loop().connect_accepted_socket(lambda: cast(Any, conn), sock), conn, sock)
 
     def _step(self, opening: Coroutine[Any, Any, object], conn: ClientConn, sock: socket.socket) -> None:
         try:
@@ -273,10 +273,11 @@ async def run(
         bound = sock.getsockname()[1]
     else:
         if sock is not None:  # held by the local runtime's supervisor across restarts of this process
-            server = await loop.create_server(lambda: ClientConn(router), sock=sock, backlog=BACKLOG)
+            server = await loop.create_server(lambda: cast(Any, ClientConn(router)), sock=sock, backlog=BACKLOG)
         else:
-            server = await loop.create_server(lambda: ClientConn(router), host, port, backlog=BACKLOG)
-        bound = server.sockets[0].getsockname()[1] if server.sockets else port
+            server = await loop.create_server(lambda: cast(Any, ClientConn(router)), host, port, backlog=BACKLOG)
+        socks = getattr(server, "sockets")  # noqa: B009 - uvloop gives a list where the stubs say tuple (compiled: checked)
+        bound = socks[0].getsockname()[1] if socks else port
     for slot, client in resumed:
         await router.resume(slot, client)
     log.info(

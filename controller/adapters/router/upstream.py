@@ -16,7 +16,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -81,9 +81,10 @@ class Deadlines:
 _DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = weakref.WeakKeyDictionary()
 
 
-class Connection(asyncio.Protocol):
+class Connection:
     """One keep-alive connection to an upstream; one request at a time. ``request`` calls ``done``
-    exactly once, from the event loop (no future, no task: the router's fast path chains callbacks)."""
+    exactly once, from the event loop (no future, no task: the router's fast path chains callbacks).
+    An ``asyncio.Protocol`` by its methods, not by its base (see ``ClientConn``)."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -112,6 +113,15 @@ class Connection(asyncio.Protocol):
             self.reusable = False
             self._finish()
         self._fail(UpstreamError("connect", "connection closed before a complete response", stale=not self._got))
+
+    def eof_received(self) -> None:
+        """The upstream shut its side: the transport closes (``connection_lost`` follows)."""
+
+    def pause_writing(self) -> None:
+        """Requests are small and written whole: nothing to pause."""
+
+    def resume_writing(self) -> None:
+        pass
 
     def close(self) -> None:
         self.closed = True
@@ -236,9 +246,10 @@ class Upstream:
 
     async def _connect(self, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
+        conn = Connection()
         try:
             async with asyncio.timeout(min(timeout, CONNECT_TIMEOUT_S)):
-                _, conn = await loop.create_connection(Connection, self.host, self.port)
+                await loop.create_connection(lambda: cast(Any, conn), self.host, self.port)
         except TimeoutError:
             raise UpstreamError("timeout", f"connecting to {self.url} timed out") from None
         except OSError as exc:
