@@ -27,6 +27,9 @@ class Recorder:
     def __init__(self, telemetry: telemetry.Telemetry, counters: Counters) -> None:
         self.telemetry = telemetry
         self.counters = counters
+        # stamped attempts to record at the next flush: a ``Leg``, or for the common case (one attempt,
+        # answered, as routed; appended by ``Router._fast_done``) its revision, role, response and
+        # latency, the ``Leg`` made at the flush
         self.pending: list[tuple[float, wire.Request, Leg | tuple[str, str, wire.Response, float]]] = []
         self.timer: asyncio.TimerHandle | None = None
 
@@ -35,14 +38,8 @@ class Recorder:
         self.pending.append((time.time(), req, leg))
         self.due()
 
-    def served(self, req: wire.Request, revision: str, role: str, resp: wire.Response, latency: float) -> None:
-        """``later`` for the common case (one attempt, answered, as routed), its ``Leg`` made at the
-        ``flush``."""
-        self.pending.append((time.time(), req, (revision, role, resp, latency)))
-        if self.timer is None or len(self.pending) >= BATCH:
-            self.due()
-
     def due(self) -> None:
+        """After an append to ``pending``: flush a full batch, or arm the timer."""
         if len(self.pending) >= BATCH:
             self.flush()
         elif self.timer is None:

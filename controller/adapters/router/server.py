@@ -80,8 +80,9 @@ class Router:
         call and object touched costs microseconds of cold caches, several times what it costs in a
         warm loop. So a plain weighted draw (``Route.draw``), taking and returning a pooled
         connection (``Upstream.take``, ``release``), relaying the answer (``wire.relay``), writing it
-        (``ClientConn.reply``) and recording it (``Recorder.served``) are written out here for the
-        common case, and call those for any other."""
+        (``ClientConn.reply``) and stamping it for the recorder (``Recorder.pending``) are written out
+        here for the common case, and call those for any other. (Where the router runs compiled,
+        ``native``, calls cost little; in the images it runs its Python.)"""
         route = self.routes.current
         target = req.target
         if route.stable is None or (target.startswith(admin.PREFIXES) and admin.is_admin(target)):
@@ -126,12 +127,12 @@ class Router:
             t = out.transport
             if out.slot is None and t is not None and req.keep_alive and not out.queue and not t.is_closing():
                 # ``out.reply``
-                t.write(answer)  # a no-op once the transport is closing
+                t.write(answer)
                 out.busy = False
                 out.last_active = now
             else:
                 out.reply(req, answer)
-            rec = self.recorder  # ``rec.served``
+            rec = self.recorder
             revision = route.canary_rev if req.canary else route.stable_rev
             rec.pending.append((time.time(), req, (revision, role, resp, now - t0)))
             if rec.timer is None or len(rec.pending) >= recorder.BATCH:

@@ -150,11 +150,8 @@ class Connection:
         self._got = self._headers_done = self._framed = False  # the rest is reset when the parser is fed
         self._head = head
         self._timeout = timeout
-        self.deadline = deadline = self.loop.time() + timeout
-        watch = self.deadlines  # ``Deadlines.add``, inline: this runs for every request
-        watch.flight.add(self)
-        if watch._tick is None or deadline + SLACK_S < watch._due:
-            watch._arm(deadline)
+        self.deadline = self.loop.time() + timeout
+        self.deadlines.add(self)
 
     def timed_out(self) -> None:
         """Called by ``Deadlines`` once the deadline passed."""
