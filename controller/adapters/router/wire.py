@@ -55,7 +55,6 @@ _REQUEST_HOP = re.compile(_HOP + rb"|\nconnection:(?![ \t]*keep-alive[ \t]*\r)")
 _RESPONSE_HOP = re.compile(_HOP + rb"|\nconnection:")
 _LENGTH = re.compile(rb"\ncontent-length:(?:[ \t]*([0-9]{1,9})[ \t]*\r)?")
 LENGTH_ONLY = frozenset({b"content-length"})
-_LENGTH_AND_REVISION = _KEEPS
 
 
 class Reject(Exception):
@@ -190,7 +189,9 @@ def lean_request(data: bytes) -> Request | None:
     if end > MAX_HEADER_BYTES or _REQUEST_HOP.search(low) is not None:
         return None
     found = _LENGTH.findall(low)  # one Content-Length, readable, and the body it says; or none, and no body
-    if len(data) - end != (int(found[0]) if len(found) == 1 and found[0] else -1) if found else len(data) != end:
+    if len(found) > 1 or (found and not found[0]):
+        return None
+    if len(data) - end != (int(found[0]) if found else 0):
         return None
     return Request(m[1], m[2], None, data[end:], keep_alive=True, data=data, head=end)
 
@@ -208,7 +209,7 @@ def lean_response(data: bytes, *, keep_alive: bool) -> Response | None:
     if len(found) != 1 or not found[0] or int(found[0]) != len(data) - end:
         return None
     # ``find``, not ``in``: bytes' ``in`` first tries its operand as an int, and formats a TypeError
-    known = _LENGTH_AND_REVISION if low.find(b"\nx-modship-revision:") >= 0 else LENGTH_ONLY
+    known = _KEEPS if low.find(b"\nx-modship-revision:") >= 0 else LENGTH_ONLY
     return Response(int(m[1]), data[:end], data[end:], keep_alive, known)
 
 
