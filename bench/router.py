@@ -15,9 +15,15 @@ Targets, all measured side by side with unique inputs (no cache hits):
 
 The share each split sent to the canary is read from the two Bentos' request counters.
 
-Goals: router throughput >= 0.9 of direct and added p50 <= 0.5 ms. Checked for the 80/20 router
-with one connection (where the second backend cannot help) and for the 100/0 router at every
-connection count (same capacity as direct). The router's own CPU per request (its process, from
+Goals: router throughput >= 0.9 of direct, checked for the 80/20 router with one connection (where
+the second backend cannot help) and for the 100/0 router at every connection count (same capacity
+as direct). Added p50 <= 0.5 ms, checked at one connection where every input goes through every
+target in turn (``bench/interleave.py``): in runs of a few seconds one after the other, a p50 moves
+by a millisecond or more between two runs of the same target here, more than what is measured. The
+100/0 router is checked against ``direct``; the 80/20 router against ``client split 80/20``, a
+client drawing stable or canary itself per request (the same split without a proxy: alternating
+between two processes costs latency of its own). The run-by-run p50 differences are still reported
+(``vs_direct``), at every connection count. The router's own CPU per request (its process, from
 ``/proc``) must stay within 1.5x of nginx's doing the same 80/20 split, at every connection count:
 CPU per request hardly depends on how busy the shared machine is, so this is the robust figure.
 
@@ -29,13 +35,15 @@ the notes state it against nginx's, to say how far the 1.5x goal is reachable in
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from bench import load, results, setup
+from bench import interleave, load, results, setup
 
 TITLE = "direct vs modship router vs nginx (two instances of the Bento, unique inputs)"
 DIRECT, SINGLE, SPLIT, NGINX = "direct", "modship router 100/0", "modship router 80/20", "nginx 80/20"
 FLOOR = "python relay floor"
+CLIENT_SPLIT = "client split 80/20"
 WEIGHT = 20
 
 
@@ -79,11 +87,26 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
             scratch=ws.scratch,
             observe=observe,
         )
-    share = {name: round(s[1] / (s[0] + s[1]), 4) if sum(s) else None for name, s in served.items()}
-    return report(measured, cfg, share)
+        share = {name: round(s[1] / (s[0] + s[1]), 4) if sum(s) else None for name, s in served.items()}
+        w = WEIGHT / 100
+        lat = interleave.latencies(
+            {
+                DIRECT: interleave.Split((stable.port,)),
+                CLIENT_SPLIT: interleave.Split((stable.port, canary.port), (1 - w, w)),
+                SINGLE: interleave.Split((single.port,)),
+                SPLIT: interleave.Split((split.port,)),
+                NGINX: interleave.Split((nginx.port,)),
+                FLOOR: interleave.Split((floor.port,)),
+            },
+            load.Inputs(load.bbc_texts(400), unique=True),
+            cfg.interleaved,
+        )
+    return report(measured, cfg, share, lat)
 
 
-def report(measured: load.Measured, cfg: load.Load, share: dict[str, float | None]) -> dict[str, Any]:
+def report(
+    measured: load.Measured, cfg: load.Load, share: dict[str, float | None], lat: dict[str, list[float]]
+) -> dict[str, Any]:
     proxies = (SINGLE, SPLIT, NGINX)
 
     def proxy_cpu(name: str, c: int) -> float:
@@ -119,18 +142,28 @@ def report(measured: load.Measured, cfg: load.Load, share: dict[str, float | Non
         f" {floor[f'c{low}']:.2f}x nginx's at c{low}; the router is at"
         f" {results.ratio(proxy_cpu(SPLIT, low), proxy_cpu(NGINX, low)):.2f}x"
     )
+    # latency, inputs interleaved at one connection: what each proxy adds to the same traffic without it
+    adds = [
+        interleave.added(lat, SINGLE, DIRECT),
+        interleave.added(lat, SPLIT, CLIENT_SPLIT),
+        interleave.added(lat, NGINX, CLIENT_SPLIT),
+        interleave.added(lat, SPLIT, DIRECT),
+        interleave.added(lat, CLIENT_SPLIT, DIRECT),
+        interleave.added(lat, FLOOR, DIRECT),
+    ]
+    notes += [
+        f"interleaved c1, {len(lat[DIRECT])} inputs through every target: {a.target} adds {a.p50_ms:+.3f} ms of p50"
+        f" to {a.baseline} (median per input {a.paired_ms:+.3f} ms)"
+        for a in adds
+    ]
     checks = [
         results.Check(f"req/s 80/20/direct c{low}", measured.paired(SPLIT, DIRECT, low, "rps"), ">=", 0.9),
-        results.Check(
-            f"added p50 ms 80/20 c{low}", measured.paired(SPLIT, DIRECT, low, "p50_ms", diff=True), "<=", 0.5
-        ),
+        results.Check("added p50 ms 80/20 c1 (interleaved, vs the client's own split)", adds[1].p50_ms, "<=", 0.5),
         *(
             results.Check(f"req/s 100/0/direct c{c}", measured.paired(SINGLE, DIRECT, c, "rps"), ">=", 0.9)
             for c in cfg.connections
         ),
-        results.Check(
-            f"added p50 ms 100/0 c{low}", measured.paired(SINGLE, DIRECT, low, "p50_ms", diff=True), "<=", 0.5
-        ),
+        results.Check("added p50 ms 100/0 c1 (interleaved)", adds[0].p50_ms, "<=", 0.5),
         *(
             results.Check(
                 f"proxy CPU/req 80/20 router/nginx c{c}",
@@ -148,12 +181,13 @@ def report(measured: load.Measured, cfg: load.Load, share: dict[str, float | Non
         baseline={DIRECT: measured.figures(DIRECT), FLOOR: measured.figures(FLOOR)},
         checks=checks,
         goal=(
-            "modship router >= 0.9 of direct throughput and <= 0.5 ms added p50 "
-            f"(80/20 split at {low} connection(s); 100/0 at every connection count); "
-            "router CPU per request <= 1.5x nginx's (80/20)"
+            f"modship router >= 0.9 of direct throughput (80/20 split at {low} connection(s); 100/0 at every"
+            " connection count); <= 0.5 ms added p50 at one connection, inputs interleaved (100/0 against"
+            " direct, 80/20 against a client splitting by itself); router CPU per request <= 1.5x nginx's (80/20)"
         ),
         host=measured.foreign(),
         vs_direct=vs_direct,
+        interleaved={"figures": interleave.figures(lat), "added": [dataclasses.asdict(a) for a in adds]},
         canary_share=share,
         floor_cpu_vs_nginx=floor,
     )

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import httptools
 
@@ -25,7 +25,8 @@ from controller.adapters.router import kept, wire
 
 log = logging.getLogger("modship.router")
 
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_monotonic: Final = time.monotonic  # bound once (see ``server``)
 
 
 class Handler(Protocol):
@@ -55,7 +56,7 @@ class ClientConn:
         self.worker: asyncio.Task[None] | None = None
         self.busy = False  # a request is in flight on the fast path
         self.last: wire.Request | None = None
-        self.last_active = time.monotonic()
+        self.last_active = _monotonic()
         self.paused = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -129,7 +130,7 @@ class ClientConn:
             t.write(data)  # type: ignore[union-attr]  # ``writing``: not None
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        self.last_active = _monotonic()
         if self.slot is not None and self.router.kept is not None:
             journal = self.router.kept.journal
             if self.answered >= self.parsed and not self._mid and (self.length or self.answered):
@@ -240,7 +241,7 @@ class ClientConn:
     def finished(self, req: wire.Request) -> None:
         """The fast path answered ``req``: go on with what queued up meanwhile."""
         self.busy = False
-        self.last_active = time.monotonic()
+        self.last_active = _monotonic()
         if not req.keep_alive:
             self.close()
             return
@@ -283,4 +284,4 @@ class ClientConn:
             self.failed()
         finally:
             self.worker = None
-            self.last_active = time.monotonic()
+            self.last_active = _monotonic()

@@ -6,13 +6,13 @@ client gets stable's answer; the canary's failure is still reported, as a leg of
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from controller.adapters.router import wire
 from controller.adapters.router.route import Route
 from controller.adapters.router.upstream import Upstream, UpstreamError
 
-_CODES = {status: str(status) for status in wire.REASONS}  # one string per status, not one per request
+_CODES: Final = {status: str(status) for status in wire.REASONS}  # one string per status, not one per request
 
 
 class Attempt:

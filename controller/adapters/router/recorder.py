@@ -13,29 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Final
 
 from controller.adapters.router import wire
 from controller.adapters.router.fallback import Attempt, Leg, kind
 from controller.adapters.router.metrics import Counters
 from controller.plan import telemetry
 
-FLUSH_S = 0.25
-BATCH = 256
+FLUSH_S: Final = 0.25
+BATCH: Final = 256
 
 
 class Recorder:
     def __init__(self, telemetry: telemetry.Telemetry, counters: Counters) -> None:
         self.telemetry = telemetry
         self.counters = counters
-        # stamped attempts to record at the next flush: a ``Leg``, or for the common case (one attempt,
-        # answered, as routed; appended by ``Router._fast_done``) its revision, role, response and
-        # latency, the ``Leg`` made at the flush
+        # attempts to record at the next flush, stamped with ``time.monotonic()``: a ``Leg``, or for
+        # the common case (one attempt, answered, as routed; appended by ``Router._fast_done``) its
+        # revision, role, response and latency, the ``Leg`` made at the flush
         self.pending: list[tuple[float, wire.Request, Leg | tuple[str, str, wire.Response, float]]] = []
         self.timer: asyncio.TimerHandle | None = None
 
     def later(self, req: wire.Request, leg: Leg) -> None:
         """Record one routed attempt at the next ``flush``."""
-        self.pending.append((time.time(), req, leg))
+        self.pending.append((time.monotonic(), req, leg))
         self.due()
 
     def due(self) -> None:
@@ -51,12 +52,13 @@ class Recorder:
             self.timer.cancel()
             self.timer = None
         pending, self.pending = self.pending, []
-        for now, req, made in pending:
+        wall = time.time() - time.monotonic()  # stamps are monotonic (one clock read per request): to wall time
+        for at, req, made in pending:
             if isinstance(made, Leg):
-                self.leg(req, made, now=now)
+                self.leg(req, made, now=at + wall)
             else:
                 revision, role, resp, latency = made
-                self.leg(req, Leg(revision, role, Attempt(resp, kind(resp), latency)), now=now)
+                self.leg(req, Leg(revision, role, Attempt(resp, kind(resp), latency)), now=at + wall)
 
     def leg(
         self, req: wire.Request, leg: Leg, *, mirrored: bool = False, now: float | None = None

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import pydantic
@@ -29,8 +29,8 @@ from controller.plan import telemetry
 from controller.spec.routing import RouterConfig
 
 log = logging.getLogger("modship.router")
-WARM_EVERY_S = 0.05
-WARM_LIMIT_S = 10.0
+WARM_EVERY_S: Final = 0.05
+WARM_LIMIT_S: Final = 10.0
 
 
 class Route:

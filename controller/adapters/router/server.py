@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from controller.adapters import connkeep
 from controller.adapters.router import admin, fallback, kept, metrics, recorder, split, wire
@@ -29,8 +29,14 @@ from controller.plan import telemetry
 
 log = logging.getLogger("modship.router")
 
-CLIENT_IDLE_S = 75.0  # close idle (or stalled) client connections after this
-BACKLOG = 2048
+CLIENT_IDLE_S: Final = 75.0  # close idle (or stalled) client connections after this
+BACKLOG: Final = 2048
+# what the fast path calls for every request, bound once: a compiled module reads these directly,
+# where ``time.monotonic`` is an attribute lookup on a module per call
+_monotonic: Final = time.monotonic
+_random: Final = random.random
+_partial: Final = functools.partial
+_ADMIN: Final = admin.PREFIXES
 
 
 Flight = tuple[Route, wire.Request, ClientConn, Upstream, Connection, float]  # a request on the fast path, sent at
@@ -85,18 +91,18 @@ class Router:
         ``native``, calls cost little; in the images it runs its Python.)"""
         route = self.routes.current
         target = req.target
-        if route.stable is None or (target.startswith(admin.PREFIXES) and admin.is_admin(target)):
+        if route.stable is None or (target.startswith(_ADMIN) and admin.is_admin(target)):
             return False
         if route.draw is not None and req.canary is None:
-            req.canary = canary = random.random() * 100 < route.draw
+            req.canary = canary = _random() * 100 < route.draw
         else:
             canary = self._decide(route, req)
         up = route.canary if canary and route.canary is not None else route.stable
-        now = time.monotonic()
+        now = _monotonic()
         conn = up.take(now)
         if conn is None:
             return False
-        done = functools.partial(self._fast_done, (route, req, out, up, conn, now))
+        done = _partial(self._fast_done, (route, req, out, up, conn, now))
         try:
             conn.request(req.encode() if req.raw is None else req.raw, route.timeout, req.method == b"HEAD", done)
         except Exception:  # a transport closing under us: the slow path connects afresh
@@ -112,7 +118,7 @@ class Router:
             if resp is None or (resp.status >= 500 and req.canary and route.fallback):
                 self._fast_failed(flight, resp, exc)
                 return
-            now = time.monotonic()
+            now = _monotonic()
             if resp.keep_alive and not up.retired and len(up.idle) < MAX_IDLE:  # ``up.release``
                 conn.since = now
                 up.idle.append(conn)
@@ -134,7 +140,7 @@ class Router:
                 out.reply(req, answer)
             rec = self.recorder
             revision = route.canary_rev if req.canary else route.stable_rev
-            rec.pending.append((time.time(), req, (revision, role, resp, now - t0)))
+            rec.pending.append((now, req, (revision, role, resp, now - t0)))
             if rec.timer is None or len(rec.pending) >= recorder.BATCH:
                 rec.due()
             if not req.canary and route.split.mirror and split.mirrored(route.split, random.random):

@@ -16,16 +16,16 @@ import asyncio
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 
 from controller.adapters.router.wire import MAX_RESPONSE, Response, lean_response, notable
 
-UPSTREAM_IDLE_S = 4.0  # reuse idle upstream connections younger than this (uvicorn closes at 5 s)
-MAX_IDLE_PER_UPSTREAM = 128
-CONNECT_TIMEOUT_S = 2.0  # upstreams are on loopback: a connect that takes longer will not succeed
-SLACK_S = 0.02  # how late past a deadline a timeout may fire
+UPSTREAM_IDLE_S: Final = 4.0  # reuse idle upstream connections younger than this (uvicorn closes at 5 s)
+MAX_IDLE_PER_UPSTREAM: Final = 128
+CONNECT_TIMEOUT_S: Final = 2.0  # upstreams are on loopback: a connect that takes longer will not succeed
+SLACK_S: Final = 0.02  # how late past a deadline a timeout may fire
 
 
 class UpstreamError(Exception):

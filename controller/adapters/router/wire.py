@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from typing import Final
 
 import orjson
 
 from controller.plan import telemetry
 
-MAX_BODY = 4 << 20  # request bodies are small JSON; buffered for replay
-MAX_RESPONSE = 32 << 20
-MAX_HEADER_BYTES = 64 << 10
+MAX_BODY: Final = 4 << 20  # request bodies are small JSON; buffered for replay
+MAX_RESPONSE: Final = 32 << 20
+MAX_HEADER_BYTES: Final = 64 << 10
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -30,31 +31,34 @@ HOP_BY_HOP = frozenset(
         b"expect",
     }
 )
-NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
-REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
-_CLOSE = b"connection: close\r\n"
+NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
+REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
+_CLOSE: Final = b"connection: close\r\n"
 # the header names (in a lower-cased head) that decide whether a response is relayed as it came
-_NOTABLE = re.compile(
+_NOTABLE: Final = re.compile(
     rb"\n(c(?:onnection|ontent-length)|keep-alive|proxy-connection|t(?:e|railer|ransfer-encoding)|upgrade|expect"
     rb"|x-modship-revision):"
 )
-_KEEPS = frozenset({b"content-length", b"x-modship-revision"})
+_KEEPS: Final = frozenset({b"content-length", b"x-modship-revision"})
 
 # The common case, recognised without a parser callback: one whole message in one read, its head
 # well-formed by RFC 9112's grammar (a stricter one than httptools': token names, no obs-fold, CRLF
 # line ends, HTTP/1.1), framed by exactly one Content-Length and free of hop-by-hop headers but
 # "Connection: keep-alive". Such a message is passed on as it came; any other goes through httptools.
-_TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_FIELDS = rb"(?:" + _TCHARS + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
-_REQUEST_HEAD = re.compile(rb"(" + _TCHARS + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n" + _FIELDS)
-_RESPONSE_HEAD = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*\r\n" + _FIELDS)
-_HOP = rb"\n(?:keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|expect):"
-# these three read a lower-cased head (a pattern that ignores case costs a call per byte compared)
-_REQUEST_HOP = re.compile(_HOP + rb"|\nconnection:(?![ \t]*keep-alive[ \t]*\r)")
-_RESPONSE_HOP = re.compile(_HOP + rb"|\nconnection:")
-_LENGTH = re.compile(rb"\ncontent-length:(?:[ \t]*([0-9]{1,9})[ \t]*\r)?")
-LENGTH_ONLY = frozenset({b"content-length"})
+_TCHARS: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELDS: Final = rb"(?:" + _TCHARS + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+_REQUEST_HEAD: Final = re.compile(rb"(" + _TCHARS + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n" + _FIELDS)
+_RESPONSE_HEAD: Final = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*\r\n" + _FIELDS)
+# One scan of the lower-cased head (a pattern that ignores case costs a call per byte compared) for
+# every header that decides the lean path: hop-by-hop ones, Content-Length with its value when it is
+# readable, Connection with "keep-alive" when that is all it says, modship's revision header.
+_DECIDING: Final = re.compile(
+    rb"\n(connection|content-length|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|expect"
+    rb"|x-modship-revision):(?:[ \t]*([0-9]{1,9})[ \t]*\r|[ \t]*(keep-alive)[ \t]*\r)?"
+)
+LENGTH_ONLY: Final = frozenset({b"content-length"})
+_STATUS: Final = {b"%d" % code: code for code in range(200, 600)}  # the status line's code, read
 
 
 class Reject(Exception):
@@ -185,13 +189,16 @@ def lean_request(data: bytes) -> Request | None:
     if m is None:
         return None
     end = m.end()
-    low = data[:end].lower()
-    if end > MAX_HEADER_BYTES or _REQUEST_HOP.search(low) is not None:
+    if end > MAX_HEADER_BYTES:
         return None
-    found = _LENGTH.findall(low)  # one Content-Length, readable, and the body it says; or none, and no body
-    if len(found) > 1 or (found and not found[0]):
-        return None
-    if len(data) - end != (int(found[0]) if found else 0):
+    length = 0  # one Content-Length, readable, and the body it says; or none, and no body
+    seen = False
+    for name, digits, keep in _DECIDING.findall(data[:end].lower()):
+        if name == b"content-length" and digits and not seen:
+            length, seen = int(digits), True
+        elif name != b"x-modship-revision" and not (name == b"connection" and keep):
+            return None
+    if len(data) - end != length:
         return None
     return Request(m[1], m[2], None, data[end:], keep_alive=True, data=data, head=end)
 
@@ -202,15 +209,18 @@ def lean_response(data: bytes, *, keep_alive: bool) -> Response | None:
     if m is None:
         return None
     end = m.end()
-    low = data[:end].lower()
-    if _RESPONSE_HOP.search(low) is not None:
+    length = -1  # exactly one Content-Length, readable, and the body it says
+    known = LENGTH_ONLY
+    for name, digits, _ in _DECIDING.findall(data[:end].lower()):
+        if name == b"content-length" and digits and length < 0:
+            length = int(digits)
+        elif name == b"x-modship-revision":
+            known = _KEEPS
+        else:
+            return None
+    if length != len(data) - end:
         return None
-    found = _LENGTH.findall(low)  # exactly one Content-Length, readable, and the body it says
-    if len(found) != 1 or not found[0] or int(found[0]) != len(data) - end:
-        return None
-    # ``find``, not ``in``: bytes' ``in`` first tries its operand as an int, and formats a TypeError
-    known = _KEEPS if low.find(b"\nx-modship-revision:") >= 0 else LENGTH_ONLY
-    return Response(int(m[1]), data[:end], data[end:], keep_alive, known)
+    return Response(_STATUS[data[9:12]], data[:end], data[end:], keep_alive, known)
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
