@@ -22,8 +22,12 @@ target in turn (``bench/interleave.py``): in runs of a few seconds one after the
 by a millisecond or more between two runs of the same target here, more than what is measured. The
 100/0 router is checked against ``direct``; the 80/20 router against ``client split 80/20``, a
 client drawing stable or canary itself per request (the same split without a proxy: alternating
-between two processes costs latency of its own). The run-by-run p50 differences are still reported
-(``vs_direct``), at every connection count. The router's own CPU per request (its process, from
+between two processes costs latency of its own). The check takes the median over inputs of what
+each one took longer through the proxy (each input went through both back to back): the added
+latency of a typical request, estimated without the spread that the inputs themselves bring (texts
+of different lengths). The difference of the two p50s measures the same shift but moves by a few
+tenths of a millisecond between runs even so; it is reported beside it, and so are the run-by-run
+p50 differences (``vs_direct``), at every connection count. The router's own CPU per request (its process, from
 ``/proc``) must stay within 1.5x of nginx's doing the same 80/20 split, at every connection count:
 CPU per request hardly depends on how busy the shared machine is, so this is the robust figure.
 
@@ -158,12 +162,12 @@ def report(
     ]
     checks = [
         results.Check(f"req/s 80/20/direct c{low}", measured.paired(SPLIT, DIRECT, low, "rps"), ">=", 0.9),
-        results.Check("added p50 ms 80/20 c1 (interleaved, vs the client's own split)", adds[1].p50_ms, "<=", 0.5),
+        results.Check("added ms 80/20 c1 (median per input, vs the client's own split)", adds[1].paired_ms, "<=", 0.5),
         *(
             results.Check(f"req/s 100/0/direct c{c}", measured.paired(SINGLE, DIRECT, c, "rps"), ">=", 0.9)
             for c in cfg.connections
         ),
-        results.Check("added p50 ms 100/0 c1 (interleaved)", adds[0].p50_ms, "<=", 0.5),
+        results.Check("added ms 100/0 c1 (median per input, vs direct)", adds[0].paired_ms, "<=", 0.5),
         *(
             results.Check(
                 f"proxy CPU/req 80/20 router/nginx c{c}",
@@ -182,7 +186,7 @@ def report(
         checks=checks,
         goal=(
             f"modship router >= 0.9 of direct throughput (80/20 split at {low} connection(s); 100/0 at every"
-            " connection count); <= 0.5 ms added p50 at one connection, inputs interleaved (100/0 against"
+            " connection count); <= 0.5 ms added latency at one connection, inputs interleaved (100/0 against"
             " direct, 80/20 against a client splitting by itself); router CPU per request <= 1.5x nginx's (80/20)"
         ),
         host=measured.foreign(),
