@@ -27,9 +27,11 @@ each one took longer through the proxy (each input went through both back to bac
 latency of a typical request, estimated without the spread that the inputs themselves bring (texts
 of different lengths). The difference of the two p50s measures the same shift but moves by a few
 tenths of a millisecond between runs even so; it is reported beside it, and so are the run-by-run
-p50 differences (``vs_direct``), at every connection count. The router's own CPU per request (its process, from
-``/proc``) must stay within 1.5x of nginx's doing the same 80/20 split, at every connection count:
-CPU per request hardly depends on how busy the shared machine is, so this is the robust figure.
+p50 differences (``vs_direct``), at every connection count.
+
+The router's own CPU per request (its process, from ``/proc``) must stay within 1.5x of nginx's
+doing the same 80/20 split, at every connection count: CPU per request hardly depends on how busy
+the shared machine is, so this is the robust figure.
 
 A reference beside them, ``python relay floor`` (``bench/relay_floor.py``): a uvloop proxy that
 only relays bytes between a client and stable, framed by httptools, with none of the router's

@@ -73,7 +73,7 @@ class Router:
     def _decide(self, route: Route, req: wire.Request) -> bool:
         if req.canary is None:
             req.canary = route.canary is not None and split.to_canary(
-                route.split, req.headers if route.split.keyed else (), random.random
+                route.split, req.headers if route.split.keyed else (), _random
             )
         return req.canary
 
@@ -143,7 +143,7 @@ class Router:
             rec.pending.append((now, req, (revision, role, resp, now - t0)))
             if rec.timer is None or len(rec.pending) >= recorder.BATCH:
                 rec.due()
-            if not req.canary and route.split.mirror and split.mirrored(route.split, random.random):
+            if not req.canary and route.split.mirror and split.mirrored(route.split, _random):
                 self.mirrors.spawn(route, req, fallback.Attempt(resp, fallback.kind(resp), now - t0))
         except Exception:
             out.failed()
@@ -186,7 +186,7 @@ class Router:
         out.send(legs[-1].answer)
         for leg in legs:
             self.recorder.later(req, leg)
-        if not req.canary and split.mirrored(route.split, random.random):
+        if not req.canary and split.mirrored(route.split, _random):
             self.mirrors.spawn(route, req, legs[-1].tried)
 
     async def close(self, *, grace: float = 5.0) -> None:

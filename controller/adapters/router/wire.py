@@ -35,11 +35,6 @@ NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
 REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
 _CLOSE: Final = b"connection: close\r\n"
-# the header names (in a lower-cased head) that decide whether a response is relayed as it came
-_NOTABLE: Final = re.compile(
-    rb"\n(c(?:onnection|ontent-length)|keep-alive|proxy-connection|t(?:e|railer|ransfer-encoding)|upgrade|expect"
-    rb"|x-modship-revision):"
-)
 _KEEPS: Final = frozenset({b"content-length", b"x-modship-revision"})
 
 # The common case, recognised without a parser callback: one whole message in one read, its head
@@ -50,15 +45,15 @@ _TCHARS: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _FIELDS: Final = rb"(?:" + _TCHARS + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
 _REQUEST_HEAD: Final = re.compile(rb"(" + _TCHARS + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n" + _FIELDS)
 _RESPONSE_HEAD: Final = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*\r\n" + _FIELDS)
-# One scan of the lower-cased head (a pattern that ignores case costs a call per byte compared) for
-# every header that decides the lean path: hop-by-hop ones, Content-Length with its value when it is
-# readable, Connection with "keep-alive" when that is all it says, modship's revision header.
+# One scan of a lower-cased head (a pattern that ignores case costs a call per byte compared) for the
+# headers that decide how a message is relayed: the hop-by-hop ones, Content-Length with its value
+# when it is readable, Connection with "keep-alive" when that is all it says, modship's revision.
 _DECIDING: Final = re.compile(
-    rb"\n(connection|content-length|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|expect"
-    rb"|x-modship-revision):(?:[ \t]*([0-9]{1,9})[ \t]*\r|[ \t]*(keep-alive)[ \t]*\r)?"
+    rb"\n(" + b"|".join(sorted(HOP_BY_HOP | {b"x-modship-revision"})) + rb"):"
+    rb"(?:[ \t]*([0-9]{1,9})[ \t]*\r|[ \t]*(keep-alive)[ \t]*\r)?"
 )
 LENGTH_ONLY: Final = frozenset({b"content-length"})
-_STATUS: Final = {b"%d" % code: code for code in range(200, 600)}  # the status line's code, read
+_STATUS: Final = {b"%d" % code: code for code in range(200, 600)}  # a status line's code, without int()
 
 
 class Reject(Exception):
@@ -97,7 +92,7 @@ class Response:
 
 def notable(head: bytes) -> frozenset[bytes]:
     """Which of the header names ``relay`` cares about a response head carries (lower-cased)."""
-    return frozenset(_NOTABLE.findall(head.lower()))
+    return frozenset(name for name, _, _ in _DECIDING.findall(head.lower()))
 
 
 class Request:
