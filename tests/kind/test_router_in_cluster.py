@@ -145,6 +145,8 @@ def test_the_router_from_the_operator_image_routes_to_revision_pods(kind_cluster
     assert put_json(f"{base}/-/modship/config", config.wire(), TOKEN) == 200
     wait_for("the router's readyz", lambda: get(f"{base}/-/modship/readyz") is not None, 30)
 
+    # the NodePort straight to stable: kube-proxy may still be programming it (a reset, once, in CI)
+    wait_for("the stable Service's NodePort", lambda: get(direct) is not None, 30)
     assert get(direct) == f"modship-kind-smoke {pod['stable']}\n"
     assert [get(f"{base}/") for _ in range(5)] == [f"modship-kind-smoke {pod['stable']}\n"] * 5
     assert get(f"{base}/", {"x-modship-canary": "1"}) == f"modship-kind-smoke {pod['canary']}\n"
