@@ -43,6 +43,7 @@ class Route:
         "draw",
         "fallback",
         "generation",
+        "routed",
         "split",
         "stable",
         "stable_rev",
@@ -73,6 +74,8 @@ class Route:
             b"canary": wire.tail(c, b"canary"),
             b"canary-fallback": wire.tail(s, b"canary-fallback"),
         }
+        # the same without their revision line, for an answer that names its revision itself
+        self.routed = {k: v[v.index(b"\n") + 1 :] for k, v in self.tails.items()}
 
     def describe(self) -> str:
         c = self.config

@@ -125,11 +125,14 @@ class Router:
             else:
                 conn.close()
             role = "canary" if req.canary else "stable"
-            tail = route.tails[b"canary" if req.canary else b"stable"]
-            if resp.notable is wire.LENGTH_ONLY and req.keep_alive and req.raw is not None:  # ``wire.relay``
-                answer = b"".join((resp.head[:-2], tail, b"\r\n", resp.body))
+            key = b"canary" if req.canary else b"stable"
+            notable = resp.notable
+            if req.keep_alive and req.raw is not None and notable is wire.LENGTH_ONLY:  # ``wire.relay``
+                answer = b"".join((resp.head[:-2], route.tails[key], b"\r\n", resp.body))
+            elif req.keep_alive and req.raw is not None and notable is wire.LENGTH_AND_REVISION:  # the revision named
+                answer = b"".join((resp.head[:-2], route.routed[key], b"\r\n", resp.body))
             else:
-                answer = wire.relay(resp, tail=tail, keep_alive=req.keep_alive, head=req.method == b"HEAD")
+                answer = wire.relay(resp, tail=route.tails[key], keep_alive=req.keep_alive, head=req.method == b"HEAD")
             t = out.transport
             if out.slot is None and t is not None and req.keep_alive and not out.queue and not t.is_closing():
                 # ``out.reply``
