@@ -112,3 +112,41 @@ def test_a_head_with_bare_lf_lines_is_refused_as_invalid() -> None:
     """The head is cut at its CRLF blank line: the parser must refuse anything else."""
     [(resp, exc)] = answers(b"HTTP/1.1 200 OK\nx-a: 1\ncontent-length: %d\n\n" % len(BODY) + BODY)
     assert resp is None and isinstance(exc, UpstreamError) and "invalid response" in str(exc)
+
+
+def test_a_plain_head_and_its_body_in_later_reads_make_one_answer_without_the_parser() -> None:
+    """Upstreams that write the head and the body apart (uvicorn, so the Bento) are read leanly too:
+    the body is gathered until the head's Content-Length is reached."""
+    head = b"HTTP/1.1 200 OK\r\nx-modship-revision: r9\r\ncontent-length: %d\r\n\r\n" % len(BODY)
+    [(resp, exc)] = answers(head, BODY[:5], BODY[5:])
+    assert exc is None and resp is not None
+    assert (resp.head, resp.body, resp.status, resp.keep_alive) == (head, BODY, 200, True)
+    assert resp.notable is wire.LENGTH_AND_REVISION
+    [(resp, exc)] = answers(head + BODY[:3], BODY[3:] + b"HTTP/1.1 200 OK\r\n")  # more than it said
+    assert resp is not None and resp.body == BODY and not resp.keep_alive
+    assert answers(head, BODY[:-1]) == []  # not whole yet: nothing handed over
+
+
+def test_a_lean_answer_cut_short_by_a_close_is_an_error_not_an_answer() -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(BODY)
+
+    async def go() -> list[tuple[wire.Response | None, object]]:
+        conn = Connection()
+        conn.connection_made(NullTransport())  # type: ignore[arg-type]
+        got: list[tuple[wire.Response | None, object]] = []
+        conn.request(b"GET / HTTP/1.1\r\n\r\n", 5.0, False, lambda r, e: got.append((r, e)))
+        conn.data_received(head + BODY[:4])
+        conn.connection_lost(None)
+        return got
+
+    [(resp, exc)] = asyncio.run(go())
+    assert resp is None and isinstance(exc, UpstreamError) and not exc.stale
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_an_answer_without_a_body_by_its_status_is_left_to_the_parser(status: int) -> None:
+    """A 304's Content-Length is the one a 200 would have had: no body follows it."""
+    head = b"HTTP/1.1 %d X\r\ncontent-length: 20\r\n\r\n" % status
+    assert wire.lean_head(head)[1] == -1
+    [(resp, exc)] = answers(head)
+    assert exc is None and resp is not None and (resp.status, resp.body) == (status, b"")

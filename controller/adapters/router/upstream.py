@@ -20,7 +20,7 @@ from typing import Any, Final, cast
 
 import httptools
 
-from controller.adapters.router.wire import MAX_RESPONSE, Response, lean_response, notable
+from controller.adapters.router.wire import LENGTH_ONLY, MAX_RESPONSE, Response, lean_head, notable
 
 UPSTREAM_IDLE_S: Final = 4.0  # reuse idle upstream connections younger than this (uvicorn closes at 5 s)
 MAX_IDLE_PER_UPSTREAM: Final = 128
@@ -97,7 +97,11 @@ class Connection:
         self.deadline = 0.0  # loop time by which the request in flight must be answered
         self.since = 0.0  # monotonic time it came to rest in its pool (``Upstream.idle``)
         self._timeout = 0.0
-        self._got = self._head = self._headers_done = self._framed = False
+        self._got = self._head = self._headers_done = self._framed = self._lean = False
+        # a lean answer (``wire.lean_head``) whose body comes in later reads: its status, where its
+        # head ends, how many bytes it has in all, its notable headers
+        self._status = self._end = self._want = 0
+        self._known = LENGTH_ONLY
         self._raw: list[bytes] = []  # what came until the head was complete
         self._headbytes = b""
         self._notable: frozenset[bytes] = frozenset()
@@ -147,7 +151,7 @@ class Connection:
         assert self.transport is not None
         self.transport.write(data)  # first: should it raise, this connection owes nobody an answer
         self._waiter = done
-        self._got = self._headers_done = self._framed = False  # the rest is reset when the parser is fed
+        self._got = self._headers_done = self._framed = self._lean = False  # the rest: when the parser is fed
         self._head = head
         self._timeout = timeout
         self.deadline = self.loop.time() + timeout
@@ -181,14 +185,23 @@ class Connection:
             self.reusable = False
             self.close()
             return
+        if self._lean:  # more of a lean answer's body
+            self._body.append(data)
+            self._size += len(data)
+            if self._size >= self._want:
+                self._lean_done(waiter, b"".join(self._body))
+            return
         if not self._got:  # the first bytes of this response
             self._got = True
-            if not self._head:  # the common case: one whole response read at once, no parser callback
-                resp = lean_response(data, keep_alive=self.reusable and not self.closed)
-                if resp is not None:
-                    self._waiter = None
-                    self.deadlines.flight.discard(self)
-                    waiter(resp, None)
+            if not self._head:  # the common case: a head in the plain form, no parser callback
+                status, end, length, known = lean_head(data)
+                if end >= 0 and length <= MAX_RESPONSE and end + length >= len(data):
+                    self._status, self._end, self._want, self._known = status, end, end + length, known
+                    if self._want == len(data):  # whole in one read
+                        self._lean_done(waiter, data)
+                    else:  # its body still to come (an upstream that writes head and body apart)
+                        self._lean = self._headers_done = self._framed = True
+                        self._body, self._size = [data], len(data)
                     return
             self._raw, self._headbytes, self._body, self._size = [], b"", [], 0
         if not self._headers_done:
@@ -198,6 +211,16 @@ class Connection:
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError("connect", f"invalid response: {exc.__context__ or exc}"))
             self.close()
+
+    def _lean_done(self, waiter: Done, data: bytes) -> None:
+        """A lean answer is whole in ``data`` (bytes past it: the connection is out of sync)."""
+        self._waiter = None
+        self.deadlines.flight.discard(self)
+        end, want = self._end, self._want
+        if len(data) > want:
+            self.reusable = False
+        keep = self.reusable and not self.closed
+        waiter(Response(self._status, data[:end], data[end:want], keep, self._known), None)
 
     def on_headers_complete(self) -> None:
         raw = self._raw[0] if len(self._raw) == 1 else b"".join(self._raw)

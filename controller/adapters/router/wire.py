@@ -280,28 +280,37 @@ def lean_request(data: bytes) -> Request | None:
 
 def lean_response(data: bytes, *, keep_alive: bool) -> Response | None:
     """``data`` as one whole response in the common form (see ``_fields``), or None."""
+    status, end, length, known = lean_head(data)
+    if end < 0 or length != len(data) - end:
+        return None
+    return Response(status, data[:end], data[end:], keep_alive, known)
+
+
+def lean_head(data: bytes) -> tuple[int, int, int, frozenset[bytes]]:
+    """The head of a response in the common form (see ``_fields``) at the start of ``data``: its
+    status, where it ends, its Content-Length and ``Response.notable``; an end of -1 when there is
+    no such head (not whole, or not in that form). What follows it may be its body, whole or not."""
     n = len(data)
     if n < 17 or not data.startswith(b"HTTP/1.1 ") or data[12] != 32:
-        return None
+        return 0, -1, 0, LENGTH_ONLY
     status = 0
     for i in range(9, 12):
         c = data[i]
         if c < 48 or c > 57:
-            return None
+            return 0, -1, 0, LENGTH_ONLY
         status = status * 10 + c - 48
     if not 200 <= status <= 599:
-        return None
+        return 0, -1, 0, LENGTH_ONLY
     i = 13
     table = _CLASS
     while i < n and table[data[i]]:  # the reason phrase
         i += 1
     if i + 1 >= n or data[i] != 13 or data[i + 1] != 10:
-        return None
+        return 0, -1, 0, LENGTH_ONLY
     end, length, flags = _fields(data, i + 2)
-    if end < 0 or flags & _KEEP_ALIVE or length != n - end:
-        return None
-    known = LENGTH_AND_REVISION if flags & _REVISION else LENGTH_ONLY
-    return Response(status, data[:end], data[end:], keep_alive, known)
+    if end < 0 or length < 0 or flags & _KEEP_ALIVE or (length and (status == 204 or status == 304)):
+        return 0, -1, 0, LENGTH_ONLY  # (a 304's length is the one a 200 would have had; no body follows)
+    return status, end, length, LENGTH_AND_REVISION if flags & _REVISION else LENGTH_ONLY
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
