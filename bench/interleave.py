@@ -5,7 +5,7 @@ throughput and CPU figures are robust, but a p50 taken that way moves by a milli
 between two runs of the same target on this machine (the service drifts: caches, the other
 process, the host), so the difference of two p50s in the same round is mostly that drift when a
 proxy adds a few tenths of a millisecond. Here each input goes to every target back to back, in a
-rotating order, on kept connections (one per target and backend), so all targets see the same
+random order, on kept connections (one per target and backend), so all targets see the same
 inputs at the same moments; the p50 of each is over all of its requests, and the difference of two
 p50s is what one target adds to the other.
 
@@ -104,7 +104,9 @@ def latencies(targets: Mapping[str, Split], inputs: Inputs, n: int, *, seed: int
     out: dict[str, list[float]] = {name: [] for name in names}
     try:
         for i in range(n):
-            for name in names[i % len(names) :] + names[: i % len(names)]:
+            order = names[:]
+            draw.shuffle(order)  # not a rotation: then every target would always follow the same one
+            for name in order:
                 t = targets[name]
                 conn = conns[name][0] if len(t.ports) == 1 else draw.choices(conns[name], t.weights)[0]
                 start = time.perf_counter()

@@ -59,6 +59,7 @@ _CLASS: Final = bytes(1 if c in _TOKEN else 2 if c == 9 or 32 <= c <= 126 or c >
 _DECIDING_LENGTHS: Final = bytes(
     1 if n in {len(h) for h in HOP_BY_HOP | {b"x-modship-revision"}} else 0 for n in range(19)
 )
+_NO_BODY: Final = frozenset({204, 304})  # statuses whose answers have no body, whatever their length says
 _REVISION: Final = 1  # flags of ``_fields``: x-modship-revision is there
 _KEEP_ALIVE: Final = 2  # "Connection: keep-alive" is there
 LENGTH_ONLY: Final = frozenset({b"content-length"})
@@ -308,7 +309,7 @@ def lean_head(data: bytes) -> tuple[int, int, int, frozenset[bytes]]:
     if i + 1 >= n or data[i] != 13 or data[i + 1] != 10:
         return 0, -1, 0, LENGTH_ONLY
     end, length, flags = _fields(data, i + 2)
-    if end < 0 or length < 0 or flags & _KEEP_ALIVE or (length and (status == 204 or status == 304)):
+    if end < 0 or length < 0 or flags & _KEEP_ALIVE or (length and status in _NO_BODY):
         return 0, -1, 0, LENGTH_ONLY  # (a 304's length is the one a 200 would have had; no body follows)
     return status, end, length, LENGTH_AND_REVISION if flags & _REVISION else LENGTH_ONLY
 
