@@ -42,7 +42,7 @@ argo-bins: ## build Argo Rollouts' controller from the Go module proxy, the oper
 docker-daemon: ## the private docker daemon the image tests use (root; tools/kind/host-setup.sh, idempotent)
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) bash tools/kind/host-setup.sh >/dev/null
 
-images: $(STAMP) docker-daemon ## the Python base and the operator image (ghcr.io/modship/modship:<appVersion>), built here
+images: $(STAMP) native docker-daemon ## the Python base and the operator image (ghcr.io/modship/modship:<appVersion>), built here
 	DOCKER_HOST=unix:///run/modship-docker.sock bash tools/images/build.sh
 
 check: $(STAMP) ## ruff, mypy --strict, import-linter contracts

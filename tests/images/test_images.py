@@ -78,6 +78,21 @@ def test_operator_image_runs_the_router(operator_image: str) -> None:
         assert metrics.status_code == 200 and "modship_" in metrics.text
 
 
+def test_the_router_in_the_operator_image_runs_compiled_from_the_hosts_build(operator_image: str) -> None:
+    """tools/images/build.sh ships the router's native build for these sources (``make native``) and
+    the image's interpreter loads it: the in-cluster router runs compiled, as the local one does."""
+    from controller.adapters.router import native
+
+    if native.built() is None:
+        pytest.skip("no native build here (no C compiler): the image's router runs its Python")
+    probe = "from controller.adapters.router import server, wire; print(server.__file__); print(wire.__file__)"
+    p = docker(
+        "run", "--rm", "--read-only", "--user", "65532", "--network", "none", operator_image, "python", "-c", probe
+    )
+    files = p.stdout.split()
+    assert len(files) == 2 and all(f.startswith("/opt/modship/native/") and f.endswith(".so") for f in files), p
+
+
 def test_revision_image_serves_predict(revision_image: dict[str, Any]) -> None:
     image, revision = revision_image["image"], revision_image["revision"]
     assert image == f"modship.local/topic-classifier:{revision}" and not image.endswith(":latest")

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,44 @@ def test_only_a_complete_build_of_these_sources_goes_first_on_the_path(
     (mine / native.PACKAGE).mkdir(parents=True)
     assert native.extend(["src"]) == ["src"]  # not complete
     (mine / native.DONE).write_text(native.key() + "\n")
+    _without_builds(monkeypatch)
+    (mine / f"{native.GROUP}.py").write_text("")  # a group module that loads
     assert native.extend(["src"]) == [str(mine / native.PACKAGE), "src"]
     monkeypatch.setenv("MODSHIP_NO_EXTENSIONS", "1")
     assert native.extend(["src"]) == ["src"]  # turned off
+
+
+def _without_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's own build out of sight: neither loaded nor on the path."""
+    monkeypatch.delitem(sys.modules, native.GROUP, raising=False)
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not Path(p, f"{native.GROUP}{suffix}").exists()])
+
+
+def test_a_build_that_does_not_load_leaves_the_python_router(
+    sources: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """E.g. a build shipped into an image whose interpreter lacks a symbol it needs."""
+    mine = Path(os.environ["MODSHIP_CACHE"]) / "native" / native.key()
+    (mine / native.PACKAGE).mkdir(parents=True)
+    (mine / native.DONE).write_text(native.key() + "\n")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    (mine / f"{native.GROUP}{suffix}").write_bytes(b"not an ELF object")
+    _without_builds(monkeypatch)
+    before = list(sys.path)
+    with caplog.at_level("WARNING"):
+        assert native.extend(["src"]) == ["src"]
+    assert sys.path == before and "does not load" in caplog.text
+
+
+def test_a_shipped_build_is_looked_for_where_modship_native_says(
+    sources: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MODSHIP_NATIVE", str(tmp_path / "shipped"))
+    shipped = tmp_path / "shipped" / native.key()
+    (shipped / native.PACKAGE).mkdir(parents=True)
+    (shipped / native.DONE).write_text(native.key() + "\n")
+    assert native.built() == shipped
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler: nothing is built")

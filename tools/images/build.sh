@@ -47,6 +47,15 @@ mkdir -p "$TMP/ctx/wheels"
 cp -l "$WH"/*.whl "$WH/requirements.txt" "$TMP/ctx/wheels/" 2>/dev/null || cp "$WH"/*.whl "$WH/requirements.txt" "$TMP/ctx/wheels/"
 cp -r "$REPO/controller" "$TMP/ctx/controller"
 find "$TMP/ctx/controller" -name __pycache__ -prune -exec rm -rf {} +
+# the router's native build for exactly these sources, when the host has one (make native)
+mkdir -p "$TMP/ctx/native"
+native=$(cd "$REPO" && "$PY" -c 'from controller.adapters.router import native; print(native.built() or "")')
+if [[ -n $native ]]; then
+    cp -r "$native" "$TMP/ctx/native/"
+    log "the router's native build $(basename "$native") goes in"
+else
+    log "no native build of the router for these sources (make native): the image's router runs its Python"
+fi
 cp "$HERE/operator.Dockerfile" "$TMP/ctx/Dockerfile"
 log "docker build $TAG (FROM $BASE)"
 start=$SECONDS

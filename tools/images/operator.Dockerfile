@@ -21,11 +21,15 @@ FROM ${BASE}
 COPY --from=deps /opt/modship /opt/modship
 # modship itself: the controller package (a clean copy of the sources, no build step)
 COPY controller/ /opt/modship/lib/python3.11/site-packages/controller/
+# the router's hot modules compiled by mypyc on the host from these same sources (`make native`), loaded
+# only when they match them (controller/adapters/router/native.py); empty where the host has no compiler,
+# and the router runs its Python
+COPY native/ /opt/modship/native/
 RUN /opt/modship/bin/python -m compileall -q /opt/modship/lib/python3.11/site-packages/controller \
- && chmod -R a+rX,go-w /opt/modship/lib/python3.11/site-packages/controller
+ && chmod -R a+rX,go-w /opt/modship/lib/python3.11/site-packages/controller /opt/modship/native
 ENV PATH=/opt/modship/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    HOME=/tmp MODSHIP_HOME=/tmp/modship
+    HOME=/tmp MODSHIP_HOME=/tmp/modship MODSHIP_NATIVE=/opt/modship/native
 WORKDIR /tmp
 USER 65532:65532
 CMD ["python", "-m", "controller.entrypoints.operator"]

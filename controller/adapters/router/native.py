@@ -5,19 +5,24 @@ version of them, loaded only when built from exactly the files beside this one.
 
 On this machine compiling them took about a fifth of the router's CPU per request off at one
 connection and a tenth at four (docs/benchmarks.md). A build is kept under
-``$MODSHIP_CACHE/native/<key>``, the key a digest of the Python version, mypy's and the sources of
-``COMPILED``: an edited module changes the key, so a stale build is never loaded; the router runs
-its Python then, as it does where nothing was built (no compiler, the images) or with
-``MODSHIP_NO_EXTENSIONS=1``. ``extend`` puts a matching build first on the package's path.
+``$MODSHIP_CACHE/native/<key>`` (or ``$MODSHIP_NATIVE/<key>``: the operator image ships the host's
+build there), the key a digest of the interpreter's ABI (its cache tag and extension suffix: a build
+for CPython 3.11 on x86-64 glibc loads in any 3.11 there, as wheels do) and the sources of
+``COMPILED``: an edited module changes the key, so a stale build is never loaded. The router runs its
+Python then, as it does where nothing was built (no compiler), with ``MODSHIP_NO_EXTENSIONS=1``, or
+when a build does not load (``extend`` tries it first). ``extend`` puts a matching build first on the
+package's path.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
+import importlib
+import logging
 import os
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -26,19 +31,21 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]  # the directory that holds the ``controller`` package
 PACKAGE = Path("controller", "adapters", "router")
 DONE = ".complete"
+log = logging.getLogger(__name__)
+GROUP = "modship_router__mypyc"  # the module mypyc links the compiled modules into (``group_name``)
 
 
 def _cache() -> Path:
+    shipped = os.environ.get("MODSHIP_NATIVE")
+    if shipped:
+        return Path(shipped)
     return Path(os.environ.get("MODSHIP_CACHE") or Path.home() / ".cache" / "modship") / "native"
 
 
 def key() -> str:
-    """The build's name: a digest of what decides the compiled code."""
-    try:
-        mypy = importlib.metadata.version("mypy")
-    except importlib.metadata.PackageNotFoundError:
-        mypy = "-"
-    h = hashlib.sha256(f"{sys.version}\0{sys.implementation.cache_tag}\0{mypy}\0".encode())
+    """The build's name: a digest of the ABI it is built for and of the sources it is built from."""
+    abi = f"{sys.implementation.cache_tag}\0{sysconfig.get_config_var('EXT_SUFFIX')}\0"
+    h = hashlib.sha256(abi.encode())
     for name in COMPILED:
         h.update((HERE / f"{name}.py").read_bytes())
     return h.hexdigest()[:20]
@@ -62,6 +69,12 @@ def extend(path: list[str]) -> list[str]:
         return path
     if str(d) not in sys.path:
         sys.path.append(str(d))  # the group module mypyc links the compiled modules into
+    try:  # it holds all the compiled code: if it loads, so do the modules (their shims import from it)
+        importlib.import_module(GROUP)
+    except ImportError as exc:  # e.g. an interpreter without a symbol it needs: the Python router
+        sys.path.remove(str(d))
+        log.warning("the native build %s does not load (%s): the router runs its Python", d, exc)
+        return path
     return [str(d / PACKAGE), *path]
 
 
