@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.adapters.router import native
 from tests.conftest import Cli
 from tests.images.conftest import OPERATOR, SYSTEM, docker, inspect
 from tests.support.services import free_port, wait_until
@@ -81,8 +82,6 @@ def test_operator_image_runs_the_router(operator_image: str) -> None:
 def test_the_router_in_the_operator_image_runs_compiled_from_the_hosts_build(operator_image: str) -> None:
     """tools/images/build.sh ships the router's native build for these sources (``make native``) and
     the image's interpreter loads it: the in-cluster router runs compiled, as the local one does."""
-    from controller.adapters.router import native
-
     if native.built() is None:
         pytest.skip("no native build here (no C compiler): the image's router runs its Python")
     probe = "from controller.adapters.router import server, wire; print(server.__file__); print(wire.__file__)"

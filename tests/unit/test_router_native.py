@@ -27,6 +27,7 @@ def sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(native, "HERE", here)
     monkeypatch.setenv("MODSHIP_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MODSHIP_NO_EXTENSIONS", raising=False)
+    monkeypatch.delenv("MODSHIP_NATIVE", raising=False)  # (set in the operator image)
     return here
 
 
