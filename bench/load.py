@@ -83,7 +83,7 @@ class Load:
     runs: int = 5
     connections: tuple[int, ...] = (1, 4)
     warmup: float = 2.0
-    interleaved: int = 500  # inputs sent through every target in turn, for latency (``bench.interleave``)
+    interleaved: int = 500  # rounds through every target in turn at one connection, for latency (``bench.interleave``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,13 +208,30 @@ class Router(Process):
         cmd += ["--system", system, "--state", str(scratch / f"{name}-state.json"), "--log-level", "WARNING"]
         super().__init__(name, cmd, port=port, ready="/-/modship/healthz", log=scratch / f"{name}.log")
 
-    def configure(self, stable: str, canary: str | None = None, weight: float = 0) -> None:
+    def configure(
+        self, stable: str, canary: str | None = None, weight: float = 0, *, sticky: str | None = None
+    ) -> None:
         """Route to ``stable``, and ``weight`` percent to ``canary`` when given (revisions are named
-        after their role: both may run the same Bento)."""
+        after their role: both may run the same Bento); by the hash of the ``sticky`` header when
+        given, else drawn per request."""
         doc: dict[str, Any] = {"system": self.system, "generation": 1, "stable": {"revision": "stable", "url": stable}}
         if canary is not None:
             doc |= {"canary": {"revision": "canary", "url": canary}, "weight": weight}
+        if sticky is not None:
+            doc["sticky"] = {"header": sticky}
         httpx.put(f"{self.url}/-/modship/config", json=doc, timeout=10).raise_for_status()
+
+
+class FixedCost(Process):
+    """``tests.support.upstream`` burning ``busy_ms`` of CPU per answer on one thread, the same every
+    time: a single-worker model without the spread of a real one (requests at once queue)."""
+
+    def __init__(self, name: str, busy_ms: float, scratch: Path) -> None:
+        port = free_port()
+        cmd = [sys.executable, "-m", "tests.support.upstream", "--port", str(port), "--revision", name]
+        super().__init__(
+            name, [*cmd, "--busy-ms", str(busy_ms)], port=port, ready="/readyz", log=scratch / f"{name}.log"
+        )
 
 
 class RelayFloor(Process):
