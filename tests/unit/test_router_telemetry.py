@@ -10,8 +10,9 @@ import pytest
 
 from controller.adapters.router import split
 from controller.errors import SpecError
-from controller.plan import telemetry
-from controller.plan.telemetry import Answer, Figure
+from controller.plan import answers, telemetry
+from controller.plan.answers import Answer
+from controller.plan.telemetry import Figure
 from controller.registry import refstats
 from controller.spec import parse
 from controller.spec.rollout import BuiltinMetric as M
@@ -59,7 +60,7 @@ def test_answer_reads_labels_confidence_evaluations_and_step_fallbacks() -> None
             "fallbacks": [{"step": "head", "reason": "error", "used": "topic-head@2"}],
         },
     }
-    assert telemetry.answer(json.dumps(body).encode()) == Answer(("sport", "tech"), (0.75, 1.0), 1, 1, True)
+    assert answers.answer(json.dumps(body).encode()) == Answer(("sport", "tech"), (0.75, 1.0), 1, 1, True)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +76,7 @@ def test_answer_reads_labels_confidence_evaluations_and_step_fallbacks() -> None
     ],
 )
 def test_answer_tolerates_other_shapes(body: bytes, expected: Answer | None) -> None:
-    assert telemetry.answer(body) == expected
+    assert answers.answer(body) == expected
 
 
 @pytest.mark.parametrize(
@@ -89,7 +90,7 @@ def test_answer_tolerates_other_shapes(body: bytes, expected: Answer | None) -> 
     ],
 )
 def test_input_lengths(body: bytes, expected: tuple[int, ...]) -> None:
-    assert telemetry.input_lengths(body) == expected
+    assert answers.input_lengths(body) == expected
 
 
 # -- recording and windows --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import asyncio
 from controller.adapters.router import fallback, wire
 from controller.adapters.router.recorder import Recorder
 from controller.adapters.router.route import Route
-from controller.plan import telemetry
+from controller.plan import answers
 
 MAX_IN_FLIGHT = 256
 HEADER = b"x-modship-mirror: 1\r\n"
@@ -32,7 +32,7 @@ class Mirrors:
     async def _mirror(self, route: Route, req: wire.Request, served: fallback.Attempt) -> None:
         assert route.canary is not None
         ok = served.resp is not None and 200 <= served.resp.status < 300 and served.resp.body
-        stable = telemetry.answer(served.resp.body) if ok and served.resp is not None else None
+        stable = answers.answer(served.resp.body) if ok and served.resp is not None else None
         tried = await fallback.attempt(route.canary, req.encode(HEADER), req, route.timeout)
         answer = self.recorder.leg(req, fallback.Leg(route.canary_rev, "canary", tried), mirrored=True)
         if stable is not None and stable.labels and answer is not None and answer.labels:

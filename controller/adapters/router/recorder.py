@@ -18,7 +18,7 @@ from typing import Final
 from controller.adapters.router import wire
 from controller.adapters.router.fallback import Attempt, Leg, kind
 from controller.adapters.router.metrics import Counters
-from controller.plan import telemetry
+from controller.plan import answers, telemetry
 
 FLUSH_S: Final = 0.25
 BATCH: Final = 256
@@ -62,14 +62,14 @@ class Recorder:
 
     def leg(
         self, req: wire.Request, leg: Leg, *, mirrored: bool = False, now: float | None = None
-    ) -> telemetry.Answer | None:
+    ) -> answers.Answer | None:
         """Record one attempt now; what its answer said (None: no readable 2xx answer)."""
         now = time.time() if now is None else now
         revision, role, tried, fallback, _ = leg
         resp, kind, latency = tried.resp, tried.kind, tried.latency
         answer = None
         if resp is not None and 200 <= resp.status < 300 and resp.body:
-            answer = telemetry.answer(resp.body)
+            answer = answers.answer(resp.body)
         self.telemetry.record(revision, role).add(
             now,
             latency,

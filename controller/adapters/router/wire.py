@@ -12,7 +12,7 @@ from typing import Final
 
 import orjson
 
-from controller.plan import telemetry
+from controller.plan import answers
 
 MAX_BODY: Final = 4 << 20  # request bodies are small JSON; buffered for replay
 MAX_RESPONSE: Final = 32 << 20
@@ -159,7 +159,7 @@ class Request:
     def lengths(self) -> tuple[int, ...]:
         """Character lengths of the texts in the body (for input-drift telemetry), parsed once."""
         if self._lengths is None:
-            self._lengths = telemetry.input_lengths(self.body) if self.body else ()
+            self._lengths = answers.input_lengths(self.body) if self.body else ()
         return self._lengths
 
     def encode(self, extra: bytes = b"") -> bytes:
