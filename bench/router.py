@@ -33,8 +33,8 @@ reported beside it.
 It is measured twice, with the same proxies (routers reconfigured, a second nginx and floor):
 - behind the two Bentos, checked at one connection. With four at once, the Bento's answers to the
   same four inputs spread by several milliseconds from round to round (its threads, the shared
-  cores), so the median over a hundred rounds is known to a few tenths of a millisecond only:
-  reported with its interval, not checked;
+  cores), so even over 250 rounds the median is known to about +-0.6 ms only: reported with its
+  interval, not checked;
 - behind two fixed-cost upstreams (``tests.support.upstream``, ``FIXED_MS`` of CPU per answer on one
   thread: a single-worker model whose every answer costs the same), checked at every connection
   count: there the interval is a few hundredths of a millisecond, and what is left is the proxy.
@@ -61,9 +61,10 @@ DIRECT, SINGLE, SPLIT, NGINX = "direct", "modship router 100/0", "modship router
 FLOOR = "python relay floor"
 CLIENT_SPLIT = "client split 80/20"
 WEIGHT = 20
-
-
 FIXED_MS = 20.0  # the fixed-cost upstreams' CPU per answer: about what the Bento takes here
+BENTOS, FIXED = "bentos", "fixed_cost"  # the two sets of upstreams latency is measured behind
+UPSTREAMS = {BENTOS: "behind the Bentos", FIXED: f"behind fixed-cost upstreams ({FIXED_MS:g} ms of CPU each)"}
+Interleaved = dict[int, dict[str, list[float]]]  # connections -> target -> ms per request, in rounds
 
 
 def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
@@ -133,11 +134,6 @@ def run(ws: setup.Workspace, cfg: load.Load) -> dict[str, Any]:
         share = {name: round(s[1] / (s[0] + s[1]), 4) if sum(s) else None for name, s in served.items()}
         lat = {BENTOS: latencies(stable, canary, nginx, floor), FIXED: latencies(f_stable, f_canary, f_nginx, f_floor)}
     return report(measured, cfg, share, lat)
-
-
-Interleaved = dict[int, dict[str, list[float]]]  # connections -> target -> ms per request, in rounds
-BENTOS, FIXED = "bentos", "fixed_cost"
-UPSTREAMS = {BENTOS: "behind the Bentos", FIXED: f"behind fixed-cost upstreams ({FIXED_MS:g} ms of CPU each)"}
 
 
 def report(
