@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -160,5 +161,42 @@ def test_an_answer_other_than_200_fails_the_measurement() -> None:
         with pytest.raises(RuntimeError, match="unexpected answer"):
             interleave.latencies({"x": interleave.Split((httpd.server_address[1],))}, load.Inputs(("t",), True), 3)
     finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_opened_again() -> None:
+    class Closing(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+            self.close_connection = True  # as a server's keep-alive timeout would, later
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Closing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    conn = interleave._Conn(httpd.server_address[1])
+    try:
+        first = conn.sock
+        conn.send("/predict", b"{}", b"k")
+        while conn.feed() is None:
+            pass
+        deadline = time.monotonic() + 5
+        while not select.select([first], [], [], 0.05)[0]:  # the server's close arrives
+            assert time.monotonic() < deadline, "the server never closed the connection"
+        conn.send("/predict", b"{}", b"k")  # on a new connection: the closed one is not written to
+        assert conn.sock is not first
+        while conn.feed() is None:
+            pass
+    finally:
+        conn.close()
         httpd.shutdown()
         httpd.server_close()
