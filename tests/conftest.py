@@ -64,6 +64,7 @@ class Result:
 class Cli:
     home: Path
     registry: str | None
+    cwd: Path | None = None  # where the command runs (None: this process's working directory)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ, MODSHIP_HOME=str(self.home), COLUMNS="200", NO_COLOR="1")
@@ -74,7 +75,9 @@ class Cli:
         return env
 
     def __call__(self, *args: str, timeout: float = 300) -> Result:
-        p = subprocess.run([MODSHIP, *args], capture_output=True, text=True, env=self.env(), timeout=timeout)
+        p = subprocess.run(
+            [MODSHIP, *args], capture_output=True, text=True, env=self.env(), timeout=timeout, cwd=self.cwd
+        )
         return Result(p.returncode, p.stdout, p.stderr)
 
     def ok(self, *args: str, timeout: float = 300) -> Result:

@@ -39,6 +39,9 @@ def download(uri: str, dest: Path, *, tracking_uri: str | None) -> ModelInfo:
         if tracking_uri:
             import mlflow
 
+            # both: resolving ``models:/`` makes a client with the registry URI only, whose tracking
+            # store is otherwise MLflow's default, a SQLite file created in the working directory
+            mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
         with _translating(f"downloading {uri}", tracking_uri or "the default tracking URI"):
             got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))

@@ -42,6 +42,7 @@ def script(d: Demo) -> None:
         subprocess.run(
             [sys.executable, str(HERE / "build.py"), "--out", str(d.home / "modules"), "--tracking-uri", registry],
             env=d.env,
+            cwd=d.home,  # a SQLite store puts new experiments' artifacts under ./mlruns
             check=True,
             capture_output=True,
             text=True,

@@ -4,6 +4,7 @@ it works: every refusal is one line, exit 2, no traceback, and nothing registere
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -261,9 +262,13 @@ def wine_model(mlflow_server: MlflowServer) -> str:
 def test_an_mlflow_model_on_a_table_is_adopted_composed_and_built(cli: Cli, tmp_path: Path, wine_model: str) -> None:
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump(WINE_OVERLAY))
+    work = tmp_path / "work"  # the user's working directory: adopting writes nothing there (MLflow's
+    work.mkdir()  # default store, ./mlflow.db, was created by resolving models:/ with the registry URI only)
+    adopt = dataclasses.replace(cli, cwd=work)
     got = json.loads(
-        cli.ok("module", "adopt", wine_model, "--name", "wine", "--overlay", str(overlay), "-o", "json").out
+        adopt.ok("module", "adopt", wine_model, "--name", "wine", "--overlay", str(overlay), "-o", "json").out
     )
+    assert not list(work.iterdir()), sorted(p.name for p in work.iterdir())
     shown = json.loads(cli.ok("module", "show", f"wine@{got['version']}", "-o", "json").out)
     table = shown["contract"]["inputs"]["features"]
     assert table["dtype"] == "table" and table["columns"]["alcohol"] == {"dtype": "float64", "required": True}
