@@ -223,15 +223,16 @@ class Router(Process):
 
 
 class FixedCost(Process):
-    """``tests.support.upstream`` burning ``busy_ms`` of CPU per answer on one thread, the same every
-    time: a single-worker model without the spread of a real one (requests at once queue)."""
+    """``tests.support.upstream`` answering one request at a time, each after the same ``ms``: a
+    single-worker model without the spread of a real one (requests at once queue). ``on_cpu`` burns
+    the time on the CPU (a model on the shared cores); otherwise the worker waits off the CPU (a
+    model on an accelerator or on cores of its own)."""
 
-    def __init__(self, name: str, busy_ms: float, scratch: Path) -> None:
+    def __init__(self, name: str, ms: float, scratch: Path, *, on_cpu: bool) -> None:
         port = free_port()
         cmd = [sys.executable, "-m", "tests.support.upstream", "--port", str(port), "--revision", name]
-        super().__init__(
-            name, [*cmd, "--busy-ms", str(busy_ms)], port=port, ready="/readyz", log=scratch / f"{name}.log"
-        )
+        cost = ["--busy-ms" if on_cpu else "--hold-ms", str(ms)]
+        super().__init__(name, [*cmd, *cost], port=port, ready="/readyz", log=scratch / f"{name}.log")
 
 
 class RelayFloor(Process):

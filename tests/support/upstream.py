@@ -1,12 +1,14 @@
 """A small real HTTP/1.1 server that answers ``POST /predict`` like a composed service, for router tests.
 
-    python -m tests.support.upstream --port P --revision r1 --label sport [--delay 0.01] [--busy-ms 8]
+    python -m tests.support.upstream --port P --revision r1 --label sport [--delay 0.01] [--busy-ms 8] [--hold-ms 8]
 
 It is told how to misbehave at run time with ``POST /-/control`` (JSON, every field optional):
 ``mode`` (``ok``; ``fail``: answer 500; ``close``: drop the connection without answering;
 ``truncate``: drop it halfway through the body; ``hang``: never answer), ``label``, ``confidence``,
 ``passed`` (the evaluator's verdict), ``stepFallback`` (report a step fallback), ``delay`` (seconds
-before answering), ``chunked`` (answer with Transfer-Encoding: chunked). ``GET /-/stats`` counts the
+before answering, other requests served meanwhile), ``busyMs`` / ``holdMs`` (milliseconds burned on
+the CPU / waited off it before answering, one request at a time: a single worker), ``chunked``
+(answer with Transfer-Encoding: chunked). ``GET /-/stats`` counts the
 predictions it received (``requests``, ``mirrored``). Written on raw asyncio streams so it can drop
 connections at will.
 """
@@ -32,7 +34,7 @@ REASONS = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}
 
 
 class Behaviour:
-    def __init__(self, revision: str, label: str, delay: float, busy_ms: float) -> None:
+    def __init__(self, revision: str, label: str, delay: float, busy_ms: float, hold_ms: float = 0.0) -> None:
         self.revision = revision
         self.mode = "ok"
         self.label = label
@@ -41,6 +43,7 @@ class Behaviour:
         self.step_fallback = False
         self.delay = delay
         self.busy_ms = busy_ms
+        self.hold_ms = hold_ms
         self.chunked = False
         self.requests = 0
         self.mirrored = 0
@@ -55,6 +58,7 @@ class Behaviour:
             ("delay", "delay"),
             ("chunked", "chunked"),
             ("busyMs", "busy_ms"),
+            ("holdMs", "hold_ms"),
         ):
             if key in doc:
                 setattr(self, attr, doc[key])
@@ -94,6 +98,8 @@ async def _respond(
         end = time.perf_counter() + b.busy_ms / 1000
         while time.perf_counter() < end:
             pass
+    if b.hold_ms:  # a single worker waiting off the CPU (an accelerator): block the loop, sleeping
+        time.sleep(b.hold_ms / 1000)
     if b.delay:
         await asyncio.sleep(b.delay)
     if b.mode == "hang":
@@ -154,10 +160,11 @@ def main() -> None:
     p.add_argument("--label", default="sport")
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--busy-ms", type=float, default=0.0)
+    p.add_argument("--hold-ms", type=float, default=0.0)
     a = p.parse_args()
     import uvloop
 
-    uvloop.run(_serve(a.port, Behaviour(a.revision, a.label, a.delay, a.busy_ms)))
+    uvloop.run(_serve(a.port, Behaviour(a.revision, a.label, a.delay, a.busy_ms, a.hold_ms)))
 
 
 class Upstream:
