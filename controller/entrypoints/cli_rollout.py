@@ -351,6 +351,7 @@ def simulate(
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Dry run: the real state machine on in-memory adapters, in virtual time (no traffic touched)."""
+    from controller.adapters.memory import MemoryMetrics, MemoryStore, MemoryTarget
     from controller.apply import simulate as sim
     from controller.spec import rollout as rollout_spec
 
@@ -358,7 +359,10 @@ def simulate(
     unknown = sorted(set(fail or []) - {c.name for c in r.spec.analysis.checks})
     if unknown:
         raise SpecError(f"no check named {unknown[0]!r} in the rollout", field="--fail")
-    ticks, phase, took = sim.run(r, failing=frozenset(fail or []), fail_after=fail_after)
+    ticks, phase, took = sim.run(
+        r, store=MemoryStore(), target=MemoryTarget(), metrics=MemoryMetrics,
+        failing=frozenset(fail or []), fail_after=fail_after,
+    )  # fmt: skip
     data = {"phase": phase.value, "seconds": round(took, 1),
             "timeline": [{"at": round(t.at, 1), "reason": t.event.reason, "message": t.event.message,
                           "weight": t.weight} for t in ticks]}  # fmt: skip

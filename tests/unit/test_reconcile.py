@@ -114,9 +114,12 @@ def test_the_provider_is_asked_for_the_canary_against_stable() -> None:
 def test_simulate_is_a_dry_run_in_virtual_time() -> None:
     from controller.apply import simulate
 
+    def run(r: Rollout, **kw: Any) -> tuple[list[simulate.Tick], Phase, float]:
+        return simulate.run(r, store=MemoryStore(), target=MemoryTarget(), metrics=MemoryMetrics, **kw)
+
     r = Rollout.model_validate(ROLLOUT)
-    ticks, phase, took = simulate.run(r)
+    ticks, phase, took = run(r)
     assert phase is Phase.PROMOTED and 3 <= took < 60
     assert [t.event.reason for t in ticks][-1] == "Promoted"
-    ticks, phase, _ = simulate.run(r, failing=frozenset({"errors"}))
+    ticks, phase, _ = run(r, failing=frozenset({"errors"}))
     assert phase is Phase.ABORTED and ticks[-1].event.reason == "AnalysisFailed"
