@@ -3,6 +3,10 @@ local controller and the operator take, without processes."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from controller.adapters.memory import MemoryMetrics, MemoryStore, MemoryTarget
@@ -123,3 +127,15 @@ def test_simulate_is_a_dry_run_in_virtual_time() -> None:
     assert [t.event.reason for t in ticks][-1] == "Promoted"
     ticks, phase, _ = run(r, failing=frozenset({"errors"}))
     assert phase is Phase.ABORTED and ticks[-1].event.reason == "AnalysisFailed"
+
+
+def test_modship_simulate_runs_the_dry_run_on_the_in_memory_adapters(tmp_path: Path) -> None:
+    """The CLI is where the dry run gets its adapters: the whole command, as a user runs it."""
+    (tmp_path / "rollout.yaml").write_text(json.dumps(ROLLOUT))
+    cmd = [sys.executable, "-m", "controller", "simulate", str(tmp_path / "rollout.yaml"), "-o", "json"]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["phase"] == "Promoted" and doc["timeline"][-1]["reason"] == "Promoted"
+    failing = subprocess.run([*cmd, "--fail", "errors"], capture_output=True, text=True, timeout=60)
+    assert json.loads(failing.stdout)["phase"] == "Aborted", failing.stderr
