@@ -5,12 +5,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller.plan.actions import SetTraffic
-from controller.plan.governance import Approval
+from controller.compose.revision import Lock
+from controller.plan import rollout as machine
+from controller.plan.actions import Event, SetTraffic
+from controller.plan.governance import Approval, Change
 from controller.plan.observations import Controls, Health, QueryContext, Sample
 from controller.plan.status import RolloutStatus
 from controller.registry.bundle import Bundle
@@ -18,7 +22,7 @@ from controller.registry.versions import ModuleVersion
 from controller.spec import control
 from controller.spec.policy import Policy
 from controller.spec.refs import ModuleRef
-from controller.spec.rollout import Check, Gate, Rollout
+from controller.spec.rollout import Check, Gate, LoadTest, Rollout
 
 
 class ModuleCatalog(Protocol):
@@ -130,6 +134,8 @@ class Gates(Protocol):
         Never raises: a gate that cannot be reached or times out answers ``False``. ``why`` never
         holds the URL."""
         ...
+
+    def close(self) -> None: ...
 
 
 class RolloutStore(Protocol):
@@ -260,4 +266,133 @@ class RolloutResources(Protocol):
 
     def events(self, name: str, *, limit: int = 200) -> list[control.EventRow]:
         """The Rollout's events, oldest first."""
+        ...
+
+
+# -- the local runtime (``modship up``): its state directory, processes and side services ----------
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRecord:
+    """A revision built for a system, numbered in the order it was built."""
+
+    number: int
+    revision: str
+    modules: list[str]  # every module version the revision runs (NAME@VERSION)
+    changed: list[str]
+    created: float
+    overrides: list[str] = field(default_factory=list)  # compatibility problems overridden on purpose
+
+
+class SystemStore(RolloutStore, Protocol):
+    """The local state directory: per system its rollout, revisions and their locks, people's
+    commands, the timeline and the toggles. Every write is atomic."""
+
+    def dir(self, system: str) -> Path: ...
+    def systems(self) -> list[str]: ...
+    def rollout(self, system: str) -> Rollout: ...
+    def put_rollout(self, system: str, r: Rollout) -> None: ...
+    def status(self, system: str) -> RolloutStatus: ...
+    def controls(self, system: str) -> Controls: ...
+    def command(self, system: str, **changes: Any) -> Controls: ...
+    def add_revision(self, system: str, lock: Lock, *, changed: list[str], overrides: list[str]) -> RevisionRecord: ...
+    def revisions(self, system: str) -> list[RevisionRecord]: ...
+    def revision_by_number(self, system: str, number: int) -> RevisionRecord: ...
+    def lock(self, system: str, rev: str) -> Lock: ...
+    def append_event(self, system: str, event: Event, *, now: float) -> None: ...
+    def append_request(
+        self, system: str, what: str, message: str, *, now: float, actor: dict[str, Any], revision: str | None = None
+    ) -> None: ...
+    def events(self, system: str, *, limit: int = 200) -> list[dict[str, Any]]: ...
+    def toggles(self, system: str) -> dict[str, dict[str, Any]]: ...
+    def toggle(self, system: str, flag: str, *, enabled: bool, percent: float) -> None: ...
+    def fingerprint(self) -> dict[str, tuple[tuple[str, int, int], ...]]: ...
+    def exclusive(self, system: str) -> AbstractContextManager[None]:
+        """Hold the system's controller lock (one controller acts on a system)."""
+        ...
+
+
+class Bentos(Protocol):
+    """Where revisions are built into Bentos (the local BentoML store)."""
+
+    def build(self, lock: Lock, modules: dict[str, Path]) -> str:
+        """Build (or reuse) the Bento of a locked revision from verified module dirs; its tag."""
+        ...
+
+    def path(self, lock: Lock) -> Path: ...
+
+
+class Runtime(Target, Protocol):
+    """One system's processes on this machine: a server per revision and the system's router."""
+
+    router_port: int
+    router_token: str
+
+    def supervise(self) -> None:
+        """Restart what ended (with backoff), adopt what a previous controller left running."""
+        ...
+
+    def watch(self, on_exit: Callable[[], None]) -> None: ...
+    def serving(self) -> tuple[int | None, Mapping[str, int]]:
+        """The router's port (None: not running) and each running revision's port."""
+        ...
+
+    def telemetry(self, window: float) -> dict[str, Any] | None: ...
+    def report(self) -> dict[str, Any]: ...
+    def refresh_toggles(self) -> None: ...
+    def stop_all(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class LoadTests(Protocol):
+    """Load-test hooks, one per key, each running only while its canary is in flight."""
+
+    def sync(self, key: object, spec: LoadTest | None, base_url: str) -> tuple[bool, str] | None:
+        """Run ``spec`` against ``base_url`` for ``key`` (None: stop it); (running, message)."""
+        ...
+
+    def stop(self, key: object) -> None: ...
+    def close(self) -> None: ...
+
+
+class GovernanceState(Protocol):
+    """The policy, each system's change in flight and the approvals given on it."""
+
+    @property
+    def policy_path(self) -> Path: ...
+    def policy(self) -> Policy: ...
+    def set_policy(self, p: Policy) -> None: ...
+    def change(self, system: str) -> Change | None: ...
+    def put_change(self, system: str, change: Change) -> None: ...
+    def approvals(self, system: str, revision: str) -> tuple[Approval, ...]: ...
+    def add_approval(self, system: str, revision: str, a: Approval) -> None: ...
+
+
+class AuditTrail(Protocol):
+    def append(self, body: dict[str, Any]) -> dict[str, Any]: ...  # hash-chained; OSError, ModshipError
+
+
+class Notifications(Protocol):
+    def on_decision(self, r: Rollout, before: RolloutStatus, d: machine.Decision, now: float) -> None:
+        """Enqueue a cycle's transitions for their subscribers (never blocks the cycle)."""
+        ...
+
+    def close(self, *, timeout: float = 5.0) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SystemUnits:
+    """What one system runs: its router's port and each running revision's port."""
+
+    system: str
+    router: int | None
+    revisions: Mapping[str, int]
+    stable: str | None
+    canary: str | None  # only while in flight
+    previous: str | None
+
+
+class ScrapeTargets(Protocol):
+    def publish(self, units: list[SystemUnits], *, controller: str | None, scheme: str) -> bool:
+        """Tell Prometheus what there is to scrape; True when it changed."""
         ...

@@ -49,6 +49,11 @@ class Settings:
         return self.home / "notifications" / "dead-letter.jsonl"
 
     @property
+    def audit_file(self) -> Path:
+        """The hash-chained audit log of the local runtime (JSON lines)."""
+        return self.home / "audit.jsonl"
+
+    @property
     def signing_file(self) -> Path:
         return Path(os.environ.get("MODSHIP_SIGNING") or self.home / "signing.yaml")
 

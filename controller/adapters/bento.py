@@ -136,3 +136,16 @@ def serve_command(bento_dir: Path, *, host: str, port: int) -> list[str]:
 def serve_env(private_home: Path, **extra: str) -> dict[str, str]:
     private_home.mkdir(parents=True, exist_ok=True)
     return env(private_home, **{k: v for k, v in MALLOC_ENV.items() if k not in os.environ}, **extra)
+
+
+class BentoStore:
+    """The ``Bentos`` port over one BentoML home."""
+
+    def __init__(self, bentoml_home: Path) -> None:
+        self.home = bentoml_home
+
+    def build(self, lock: Lock, modules: dict[str, Path]) -> str:
+        return build(lock, modules, bentoml_home=self.home)
+
+    def path(self, lock: Lock) -> Path:
+        return bento_path(self.home, lock)

@@ -334,6 +334,11 @@ class LocalRuntime:
             crashes = json.loads(json.dumps(self.crashes))
         return {"units": out, "processes": count, "rssBytes": rss, "crashes": crashes}
 
+    def serving(self) -> tuple[int | None, dict[str, int]]:
+        """The router's port (None: not running) and each running revision's port."""
+        router = self.router
+        return (router.port if router is not None else None), {rev: p.port for rev, p in list(self.procs.items())}
+
     def watch(self, on_exit: Callable[[], None]) -> None:
         """Have ``on_exit`` called (from a thread) when a unit ends, to restart it without delay."""
         self._watch = local_units.ExitWatch(self._units, on_exit)

@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +34,9 @@ from controller.errors import Conflict, NotFound
 from controller.plan.actions import Event
 from controller.plan.observations import Controls
 from controller.plan.status import RolloutStatus
+from controller.ports import RevisionRecord
 from controller.spec import rollout as rollout_spec
 from controller.spec.rollout import Rollout
-
-
-@dataclass(frozen=True, slots=True)
-class RevisionRecord:
-    number: int
-    revision: str
-    modules: list[str]  # every module version the revision runs (NAME@VERSION)
-    changed: list[str]
-    created: float
-    overrides: list[str] = field(default_factory=list)  # compatibility problems overridden on purpose
 
 
 class LocalStore:

@@ -268,3 +268,6 @@ class MemoryGates:
         self.asked.append((gate.name, payload))
         code = self.answers.get(gate.name, 200)
         return 200 <= code < 300, f"HTTP {code}"
+
+    def close(self) -> None:
+        pass

@@ -16,29 +16,17 @@ those win and no ``exported_*`` copies appear (``scrape_config`` does).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from controller import atomic
+from controller.ports import SystemUnits
 
 FILE = Path("prometheus") / "targets.json"
 JOB = "modship"
-
-
-@dataclass(frozen=True, slots=True)
-class SystemUnits:
-    """What one system runs: its router's port and each running revision's port."""
-
-    system: str
-    router: int | None
-    revisions: Mapping[str, int]
-    stable: str | None
-    canary: str | None  # only while in flight
-    previous: str | None
 
 
 def groups(systems: Sequence[SystemUnits], *, controller: str | None, scheme: str = "http") -> list[dict[str, Any]]:
@@ -76,7 +64,11 @@ class Publisher:
         self.path = home / FILE
         self._last: str | None = None
 
-    def publish(self, target_groups: list[dict[str, Any]]) -> bool:
+    def publish(self, units: list[SystemUnits], *, controller: str | None, scheme: str = "http") -> bool:
+        """Publish what ``units`` run (and the controller's API); True when the file changed."""
+        return self.write(groups(units, controller=controller, scheme=scheme))
+
+    def write(self, target_groups: list[dict[str, Any]]) -> bool:
         text = json.dumps(target_groups, indent=1, sort_keys=True)
         if text == self._last and self.path.exists():
             return False

@@ -8,11 +8,14 @@ errors and their inputs out of locks and records.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from controller.compose.revision import Lock
 from controller.errors import Conflict, Forbidden
 from controller.plan import governance as gov
+from controller.plan.actions import Event
 from controller.plan.audit import Action
 from controller.plan.governance import Approval, Change, Release
 from controller.plan.reasons import Reason
@@ -20,6 +23,7 @@ from controller.spec import control
 from controller.spec.policy import Policy
 
 CONTROLLER = "modship-controller"  # the actor of what the controller does on its own
+STARTED = (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED)  # a new canary starts
 
 
 def change_of(stable: Lock | None, new: Lock, *, author: str, reason: str, break_glass: bool, now: float) -> Change:
@@ -123,3 +127,78 @@ def release_facts(release: Release | None) -> dict[str, Any]:
 
 def approval(user: str, *, approve: bool, reason: str | None, now: float) -> Approval:
     return Approval(user=user, approve=approve, at=now, reason=reason or "")
+
+
+# -- what a cycle tells of governance: Events and audit entries (the operator's and the local loop's)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A new target the policy does not let start: the condition it shows, and on the first cycle
+    that shows it (not on every cycle) the Event and the audit entry that tell of it."""
+
+    reason: Reason
+    message: str
+    event: Event | None  # None: the condition already says so
+    audit: dict[str, Any] | None
+
+
+def held(
+    refused: gov.Refusal,
+    *,
+    target: str | None,
+    shown: Sequence[Mapping[str, Any]],
+    system: str,
+    author: str | None,
+    now: float,
+    **extra: Any,
+) -> Held:
+    """How a refused target is reported: ``shown`` are the conditions the Rollout shows now."""
+    reason = Reason.OUTSIDE_WINDOW if refused.kind is gov.Refused.OUTSIDE_WINDOW else Reason.FORBIDDEN
+    message = gov.refusal_message(target, refused)
+    condition = next((c for c in shown if c.get("type") == gov.CONDITION), {})
+    if (condition.get("reason"), condition.get("message")) == (reason.value, message):
+        return Held(reason, message, None, None)
+    body = entry(
+        Action.REFUSED, system=system, actor=author or "unknown", reason=message, now=now, **extra,
+        event=reason.value, after={"revision": target, "refused": refused.kind.value},
+    )  # fmt: skip
+    return Held(reason, message, Event(reason, message, warning=True), body)
+
+
+def break_glass(events: Sequence[Event], *, target: str | None, author: str | None, why: str | None) -> list[Event]:
+    """The ``BreakGlass`` Event of a new canary that starts by breaking glass (``why``: the reason
+    its author gave; None: it does not break glass)."""
+    if why is None or not any(ev.reason in STARTED for ev in events):
+        return []
+    return [Event(Reason.BREAK_GLASS, f"{author or 'an unknown author'} broke glass for {target}: {why}", warning=True)]
+
+
+def transition_entries(
+    ev: Event,
+    *,
+    system: str,
+    now: float,
+    release: Release | None = None,
+    started_by: str | None = None,
+    glass: Sequence[Event] = (),
+    glass_why: str | None = None,
+    target: str | None = None,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """The audit entries of one transition: the controller's own (promoted, rolled back, aborted),
+    with who authored and approved the canary (``release``); a new canary under ``started_by`` as a
+    promote (the operator, where the Rollout's author annotation says who; locally people's
+    requests are audited when accepted, so None), with one ``override`` per ``glass`` Event."""
+    action, actor = controller_action(ev.reason), CONTROLLER
+    if started_by is not None and ev.reason in STARTED:
+        action, actor = Action.PROMOTE, started_by
+    if action is None:
+        return []
+    facts = release_facts(release)
+    out = [entry(action, system=system, actor=actor, reason=ev.message, now=now, **extra,
+                 event=ev.reason.value, after=facts or None)]  # fmt: skip
+    for g in glass:
+        out.append(entry(Action.OVERRIDE, system=system, actor=actor, reason=glass_why, now=now, **extra,
+                         event=g.reason.value, after={"revision": target, "breakGlass": True}))  # fmt: skip
+    return out

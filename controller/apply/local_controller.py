@@ -13,22 +13,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controller import backoff, ports, settings
-from controller.adapters.audit_log import AuditLog
-from controller.adapters.builtin_metrics import BuiltinSource
-from controller.adapters.gates import HttpGates
-from controller.adapters.loadtest import LoadRunner
-from controller.adapters.local_governance import LocalGovernance
-from controller.adapters.local_runtime import LocalRuntime
-from controller.adapters.local_store import LocalStore
-from controller.adapters.notify import Notifier
-from controller.adapters.prometheus_sd import Publisher, SystemUnits, groups
 from controller.apply import governance, operator_metrics, reconcile
+from controller.compose.revision import Lock
 from controller.errors import ModshipError, NotFound, Unavailable
 from controller.plan import governance as gov
 from controller.plan import rollout as machine
@@ -36,54 +28,67 @@ from controller.plan.actions import Event, SetAliases
 from controller.plan.audit import Action
 from controller.plan.observations import Observations
 from controller.plan.status import RolloutStatus
-from controller.spec import notifications
 from controller.spec.refs import ModuleRef
-from controller.spec.rollout import LoadTest, Provider, Rollout
+from controller.spec.rollout import Provider, Rollout
 
 log = logging.getLogger("modship.controller")
 IDLE_RECHECK = 5.0  # supervise processes at least this often
 
 
+@dataclass(frozen=True)
+class LocalParts:
+    """What the local controller runs on, through ports. Built by its composition root
+    (``entrypoints.local_wiring``), the same for ``modship up``, the API's tests and the dashboard's."""
+
+    store: ports.SystemStore
+    governance: ports.GovernanceState
+    audit: ports.AuditTrail
+    targets: ports.ScrapeTargets  # Prometheus file service discovery
+    gates: ports.Gates
+    bentos: ports.Bentos
+    load_tests: ports.LoadTests
+    runtime: Callable[[str, int], ports.Runtime]  # (system, router port): its processes and router
+    builtin: Callable[[str, str], ports.MetricsSource]  # (router URL, admin token): built-in telemetry
+    prometheus: Callable[[str], ports.MetricsSource]  # (Prometheus URL)
+    registry: Callable[[], ports.Registry]  # called once, when first needed
+    notifier: ports.Notifications | None = None  # None: the notifications file names no sink
+
+
 @dataclass
 class Managed:
     name: str
-    runtime: LocalRuntime
+    runtime: ports.Runtime
     exit_stack: contextlib.ExitStack
     next_at: float = 0.0
     last: machine.Decision | None = None
     failures: int = 0
     sources: dict[Provider, ports.MetricsSource] = field(default_factory=dict)
-    load: LoadRunner | None = None  # the load-test hook, while a canary is in flight
-    load_refused: LoadTest | None = None  # a load test whose dataset could not be read
 
 
 class LocalController:
-    def __init__(
-        self, cfg: settings.Settings, *, registry: ports.Registry | None = None, api: tuple[str, str] | None = None
-    ) -> None:
+    def __init__(self, cfg: settings.Settings, parts: LocalParts, *, api: tuple[str, str] | None = None) -> None:
         """``api``: (scheme, host:port) of the controller's own API, published for Prometheus."""
         self.cfg = cfg
-        self.store = LocalStore(cfg.home)
-        self.governance = LocalGovernance(cfg.home)
-        self.audit = AuditLog(audit_file(cfg))
+        self.parts = parts
+        self.store = parts.store
+        self.governance = parts.governance
+        self.audit = parts.audit
+        self.bentos = parts.bentos
         self.api = api
         self.metrics = operator_metrics.Metrics()  # the same rollout metrics as the operator's
-        self._targets = Publisher(cfg.home)
         self._publishing = threading.Lock()
-        self._registry = registry
+        self._registry: ports.Registry | None = None
         self.systems: dict[str, Managed] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.RLock()
-        self.notifier = notifier_for(cfg)
-        self.gates = HttpGates()
+        self.notifier = parts.notifier
+        self.gates = parts.gates
 
     @property
     def registry(self) -> ports.Registry:
         if self._registry is None:
-            from controller.adapters import factory
-
-            self._registry = factory.registry(self.cfg)
+            self._registry = self.parts.registry()
         return self._registry
 
     # -- systems ------------------------------------------------------------------------------
@@ -98,7 +103,7 @@ class LocalController:
             stack = contextlib.ExitStack()
             stack.enter_context(self.store.exclusive(name))
             port = int((self.store.dir(name) / "port").read_text())
-            rt = LocalRuntime(self.store, name, bentoml_home=self.cfg.bentoml_home, router_port=port)
+            rt = self.parts.runtime(name, port)
             stack.callback(rt.close)
             rt.watch(lambda: self.wake(name))  # a unit that ends is restarted now, not at the next tick
             m = Managed(name, rt, stack)
@@ -111,8 +116,7 @@ class LocalController:
         with self._lock:
             m = self.systems.pop(name, None)
         if m is not None:
-            if m.load is not None:
-                m.load.stop()
+            self.parts.load_tests.stop(name)
             if stop:
                 m.runtime.stop_all()
             m.exit_stack.close()
@@ -173,15 +177,8 @@ class LocalController:
     def _load_test(self, m: Managed, d: machine.Decision) -> None:
         """Run the rollout's load-test hook while its canary is in flight, and only then."""
         spec = self.store.rollout(m.name).spec.load_test if d.status.in_flight else None
-        if m.load is not None and (spec is None or m.load.spec != spec):
-            m.load.stop()
-            m.load = None
-        if spec is not None and m.load is None and spec != m.load_refused:
-            try:
-                m.load = LoadRunner(spec, f"http://127.0.0.1:{m.runtime.router_port}", home=self.cfg.home).start()
-            except ModshipError as exc:  # told once; the rollout goes on without it
-                m.load_refused = spec
-                log.error("%s: load test not started: %s", m.name, exc)
+        # a dataset that cannot be read is told once; the rollout goes on without it
+        self.parts.load_tests.sync(m.name, spec, f"http://127.0.0.1:{m.runtime.router_port}")
 
     def _measure(
         self, name: str, r: Rollout, s: RolloutStatus, obs: Observations, d: machine.Decision, *, now: float
@@ -197,12 +194,12 @@ class LocalController:
         units = []
         for name, m in list(self.systems.items()):
             s = m.last.status if m.last is not None else self.store.status(name)
-            router = m.runtime.router
+            router, revisions = m.runtime.serving()
             units.append(
-                SystemUnits(
+                ports.SystemUnits(
                     system=name,
-                    router=router.port if router is not None else None,
-                    revisions={rev: p.port for rev, p in list(m.runtime.procs.items())},
+                    router=router,
+                    revisions=revisions,
                     stable=s.stable,
                     canary=s.canary if s.in_flight else None,
                     previous=s.previous_stable,
@@ -211,29 +208,23 @@ class LocalController:
         controller = self.api[1] if self.api else None
         try:
             with self._publishing:  # the loop and the API thread (deploy, delete) both publish
-                self._targets.publish(groups(units, controller=controller, scheme=self.api[0] if self.api else "http"))
+                self.parts.targets.publish(units, controller=controller, scheme=self.api[0] if self.api else "http")
         except OSError as exc:  # never stops reconciling
             log.error("could not write Prometheus targets: %s", exc)
 
     def _sources(self, m: Managed) -> dict[Provider, ports.MetricsSource]:
         if Provider.BUILTIN not in m.sources:
-            m.sources[Provider.BUILTIN] = BuiltinSource(
-                f"http://127.0.0.1:{m.runtime.router_port}", token=m.runtime.router_token
+            m.sources[Provider.BUILTIN] = self.parts.builtin(
+                f"http://127.0.0.1:{m.runtime.router_port}", m.runtime.router_token
             )
         url = self.store.rollout(m.name).spec.prometheus
         if url and Provider.PROMETHEUS not in m.sources:
-            from controller.adapters.prometheus import PrometheusSource
-
-            m.sources[Provider.PROMETHEUS] = PrometheusSource(url)
+            m.sources[Provider.PROMETHEUS] = self.parts.prometheus(url)
         return m.sources
 
     def _record(self, name: str, e: Event, now: float) -> None:
         self.store.append_event(name, e, now=now)
-        action = governance.controller_action(e.reason)
-        if action is not None:
-            body = governance.entry(
-                action, system=name, actor=governance.CONTROLLER, reason=e.message, now=now, event=e.reason.value
-            )
+        for body in governance.transition_entries(e, system=name, now=now):
             self.record_audit(body)
 
     def record_audit(self, body: dict[str, Any]) -> None:
@@ -298,13 +289,12 @@ class LocalController:
 
     def reference(self, name: str, rev: str) -> dict[str, Any] | None:
         """Reference input statistics of the revision's text encoder (for input drift checks)."""
-        from controller.adapters import bento
         from controller.pipeline.engine import module_dir
         from controller.spec.modules import Role
 
         with contextlib.suppress(ModshipError, OSError, ValueError):
-            lock = self.store.lock(name, rev)
-            root = bento.bento_path(self.cfg.bentoml_home, lock) / "src" / "modules"
+            lock: Lock = self.store.lock(name, rev)
+            root = self.bentos.path(lock) / "src" / "modules"
             for ref, m in lock.modules.items():
                 stats = m.manifest.metadata.input_statistics
                 if m.manifest.role is Role.ENCODER and stats:
@@ -315,26 +305,17 @@ class LocalController:
     def close(self, *, stop_processes: bool) -> None:
         for name in list(self.systems):
             self.forget(name, stop=stop_processes)
+        self.parts.load_tests.close()
         if self.notifier is not None:
             self.notifier.close(timeout=2.0)
         self.gates.close()
 
 
-def notifier_for(cfg: settings.Settings) -> Notifier | None:
-    """The sender for the notifications file, if it names any sink (a bad file is a SpecError)."""
-    spec = notifications.load(cfg.notifications_file)
-    if not spec.sinks:
-        return None
-    if spec.links.mlflow is None and cfg.registry_uri.startswith(("http://", "https://")):
-        spec = spec.model_copy(update={"links": spec.links.model_copy(update={"mlflow": cfg.registry_uri})})
-    return Notifier(spec, dead_letter=cfg.dead_letter_file)
-
-
 @contextlib.contextmanager
 def running(
-    cfg: settings.Settings, *, stop_processes: bool, api: tuple[str, str] | None = None
+    cfg: settings.Settings, parts: LocalParts, *, stop_processes: bool, api: tuple[str, str] | None = None
 ) -> Iterator[LocalController]:
-    c = LocalController(cfg, api=api)
+    c = LocalController(cfg, parts, api=api)
     c.adopt_all()
     c.publish_targets()  # at once, even with nothing deployed: a Prometheus finds the controller
     t = threading.Thread(target=c.run, name="modship-reconcile", daemon=True)
@@ -345,10 +326,6 @@ def running(
         c.stop()
         t.join(timeout=10)
         c.close(stop_processes=stop_processes)
-
-
-def audit_file(cfg: settings.Settings) -> Path:
-    return cfg.home / "audit.jsonl"
 
 
 def controller_file(cfg: settings.Settings) -> Path:

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from controller import ports
-from controller.adapters import bento
-from controller.adapters.local_store import LocalStore, RevisionRecord
 from controller.apply import control as rules
 from controller.apply import systems
 from controller.compose import rebase as rebasing
 from controller.compose import revision as revisions
 from controller.compose.revision import Lock
 from controller.errors import ModshipError, NotFound, SpecError
+from controller.ports import RevisionRecord
 from controller.spec import refs
 from controller.spec import rollout as rollout_spec
 from controller.spec.system import System
@@ -60,11 +59,11 @@ class Prepared:
 
 def build_revision(
     registry: ports.Registry,
-    store: LocalStore,
+    store: ports.SystemStore,
     system: System,
     *,
     cache: Path,
-    bentoml_home: Path,
+    bentos: ports.Bentos,
     changed: list[str],
     force: bool = False,
     today: dt.date | None = None,
@@ -72,7 +71,7 @@ def build_revision(
     """Check (all rules), lock, contract-test and build; ``force`` overrides compatibility problems
     only (never a missing module, a digest mismatch or a failing golden test)."""
     lock, local, overrides = checked_lock(registry, system, cache=cache, force=force, today=today)
-    bento.build(lock, local, bentoml_home=bentoml_home)
+    bentos.build(lock, local)
     record = store.add_revision(system.metadata.name, lock, changed=changed, overrides=overrides)
     return Prepared(lock, record, [], overrides)
 
@@ -99,17 +98,17 @@ def checked_lock(
 
 def deploy(
     registry: ports.Registry,
-    store: LocalStore,
+    store: ports.SystemStore,
     system: System,
     rollout_doc: dict[str, Any] | None,
     *,
     cache: Path,
-    bentoml_home: Path,
+    bentos: ports.Bentos,
     port: int,
 ) -> Prepared:
     """Register a system with the local controller: its first revision becomes stable at once."""
     name = system.metadata.name
-    prepared = build_revision(registry, store, system, cache=cache, bentoml_home=bentoml_home, changed=[])
+    prepared = build_revision(registry, store, system, cache=cache, bentos=bentos, changed=[])
     doc = dict(rollout_doc or {"spec": DEFAULT_ROLLOUT})
     doc.setdefault("apiVersion", "modship.dev/v1alpha1")
     doc.setdefault("kind", "Rollout")
@@ -127,13 +126,13 @@ def deploy(
 
 def compose_next(
     registry: ports.Registry,
-    store: LocalStore,
+    store: ports.SystemStore,
     name: str,
     *,
     modules: list[str],
     spec: System | None,
     cache: Path,
-    bentoml_home: Path,
+    bentos: ports.Bentos,
     force: bool = False,
 ) -> tuple[Prepared, list[str]]:
     """Compose and build the next revision from the stable one (``set_target`` then points the
@@ -154,14 +153,12 @@ def compose_next(
             return registry.resolve(refs.parse(ref))
 
         new, notes = rebasing.rebase(base, modules, resolve)
-    prepared = build_revision(
-        registry, store, new, cache=cache, bentoml_home=bentoml_home, changed=modules, force=force
-    )
+    prepared = build_revision(registry, store, new, cache=cache, bentos=bentos, changed=modules, force=force)
     rules.ensure_new(name, status, prepared.lock.revision)
     return prepared, notes
 
 
-def set_target(store: LocalStore, name: str, revision: str, modules: list[str]) -> None:
+def set_target(store: ports.SystemStore, name: str, revision: str, modules: list[str]) -> None:
     r = store.rollout(name)
     body = r.spec.model_copy(update={"revision": revision, "modules": tuple(modules)})
     store.put_rollout(r.name, r.model_copy(update={"spec": body}))
@@ -169,7 +166,7 @@ def set_target(store: LocalStore, name: str, revision: str, modules: list[str]) 
     store.command(r.name, paused=False, abort=None, resume=None, promote_full=None, retry=None)
 
 
-def undo(store: LocalStore, name: str, *, to: int | None) -> RevisionRecord:
+def undo(store: ports.SystemStore, name: str, *, to: int | None) -> RevisionRecord:
     """Roll back to revision ``to`` (default: the previous stable one). Instant when still warm."""
     r, status, _ = store.load(name)
     if to is None:
@@ -184,7 +181,7 @@ def undo(store: LocalStore, name: str, *, to: int | None) -> RevisionRecord:
     return rec
 
 
-def rollback(store: LocalStore, name: str) -> str:
+def rollback(store: ports.SystemStore, name: str) -> str:
     """Abort a canary in flight; after a promotion, go back to the previous (warm) stable at once."""
     status = store.status(name)
     if status.in_flight:
@@ -194,7 +191,7 @@ def rollback(store: LocalStore, name: str) -> str:
     return f"rolling back to revision {rec.number} ({rec.revision})"
 
 
-def lock_for(store: LocalStore, name: str, rev: str) -> Lock:
+def lock_for(store: ports.SystemStore, name: str, rev: str) -> Lock:
     return store.lock(name, rev)
 
 

@@ -94,7 +94,7 @@ def up(
     from controller.adapters.local_runtime import free_port
     from controller.adapters.tokens import TokenStore
     from controller.apply import local_controller
-    from controller.entrypoints import api, guard
+    from controller.entrypoints import api, guard, local_wiring
     from controller.entrypoints.context import quiet_libraries
 
     obj: Context = ctx.obj
@@ -113,7 +113,8 @@ def up(
     address = f"{shown if ':' not in shown else f'[{shown}]'}:{port}"
     url = f"{scheme}://{address}"
     store = TokenStore(cfg.home)
-    with local_controller.running(cfg, stop_processes=stop_on_exit, api=(scheme, address)) as c:
+    parts = local_wiring.parts(cfg)
+    with local_controller.running(cfg, parts, stop_processes=stop_on_exit, api=(scheme, address)) as c:
         app = api.app(c, user_of=store.user_of, origins=guard.own_origins(scheme, shown, port))
         ssl: dict[str, Any] = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls else {}
         # open dashboards' event streams never end on their own: give them 2 s at shutdown

@@ -35,9 +35,7 @@ from controller.plan import capabilities
 from controller.plan import governance as gov
 from controller.plan import rollout as machine
 from controller.plan.actions import Event
-from controller.plan.audit import Action
 from controller.plan.observations import Observations
-from controller.plan.reasons import Reason
 from controller.plan.status import RolloutStatus
 from controller.spec import notifications
 from controller.spec.rollout import Provider, Rollout, TrafficRouting
@@ -230,52 +228,36 @@ class Operator:
         )
         if refused is None:
             return r
-        reason = Reason.OUTSIDE_WINDOW if refused.kind is gov.Refused.OUTSIDE_WINDOW else Reason.FORBIDDEN
-        message = gov.refusal_message(target, refused)
-        store.notes[GOVERNANCE] = (False, reason.value, message)
-        shown = next((c for c in e.conditions if c.get("type") == GOVERNANCE), {})
-        if (shown.get("reason"), shown.get("message")) != (reason.value, message):  # once, not every cycle
-            log.warning("%s/%s: %s", e.namespace, e.name, message)
-            store.record(e.name, Event(reason, message, warning=True))
-            if self.audit is not None:
-                self._audit(governance.entry(
-                    Action.REFUSED, system=e.name, actor=e.annotations.get(AUTHOR) or "unknown", reason=message,
-                    now=now, namespace=store.namespace, event=reason.value, after={"revision": target,
-                    "refused": refused.kind.value},
-                ))  # fmt: skip
+        held = governance.held(
+            refused, target=target, shown=e.conditions, system=e.name, author=e.annotations.get(AUTHOR), now=now,
+            namespace=store.namespace,
+        )  # fmt: skip
+        store.notes[GOVERNANCE] = (False, held.reason.value, held.message)
+        if held.event is not None:
+            log.warning("%s/%s: %s", e.namespace, e.name, held.message)
+            store.record(e.name, held.event)
+        if held.audit is not None:
+            self._audit(held.audit)
         return r.model_copy(update={"spec": r.spec.model_copy(update={"revision": gov.held_target(s)})})
 
     def _record(self, store: KubernetesStore, e: Entry, r: Rollout, ev: Event, seen: list[Observations]) -> None:
-        """The Event on the Rollout, and what the audit log keeps of it: the operator's own
-        transitions, and a new canary under its author's name (the admission policy's word), with
-        an ``override`` entry and a ``BreakGlass`` Event when it started by breaking glass."""
-        name = e.name
-        store.record(name, ev)
+        """The Event on the Rollout (with a ``BreakGlass`` Event when a new canary starts by breaking
+        glass), and what the audit log keeps of it (``apply.governance.transition_entries``)."""
+        store.record(e.name, ev)
         broken = _break_glass(e, r, [ev])
         for glass in broken:
-            store.record(name, glass)
-        if self.audit is None:
-            return
-        action = governance.controller_action(ev.reason)
-        actor = governance.CONTROLLER
-        if ev.reason in (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED):
-            action, actor = Action.PROMOTE, e.annotations.get(AUTHOR) or "unknown"
-        if action is None:
-            return
-        facts = governance.release_facts(seen[0].release if seen else None)
-        self._audit(governance.entry(
-            action, system=name, actor=actor, reason=ev.message, now=time.time(), namespace=store.namespace,
-            event=ev.reason.value, after=facts or None,
-        ))  # fmt: skip
-        for glass in broken:
-            self._audit(governance.entry(
-                Action.OVERRIDE, system=name, actor=actor, reason=e.annotations.get(BREAK_GLASS), now=time.time(),
-                namespace=store.namespace, event=glass.reason.value,
-                after={"revision": r.spec.revision, "breakGlass": True},
-            ))  # fmt: skip
+            store.record(e.name, glass)
+        entries = governance.transition_entries(
+            ev, system=e.name, now=time.time(), release=seen[0].release if seen else None,
+            started_by=e.annotations.get(AUTHOR) or "unknown", glass=broken,
+            glass_why=e.annotations.get(BREAK_GLASS), target=r.spec.revision, namespace=store.namespace,
+        )  # fmt: skip
+        for body in entries:
+            self._audit(body)
 
     def _audit(self, body: dict[str, Any]) -> None:
-        assert self.audit is not None
+        if self.audit is None:
+            return
         try:
             self.audit.append(body)
         except (ModshipError, OSError) as exc:  # reported, never a reason to stop a rollout halfway
@@ -335,13 +317,11 @@ class Operator:
 
 
 def _break_glass(e: Entry, r: Rollout, events: list[Event]) -> list[Event]:
-    """The ``BreakGlass`` Event of a new canary that starts by breaking glass (the Rollout's
-    ``modship.dev/break-glass`` annotation, stamped with its revision by ``promote --break-glass``)."""
-    why = e.annotations.get(BREAK_GLASS)
-    if why is None or not any(ev.reason in (Reason.ROLLOUT_STARTED, Reason.ROLLOUT_RESTARTED) for ev in events):
-        return []
-    author = e.annotations.get(AUTHOR) or "an unknown author"
-    return [Event(Reason.BREAK_GLASS, f"{author} broke glass for {r.spec.revision}: {why}", warning=True)]
+    """The Rollout's ``modship.dev/break-glass`` annotation (stamped with its revision by
+    ``promote --break-glass``) as ``apply.governance.break_glass`` reads it."""
+    return governance.break_glass(
+        events, target=r.spec.revision, author=e.annotations.get(AUTHOR), why=e.annotations.get(BREAK_GLASS)
+    )
 
 
 def _metrics_note(r: Rollout) -> Notes:

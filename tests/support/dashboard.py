@@ -150,12 +150,11 @@ def _serve(home: str, port: int) -> None:
     import uvicorn
 
     from controller import settings
-    from controller.apply.local_controller import LocalController
-    from controller.entrypoints import api, guard
+    from controller.entrypoints import api, guard, local_wiring
 
     cfg = settings.load(registry=None, home=home)
     app = api.app(
-        LocalController(cfg),
+        local_wiring.controller(cfg),
         user_of=lambda t: "bench" if t == TOKEN else None,
         origins=guard.own_origins("http", "127.0.0.1", port),
     )

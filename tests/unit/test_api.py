@@ -14,8 +14,7 @@ from controller import settings
 from controller.adapters.local_store import LocalStore
 from controller.adapters.memory import MemoryRegistry
 from controller.adapters.tokens import TokenStore
-from controller.apply.local_controller import LocalController
-from controller.entrypoints import api, guard
+from controller.entrypoints import api, guard, local_wiring
 from controller.plan.reasons import Reason
 from controller.plan.status import HistoryEntry, Phase, RolloutStatus, Traffic
 from tests.unit.test_control import A, B, rollout
@@ -35,7 +34,7 @@ ORIGIN = "http://127.0.0.1:18000"
 
 def serve(home: Path) -> TestClient:
     """The API as ``modship up`` serves it (behind its guard), on the real token store of ``home``."""
-    c = LocalController(settings.Settings(home=home, registry_uri="memory:"), registry=MemoryRegistry())
+    c = local_wiring.controller(settings.Settings(home=home, registry_uri="memory:"), registry=MemoryRegistry())
     app = api.app(c, user_of=TokenStore(home).user_of, origins=guard.own_origins("http", "127.0.0.1", 18000))
     return TestClient(app, base_url=ORIGIN)
 

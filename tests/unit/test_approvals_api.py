@@ -124,9 +124,9 @@ def test_an_approver_approves_once_and_it_is_recorded_everywhere(home: Path, as_
 def test_the_state_machine_releases_the_canary_once_approved(home: Path, as_user: dict[str, TestClient]) -> None:
     from controller import settings
     from controller.adapters.memory import MemoryRegistry
-    from controller.apply.local_controller import LocalController
+    from controller.entrypoints import local_wiring
 
-    c = LocalController(settings.Settings(home=home, registry_uri="memory:"), registry=MemoryRegistry())
+    c = local_wiring.controller(settings.Settings(home=home, registry_uri="memory:"), registry=MemoryRegistry())
     store = LocalStore(home)
     r, s, controls = store.load("sys")
     ok = Health(stable_ready=True, canary_ready=True)
@@ -144,9 +144,9 @@ def test_a_rejection_aborts_the_canary(home: Path, as_user: dict[str, TestClient
     assert r.status_code == 200 and r.json()["approve"] is False
     from controller import settings
     from controller.adapters.memory import MemoryRegistry
-    from controller.apply.local_controller import LocalController
+    from controller.entrypoints import local_wiring
 
-    c = LocalController(settings.Settings(home=home, registry_uri="memory:"), registry=MemoryRegistry())
+    c = local_wiring.controller(settings.Settings(home=home, registry_uri="memory:"), registry=MemoryRegistry())
     store = LocalStore(home)
     ro, s, controls = store.load("sys")
     obs = Observations(health=Health(True, True), controls=controls, release=c.release("sys", s))

@@ -15,9 +15,8 @@ from starlette.testclient import TestClient
 from controller import settings
 from controller.adapters.local_store import LocalStore
 from controller.adapters.memory import MemoryRegistry
-from controller.apply.local_controller import LocalController
 from controller.apply.watch import Watch
-from controller.entrypoints import api, dashboard, guard
+from controller.entrypoints import api, dashboard, guard, local_wiring
 from controller.plan.status import Phase, RolloutStatus
 from tests.unit.test_control import A, rollout
 
@@ -70,7 +69,7 @@ def test_the_store_fingerprint_changes_with_every_write(tmp_path: Path) -> None:
 def test_the_page_is_served_with_a_strict_policy(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     store.put_rollout("sys", rollout(A))
-    c = LocalController(settings.Settings(home=tmp_path, registry_uri="memory:"), registry=MemoryRegistry())
+    c = local_wiring.controller(settings.Settings(home=tmp_path, registry_uri="memory:"), registry=MemoryRegistry())
     app = api.app(c, user_of=lambda t: None, origins=guard.own_origins("http", "127.0.0.1", 18000))
     with TestClient(app, base_url="http://127.0.0.1:18000", follow_redirects=False) as http:
         assert http.get("/").headers["location"] == "/dashboard/"

@@ -14,15 +14,18 @@ from controller.adapters.kube import governance as kube_gov
 from controller.adapters.kube.rollouts import AUTHOR, BREAK_GLASS
 from controller.adapters.kube_rollouts import LAST_REQUEST
 from controller.adapters.memory import MemoryMetrics, MemoryRegistry, MemoryStore, MemoryTarget
+from controller.apply import governance as reporting
 from controller.apply import module_facts, reconcile
 from controller.plan import governance as gov
+from controller.plan.actions import Event
+from controller.plan.audit import Action
 from controller.plan.governance import Change, Refused
 from controller.plan.observations import Sample
 from controller.plan.reasons import Reason
 from controller.plan.status import Phase, RolloutStatus
 from controller.registry import bundle
 from controller.spec import policy as policy_spec
-from controller.spec.policy import Policy
+from controller.spec.policy import Policy, Rule
 from controller.spec.rollout import Provider, Rollout
 from tests.support import modules
 from tests.unit.test_reconcile import ROLLOUT, drive, promote
@@ -250,3 +253,59 @@ def test_a_refused_edit_does_not_make_its_author_the_author_of_the_canary_in_fli
     assert gov.gate(r, flying, 10.0).reason is Reason.AWAITING_SOAK  # bob's glass does not skip rB's soak
     r = kube_gov.release(kube, "ns", "sys", {AUTHOR: "alice"}, flying, target="rB")
     assert r is not None and r.author == "alice" and gov.counted(r) == ()  # her own approval never counts
+
+
+# -- what a cycle tells of governance (apply.governance: the operator's cycle applies it) ------------
+
+NOT_A_PROMOTER = gov.Refusal(Refused.NOT_A_PROMOTER, "mallory may not promote")
+CLOSED = gov.Refusal(Refused.OUTSIDE_WINDOW, "outside every change window")
+
+
+def test_a_refused_target_is_told_once_with_an_event_and_an_audit_entry_under_its_author() -> None:
+    first = reporting.held(NOT_A_PROMOTER, target="rB", shown=[], system="s", author="mallory", now=5.0, namespace="ns")
+    assert (first.reason, first.message) == (Reason.FORBIDDEN, "rB not started (NotAPromoter): mallory may not promote")
+    assert first.event == Event(Reason.FORBIDDEN, first.message, warning=True)
+    assert first.audit is not None
+    assert (first.audit["action"], first.audit["actor"], first.audit["namespace"]) == ("refused", "mallory", "ns")
+    assert first.audit["after"] == {"revision": "rB", "refused": "NotAPromoter"}
+    shown = [{"type": "Ready", "reason": "x"}, {"type": gov.CONDITION, "reason": "Forbidden", "message": first.message}]
+    again = reporting.held(NOT_A_PROMOTER, target="rB", shown=shown, system="s", author="mallory", now=6.0)
+    assert (again.reason, again.message, again.event, again.audit) == (first.reason, first.message, None, None)
+    # another refusal (a window, another target) is news: told again
+    closed = reporting.held(CLOSED, target="rB", shown=shown, system="s", author=None, now=7.0)
+    assert closed.reason is Reason.OUTSIDE_WINDOW and closed.event is not None
+    assert closed.audit is not None and closed.audit["actor"] == "unknown"
+
+
+def test_break_glass_is_told_only_when_a_new_canary_starts_by_it() -> None:
+    started = [Event(Reason.ROLLOUT_STARTED, "canary rB")]
+    assert reporting.break_glass(started, target="rB", author="carol", why=None) == []
+    assert reporting.break_glass([Event(Reason.PROMOTED, "x")], target="rB", author="carol", why="outage") == []
+    (glass,) = reporting.break_glass(started, target="rB", author="carol", why="outage")
+    assert glass == Event(Reason.BREAK_GLASS, "carol broke glass for rB: outage", warning=True)
+    (anon,) = reporting.break_glass(started, target="rB", author=None, why="outage")
+    assert anon.message.startswith("an unknown author broke glass")
+
+
+def test_the_audit_entries_of_a_transition() -> None:
+    rule = Rule(approvals=1)
+    release = gov.Release("rB", rule, {}, "alice", approvals=(gov.Approval("bob", True, 1.0),))
+    (promoted,) = reporting.transition_entries(
+        Event(Reason.PROMOTED, "rB stable"), system="s", now=9.0, release=release
+    )
+    assert (promoted["action"], promoted["actor"], promoted["event"]) == ("promoted", reporting.CONTROLLER, "Promoted")
+    assert promoted["after"] == {"author": "alice", "approvedBy": ["bob"], "breakGlass": False}
+    assert "namespace" not in promoted  # the local runtime's entries have none
+    # a new canary: locally the person's request was audited when accepted; the operator names its author
+    start = Event(Reason.ROLLOUT_STARTED, "canary rB")
+    assert reporting.transition_entries(start, system="s", now=9.0) == []
+    glass = reporting.break_glass([start], target="rB", author="carol", why="outage")
+    entries = reporting.transition_entries(
+        start, system="s", now=9.0, started_by="carol", glass=glass, glass_why="outage", target="rB", namespace="ns"
+    )
+    assert [(e["action"], e["actor"], e["namespace"]) for e in entries] == [
+        (Action.PROMOTE.value, "carol", "ns"),
+        (Action.OVERRIDE.value, "carol", "ns"),
+    ]
+    assert entries[1]["reason"] == "outage" and entries[1]["after"] == {"revision": "rB", "breakGlass": True}
+    assert reporting.transition_entries(Event(Reason.PAUSED_BY_USER, "p"), system="s", now=9.0, started_by="c") == []

@@ -17,8 +17,7 @@ from controller.adapters import prometheus_sd
 from controller.adapters.local_store import LocalStore
 from controller.adapters.memory import MemoryRegistry
 from controller.adapters.prometheus_sd import Publisher, SystemUnits, groups
-from controller.apply.local_controller import LocalController
-from controller.entrypoints import runtime_metrics
+from controller.entrypoints import local_wiring, runtime_metrics
 from controller.plan.status import HistoryEntry, Phase, RolloutStatus
 from tests.unit.test_control import A, B, C, rollout
 
@@ -45,12 +44,12 @@ def test_one_group_per_unit_with_its_labels() -> None:
 def test_the_file_is_written_atomically_and_only_when_it_changes(tmp_path: Path) -> None:
     p = Publisher(tmp_path)
     one = groups([], controller="127.0.0.1:7000")
-    assert p.publish(one) and json.loads(p.path.read_text()) == one
+    assert p.write(one) and json.loads(p.path.read_text()) == one
     before = p.path.stat().st_mtime_ns
-    assert not p.publish(one) and p.path.stat().st_mtime_ns == before
+    assert not p.write(one) and p.path.stat().st_mtime_ns == before
     p.path.unlink()
-    assert p.publish(one)  # gone (someone cleaned up): written again
-    assert p.publish([]) and json.loads(p.path.read_text()) == []
+    assert p.write(one)  # gone (someone cleaned up): written again
+    assert p.write([]) and json.loads(p.path.read_text()) == []
     assert not list(p.path.parent.glob(".*.tmp"))
 
 
@@ -58,7 +57,7 @@ def test_the_controller_publishes_what_runs_and_its_rollout_metrics(tmp_path: Pa
     store = LocalStore(tmp_path)
     store.put_rollout("sys", rollout(A))
     store.save("sys", RolloutStatus(phase=Phase.IDLE, stable=A, history=(HistoryEntry(A, "Initial", 1.0),)))
-    c = LocalController(
+    c = local_wiring.controller(
         settings.Settings(home=tmp_path, registry_uri="memory:"), registry=MemoryRegistry(), api=("http", "h:1")
     )
     c.publish_targets()
@@ -89,6 +88,6 @@ def test_the_printed_scrape_config(tmp_path: Path) -> None:
     if promtool is None:
         pytest.skip("promtool is not installed (make system-deps)")
     (tmp_path / "prometheus.yml").write_text(text)
-    Publisher(tmp_path).publish(groups([], controller="127.0.0.1:7000"))
+    Publisher(tmp_path).write(groups([], controller="127.0.0.1:7000"))
     r = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
