@@ -35,6 +35,7 @@ from controller.plan import rollout as machine
 from controller.plan.actions import Event
 from controller.plan.reasons import Reason
 from controller.plan.status import RolloutStatus
+from controller.spec import notifications as notifications_spec
 from controller.spec.notifications import Notifications, Sink, SinkType
 from controller.spec.rollout import Rollout
 
@@ -58,6 +59,17 @@ class Delivery:
     attempts: int
     error: str | None = None
     seconds: float = 0.0
+
+
+def from_file(path: Path, *, mlflow: str | None, dead_letter: Path) -> Notifier | None:
+    """The sender for the notifications file ``path``, if it names any sink (a bad file is a
+    SpecError). ``mlflow``: the registry's URL, for links in the events when the file gives none."""
+    spec = notifications_spec.load(path)
+    if not spec.sinks:
+        return None
+    if mlflow and spec.links.mlflow is None:
+        spec = spec.model_copy(update={"links": spec.links.model_copy(update={"mlflow": mlflow})})
+    return Notifier(spec, dead_letter=dead_letter)
 
 
 class Notifier:

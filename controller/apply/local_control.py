@@ -142,7 +142,7 @@ class LocalControl:
                 modules=req.modules,
                 spec=spec,
                 cache=self.c.cfg.module_cache,
-                bentos=self.c.bentos,
+                bentos=self.c.parts.bentos,
                 force=req.force,
             )
             change = self.approvals.check_promote(system, prepared.lock, actor=actor, break_glass=req.break_glass)
@@ -230,7 +230,7 @@ class LocalControl:
             system,
             req.rollout,
             cache=self.c.cfg.module_cache,
-            bentos=self.c.bentos,
+            bentos=self.c.parts.bentos,
             port=req.port,
         )
         self._requested(name, "Deploy", f"revision {prepared.record.number}", actor, prepared.lock.revision, now=now)

@@ -72,8 +72,6 @@ class LocalController:
         self.parts = parts
         self.store = parts.store
         self.governance = parts.governance
-        self.audit = parts.audit
-        self.bentos = parts.bentos
         self.api = api
         self.metrics = operator_metrics.Metrics()  # the same rollout metrics as the operator's
         self._publishing = threading.Lock()
@@ -82,8 +80,6 @@ class LocalController:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.RLock()
-        self.notifier = parts.notifier
-        self.gates = parts.gates
 
     @property
     def registry(self) -> ports.Registry:
@@ -156,8 +152,8 @@ class LocalController:
                 aliases=self._aliases(m.name),
                 reference=lambda rev: self.reference(m.name, rev),
                 before_save=lambda r, s, obs, d: self._measure(m.name, r, s, obs, d, now=now),
-                notify=self.notifier.on_decision if self.notifier is not None else None,
-                gates=self.gates,
+                notify=self.parts.notifier.on_decision if self.parts.notifier is not None else None,
+                gates=self.parts.gates,
                 release=lambda s: self.release(m.name, s),
             )
             m.last, m.failures = d, 0
@@ -231,7 +227,7 @@ class LocalController:
         """Append to the audit log; a log that cannot be written is reported, never a reason to
         stop a rollout or a rollback halfway."""
         try:
-            self.audit.append(body)
+            self.parts.audit.append(body)
         except (ModshipError, OSError) as exc:
             log.error("audit log: %s", exc)
 
@@ -294,7 +290,7 @@ class LocalController:
 
         with contextlib.suppress(ModshipError, OSError, ValueError):
             lock: Lock = self.store.lock(name, rev)
-            root = self.bentos.path(lock) / "src" / "modules"
+            root = self.parts.bentos.path(lock) / "src" / "modules"
             for ref, m in lock.modules.items():
                 stats = m.manifest.metadata.input_statistics
                 if m.manifest.role is Role.ENCODER and stats:
@@ -306,9 +302,9 @@ class LocalController:
         for name in list(self.systems):
             self.forget(name, stop=stop_processes)
         self.parts.load_tests.close()
-        if self.notifier is not None:
-            self.notifier.close(timeout=2.0)
-        self.gates.close()
+        if self.parts.notifier is not None:
+            self.parts.notifier.close(timeout=2.0)
+        self.parts.gates.close()
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from controller import settings
 from controller.adapters.audit_log import AuditLog
 from controller.adapters.local_governance import LocalGovernance
 from controller.apply import governance
@@ -86,9 +87,9 @@ def reject(
     _decide(ctx, system, revision, approve=False, reason=reason, context=context, namespace=namespace, output=output)
 
 
-def _home(ctx: typer.Context) -> Path:
+def _cfg(ctx: typer.Context) -> settings.Settings:
     obj: Context = ctx.obj
-    return obj.settings.home
+    return obj.settings
 
 
 @policy_app.command("set")
@@ -102,8 +103,8 @@ def policy_set(
     if len(docs) != 1:
         raise SpecError("expected one YAML document", source=str(file))
     p = policy_spec.from_document(docs[0], source=str(file))
-    home = _home(ctx)
-    gov = LocalGovernance(home)
+    cfg = _cfg(ctx)
+    gov = LocalGovernance(cfg.home)
     before = gov.policy().dump() if gov.policy_path.exists() else None
     gov.set_policy(p)
     actor = actor_of(reason)
@@ -116,14 +117,14 @@ def policy_set(
         before=before,
         after=p.dump(),
     )
-    AuditLog(home / "audit.jsonl").append(body)
+    AuditLog(cfg.audit_file).append(body)
     console.print(f"policy {p.metadata.name} in force ({gov.policy_path})")
 
 
 @policy_app.command("show")
 def policy_show(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
     """The policy in force (none: every change is allowed, no approvals)."""
-    p = LocalGovernance(_home(ctx)).policy()
+    p = LocalGovernance(_cfg(ctx).home).policy()
     import yaml
 
     emit(p.dump(), output, lambda d: console.print(yaml.safe_dump(d, sort_keys=False).rstrip()))
@@ -138,7 +139,7 @@ FileOpt = Annotated[
 def _log(ctx: typer.Context, file: Path | None) -> AuditLog:
     if file is not None and not file.is_file():
         raise SpecError("no such file", field="--file", source=str(file))
-    return AuditLog(file or _home(ctx) / "audit.jsonl")
+    return AuditLog(file or _cfg(ctx).audit_file)
 
 
 def _since(value: str | None) -> float | None:
@@ -216,13 +217,13 @@ def audit_verify(ctx: typer.Context, file: FileOpt = None, output: OutputOpt = F
         raise typer.Exit(EXIT_TAMPERED)
 
 
-def record_registration(home: Path, refs: list[str]) -> None:
+def record_registration(cfg: settings.Settings, refs: list[str]) -> None:
     """Audit module versions registered by this CLI (the registry is written directly, not via the API)."""
     if not refs:
         return
     try:
         body = governance.entry(Action.REGISTER, system=None, actor=getpass.getuser(), reason=None, now=time.time(),
                                 after={"modules": refs})  # fmt: skip
-        AuditLog(home / "audit.jsonl").append(body)
+        AuditLog(cfg.audit_file).append(body)
     except (OSError, ModshipError) as exc:  # the registration itself succeeded: say so, do not fail it
         console.print(f"[yellow]warning:[/] could not write the audit log: {exc}")

@@ -45,7 +45,7 @@ def register(
     data = [dict(_summary(r.version), skipped=r.skipped) for r in done]
     from controller.entrypoints.cli_governance import record_registration
 
-    record_registration(_ctx(ctx).settings.home, [f"{d['name']}@{d['version']}" for d in data if not d["skipped"]])
+    record_registration(_ctx(ctx).settings, [f"{d['name']}@{d['version']}" for d in data if not d["skipped"]])
 
     def render(rows: list[dict[str, Any]]) -> None:
         for r in rows:

@@ -7,7 +7,7 @@ settings alone, so that they run on the same parts.
 from __future__ import annotations
 
 from controller import ports, settings
-from controller.adapters import factory
+from controller.adapters import factory, notify
 from controller.adapters.audit_log import AuditLog
 from controller.adapters.bento import BentoStore
 from controller.adapters.builtin_metrics import BuiltinSource
@@ -16,10 +16,8 @@ from controller.adapters.loadtest import LoadTests
 from controller.adapters.local_governance import LocalGovernance
 from controller.adapters.local_runtime import LocalRuntime
 from controller.adapters.local_store import LocalStore
-from controller.adapters.notify import Notifier
 from controller.adapters.prometheus_sd import Publisher
 from controller.apply.local_controller import LocalController, LocalParts
-from controller.spec import notifications
 
 
 def parts(cfg: settings.Settings, *, registry: ports.Registry | None = None) -> LocalParts:
@@ -46,7 +44,7 @@ def parts(cfg: settings.Settings, *, registry: ports.Registry | None = None) -> 
         builtin=lambda url, token: BuiltinSource(url, token=token),
         prometheus=prometheus,
         registry=(lambda: registry) if registry is not None else (lambda: factory.registry(cfg)),
-        notifier=notifier_for(cfg),
+        notifier=notify.from_file(cfg.notifications_file, mlflow=_mlflow_url(cfg), dead_letter=cfg.dead_letter_file),
     )
 
 
@@ -57,11 +55,6 @@ def controller(
     return LocalController(cfg, parts(cfg, registry=registry), api=api)
 
 
-def notifier_for(cfg: settings.Settings) -> Notifier | None:
-    """The sender for the notifications file, if it names any sink (a bad file is a SpecError)."""
-    spec = notifications.load(cfg.notifications_file)
-    if not spec.sinks:
-        return None
-    if spec.links.mlflow is None and cfg.registry_uri.startswith(("http://", "https://")):
-        spec = spec.model_copy(update={"links": spec.links.model_copy(update={"mlflow": cfg.registry_uri})})
-    return Notifier(spec, dead_letter=cfg.dead_letter_file)
+def _mlflow_url(cfg: settings.Settings) -> str | None:
+    """The registry's URL when it is a server people can open (not the embedded SQLite file)."""
+    return cfg.registry_uri if cfg.registry_uri.startswith(("http://", "https://")) else None

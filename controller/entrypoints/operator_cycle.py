@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import backoff, ports
+from controller.adapters import notify
 from controller.adapters.audit_log import AuditLog
 from controller.adapters.gates import HttpGates
 from controller.adapters.kube import api as kube_api
@@ -37,7 +38,6 @@ from controller.plan import rollout as machine
 from controller.plan.actions import Event
 from controller.plan.observations import Observations
 from controller.plan.status import RolloutStatus
-from controller.spec import notifications
 from controller.spec.rollout import Provider, Rollout, TrafficRouting
 
 log = logging.getLogger("modship.operator")
@@ -95,10 +95,9 @@ class Operator:
         if opts.notifications:  # the same sender the local controller uses
             if not Path(opts.notifications).exists():
                 raise SpecError("file not found", source=opts.notifications)
-            spec = notifications.load(Path(opts.notifications))
-            if opts.registry_url and spec.links.mlflow is None:
-                spec = spec.model_copy(update={"links": spec.links.model_copy(update={"mlflow": opts.registry_url})})
-            self.notifier = Notifier(spec, dead_letter=Path(opts.dead_letter))
+            self.notifier = notify.from_file(
+                Path(opts.notifications), mlflow=opts.registry_url, dead_letter=Path(opts.dead_letter)
+            )
         self.audit = AuditLog(Path(opts.audit_file)) if opts.audit_file else None
         self.loads = LoadTests(Path(opts.datasets))  # the same load-test hook as the local controller's
 

@@ -115,11 +115,13 @@ def test_select_filters_by_system_actor_action_and_time(tmp_path: Path) -> None:
 def test_a_registration_is_audited_under_the_os_user(tmp_path: Path) -> None:
     import getpass
 
+    from controller import settings
     from controller.entrypoints.cli_governance import record_registration
 
-    record_registration(tmp_path, [])  # nothing registered: nothing written
+    cfg = settings.Settings(home=tmp_path, registry_uri="memory:")
+    record_registration(cfg, [])  # nothing registered: nothing written
     assert not (tmp_path / "audit.jsonl").exists()
-    record_registration(tmp_path, ["text-encoder@1", "topic-head@2"])
+    record_registration(cfg, ["text-encoder@1", "topic-head@2"])
     (e,) = AuditLog(tmp_path / "audit.jsonl").entries()
     assert (e["action"], e["actor"], e["after"]) == (
         "register",
